@@ -1,0 +1,1 @@
+"""Where candidates are built and measured: local worker processes now, Ray actors later."""

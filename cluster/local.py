@@ -1,0 +1,104 @@
+"""MetaSchedule Builder and Runner on this machine, over persistent worker processes.
+
+They implement MetaSchedule's ``PyBuilder``/``PyRunner`` so the task scheduler drives them like
+its own; the Ray versions implement the same interfaces over actors.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import tvm
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
+from tvm.s_tir.meta_schedule.runner import (
+    PyRunner,
+    PyRunnerFuture,
+    RunnerFuture,
+    RunnerInput,
+    RunnerResult,
+)
+
+from .pool import WorkerPool
+from .worker_tasks import build_candidate, dumps_target, measure_candidate
+
+
+@derived_object
+class LocalBuilder(PyBuilder):
+    """Builds candidates in `workers` long-lived processes, in parallel."""
+
+    def __init__(self, workers: int, timeout_s: float) -> None:
+        super().__init__()
+        self.pool = WorkerPool(workers, "builder")
+        self.timeout_s = timeout_s
+        self.out_dir = tempfile.mkdtemp(prefix="tuner-builds-")
+
+    def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
+        jobs = [
+            (tvm.ir.save_json(inp.mod), dumps_target(inp.target), self.out_dir)
+            for inp in build_inputs
+        ]
+        return [
+            BuilderResult(o.value, None) if o.error is None else BuilderResult(None, o.error)
+            for o in self.pool.map(build_candidate, jobs, self.timeout_s)
+        ]
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        shutil.rmtree(self.out_dir, ignore_errors=True)
+
+
+@derived_object
+class DoneFuture(PyRunnerFuture):
+    """A measurement that already finished (the local runner measures synchronously)."""
+
+    def __init__(self, run_secs: list[float] | None, error: str | None) -> None:
+        super().__init__()
+        self.run_secs = run_secs
+        self.error = error
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> RunnerResult:
+        return RunnerResult(self.run_secs, self.error)
+
+
+@derived_object
+class LocalRunner(PyRunner):
+    """Measures one candidate at a time in one process.
+
+    Policy: measurements never overlap each other, and because `run` returns only after every
+    candidate is measured, the task scheduler cannot build the next batch meanwhile, so builds
+    never share the cores with a measurement either.
+    """
+
+    def __init__(
+        self,
+        timeout_s: float,
+        number: int,
+        repeat: int,
+        min_repeat_ms: int,
+        cpu_cache_flush: bool,
+    ) -> None:
+        super().__init__()
+        self.pool = WorkerPool(1, "runner")
+        self.timeout_s = timeout_s
+        self.config = (number, repeat, min_repeat_ms, cpu_cache_flush)
+
+    def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
+        futures = []
+        for inp in runner_inputs:
+            job = (
+                str(inp.artifact_path),
+                str(inp.device_type),
+                [list(a.as_json()) for a in inp.args_info],
+                *self.config,
+            )
+            (outcome,) = self.pool.map(measure_candidate, [job], self.timeout_s)
+            futures.append(DoneFuture(outcome.value, outcome.error))
+        return futures
+
+    def close(self) -> None:
+        self.pool.shutdown()

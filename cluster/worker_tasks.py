@@ -1,0 +1,80 @@
+"""Code that runs inside build and measurement workers.
+
+Kept free of MetaSchedule imports: a worker needs only ``import tvm`` (about 1 s), never
+``tvm.s_tir.tensor_intrin`` (10-50 s), so a restarted worker is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+
+def warm_up() -> int:
+    """Pool initializer: pay the TVM import once per worker process."""
+    import tvm  # noqa: F401
+
+    return os.getpid()
+
+
+def build_candidate(mod_json: str, target: dict[str, Any], out_dir: str) -> str:
+    """Compile one scheduled TIR module and link it to a shared library the runner can dlopen."""
+    import tvm
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    from tvm.target import Target
+
+    mod = tvm.ir.load_json(mod_json)
+    # Measure without the weight layout rewrite: at run time the weights are pre-packed once.
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    lib = tvm_build(mod, target=Target(target))
+    # One folder per candidate: MetaSchedule's RemoveBuildArtifact deletes the artifact's folder.
+    folder = os.path.join(out_dir, uuid.uuid4().hex)
+    os.makedirs(folder)
+    path = os.path.join(folder, "candidate.so")
+    lib.export_library(path)
+    return path
+
+
+def measure_candidate(
+    artifact_path: str,
+    device_type: str,
+    args_info_json: list[Any],
+    number: int,
+    repeat: int,
+    min_repeat_ms: int,
+    cpu_cache_flush: bool,
+) -> list[float]:
+    """Time one built candidate on random inputs; returns one time (seconds) per repeat."""
+    import numpy as np
+    import tvm
+
+    dev = tvm.runtime.device(device_type, 0)
+    lib = tvm.runtime.load_module(artifact_path)
+    rng = np.random.default_rng(0)
+    args = []
+    for kind, dtype, shape in args_info_json:
+        if kind != "TENSOR":
+            raise ValueError(f"unsupported argument kind {kind!r}")
+        if "int" in dtype or dtype == "bool":
+            host = rng.integers(0, 2, size=shape).astype(dtype)
+        else:
+            host = rng.uniform(-1, 1, size=shape).astype(dtype)
+        args.append(tvm.runtime.tensor(host, dev))
+    evaluator = lib.time_evaluator(
+        lib.entry_name,
+        dev,
+        number=number,
+        repeat=repeat,
+        min_repeat_ms=min_repeat_ms,
+        f_preproc="cache_flush_cpu_non_first_arg" if cpu_cache_flush else "",
+    )
+    dev.sync()
+    return [float(x) for x in evaluator(*args).results]
+
+
+def dumps_target(target: Any) -> dict[str, Any]:
+    """A TVM Target as a plain dict that pickles and rebuilds the same target."""
+    return json.loads(str(target))  # a Target prints as its JSON dict

@@ -1,0 +1,1 @@
+"""Default settings shipped with tuner (``default.toml``); read by :mod:`tuner.config`."""

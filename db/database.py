@@ -1,0 +1,237 @@
+"""MetaSchedule's Database interface backed by SQLAlchemy: the shared tuning cache.
+
+MetaSchedule's task scheduler, evolutionary search (warm populations from get_top_k) and
+``MetaScheduleApplyDatabase`` all talk to this object; every record is committed as soon as it is
+measured, so an interrupted run keeps everything it paid for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import tvm_ffi
+from sqlalchemy import Engine, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+from tvm.ir import IRModule
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
+from tvm.target import Target
+
+from . import models
+
+# MetaSchedule marks a candidate that failed to build or run with this run time.
+_FAILED_RUN_SECS = 1e9
+
+
+def signed_shash(mod: IRModule) -> int:
+    """Structural hash folded into a signed 64-bit integer, as SQL BIGINT columns need."""
+    value = int(tvm_ffi.structural_hash(mod))
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+def mean_run_secs(run_secs: Any) -> float | None:
+    """Mean of the measured times, or None for a failed candidate (never served)."""
+    if run_secs is None:
+        return None
+    values = [float(x) for x in run_secs]
+    if not values or any(v >= _FAILED_RUN_SECS for v in values):
+        return None
+    return sum(values) / len(values)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who made the records this database instance commits."""
+
+    hardware_key: str
+    hardware_kind: str
+    fingerprint: dict[str, Any]
+    tuner_version: str
+    team: str | None = None
+    job_id: str | None = None
+
+
+def _insert(engine: Engine):  # noqa: ANN202 - dialect-specific Insert
+    return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+
+@derived_object
+class SQLDatabase(PyDatabase):
+    """Records of one hardware key read from and written to a SQL database."""
+
+    def __init__(self, engine: Engine, provenance: Provenance) -> None:
+        super().__init__()
+        self.engine = engine
+        self.provenance = provenance
+        self._lock = threading.Lock()
+        # shash -> [(workload id, Workload)]: avoids re-reading and re-parsing IRModules.
+        self._workloads: dict[int, list[tuple[int, Workload]]] = {}
+        self._ensure_hardware()
+
+    # -- helpers -------------------------------------------------------------------------
+    def _ensure_hardware(self) -> None:
+        p = self.provenance
+        stmt = _insert(self.engine)(models.Hardware).values(
+            key=p.hardware_key,
+            kind=p.hardware_kind,
+            fingerprint_json=json.dumps(p.fingerprint, sort_keys=True),
+            created_at=models.utcnow(),
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=["key"]))
+
+    def _load_shash(self, shash: int) -> list[tuple[int, Workload]]:
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(models.Workload.id, models.Workload.mod_json)
+                .where(models.Workload.shash == shash)
+                .order_by(models.Workload.id)
+            ).all()
+        unsigned = shash + (1 << 64) if shash < 0 else shash
+        return [(wid, Workload.from_json([str(unsigned), mod_json])) for wid, mod_json in rows]
+
+    def _match(self, mod: IRModule, refresh: bool) -> tuple[int, list[tuple[int, Workload]]]:
+        shash = signed_shash(mod)
+        known = self._workloads.get(shash)
+        if known is None or refresh:
+            known = self._load_shash(shash)
+            self._workloads[shash] = known
+        return shash, [(wid, wl) for wid, wl in known if tvm_ffi.structural_equal(wl.mod, mod)]
+
+    def _find(self, mod: IRModule) -> list[tuple[int, Workload]]:
+        _, found = self._match(mod, refresh=False)
+        if not found:  # another process may have committed it since we looked
+            _, found = self._match(mod, refresh=True)
+        return found
+
+    # -- PyDatabase interface ---------------------------------------------------------------
+    def has_workload(self, mod: IRModule) -> bool:
+        with self._lock:
+            return bool(self._find(mod))
+
+    def commit_workload(self, mod: IRModule) -> Workload:
+        with self._lock:
+            found = self._find(mod)
+            if found:
+                return found[0][1]
+            workload = Workload(mod)
+            shash_str, mod_json = workload.as_json()
+            shash = signed_shash(mod)
+            digest = hashlib.sha256(mod_json.encode()).hexdigest()
+            stmt = _insert(self.engine)(models.Workload).values(
+                shash=shash, mod_sha256=digest, mod_json=mod_json, created_at=models.utcnow()
+            )
+            with self.engine.begin() as conn:
+                conn.execute(stmt.on_conflict_do_nothing(index_elements=["shash", "mod_sha256"]))
+            _, found = self._match(mod, refresh=True)
+            return found[0][1]
+
+    def commit_tuning_record(self, record: TuningRecord) -> None:
+        with self._lock:
+            found = self._find(record.workload.mod)
+        if not found:
+            self.commit_workload(record.workload.mod)
+            with self._lock:
+                found = self._find(record.workload.mod)
+        trace, run_secs, target, args_info = record.as_json()
+        p = self.provenance
+        row = models.TuningRecord(
+            workload_id=found[0][0],
+            hardware_key=p.hardware_key,
+            target_json=json.dumps(target, sort_keys=True),
+            trace_json=json.dumps(trace),
+            args_info_json=json.dumps(args_info) if args_info is not None else None,
+            run_secs_json=json.dumps(run_secs) if run_secs is not None else None,
+            mean_run_secs=mean_run_secs(run_secs),
+            team=p.team,
+            job_id=p.job_id,
+            tuner_version=p.tuner_version,
+            created_at=models.utcnow(),
+        )
+        with Session(self.engine) as session, session.begin():
+            session.add(row)
+
+    def _records(self, workload_ids: list[int] | None, top_k: int | None) -> list[TuningRecord]:
+        stmt = select(models.TuningRecord).where(
+            models.TuningRecord.hardware_key == self.provenance.hardware_key
+        )
+        if workload_ids is not None:
+            stmt = stmt.where(
+                models.TuningRecord.workload_id.in_(workload_ids),
+                models.TuningRecord.mean_run_secs.is_not(None),
+            ).order_by(models.TuningRecord.mean_run_secs, models.TuningRecord.id)
+        if top_k is not None:
+            stmt = stmt.limit(top_k)
+        with Session(self.engine) as session:
+            rows = session.scalars(stmt).all()
+            wanted = {r.workload_id for r in rows}
+            workloads = self._workloads_by_id(session, wanted)
+            return [self._to_tvm(r, workloads[r.workload_id]) for r in rows]
+
+    def _workloads_by_id(self, session: Session, ids: set[int]) -> dict[int, Workload]:
+        cached = {wid: wl for entries in self._workloads.values() for wid, wl in entries}
+        missing = ids - cached.keys()
+        if missing:
+            for wid, shash, mod_json in session.execute(
+                select(models.Workload.id, models.Workload.shash, models.Workload.mod_json).where(
+                    models.Workload.id.in_(missing)
+                )
+            ):
+                unsigned = shash + (1 << 64) if shash < 0 else shash
+                cached[wid] = Workload.from_json([str(unsigned), mod_json])
+        return cached
+
+    @staticmethod
+    def _to_tvm(row: models.TuningRecord, workload: Workload) -> TuningRecord:
+        payload = [
+            json.loads(row.trace_json),
+            json.loads(row.run_secs_json) if row.run_secs_json else None,
+            json.loads(row.target_json),
+            json.loads(row.args_info_json) if row.args_info_json else None,
+        ]
+        return TuningRecord.from_json(payload, workload)
+
+    def get_top_k(self, workload: Workload, top_k: int) -> list[TuningRecord]:
+        if top_k <= 0:
+            return []
+        with self._lock:
+            ids = [wid for wid, _ in self._find(workload.mod)]
+        if not ids:
+            return []
+        return self._records(ids, top_k)
+
+    def get_all_tuning_records(self) -> list[TuningRecord]:
+        return self._records(None, None)
+
+    def query_tuning_record(
+        self, mod: IRModule, target: Target, workload_name: str | None = None
+    ) -> TuningRecord | None:
+        with self._lock:
+            ids = [wid for wid, _ in self._find(mod)]
+        if not ids:
+            return None
+        best = self._records(ids, 1)
+        return best[0] if best else None
+
+    def __len__(self) -> int:
+        with Session(self.engine) as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(models.TuningRecord)
+                    .where(models.TuningRecord.hardware_key == self.provenance.hardware_key)
+                )
+                or 0
+            )
+
+    # -- tuner's own queries --------------------------------------------------------------
+    def best_run_secs(self, mod: IRModule) -> float | None:
+        """Best valid mean time for this hardware, or None: decides cache hit vs tune."""
+        best = self.query_tuning_record(mod, Target({"kind": "llvm"}), "main")
+        return mean_run_secs(best.run_secs) if best is not None else None

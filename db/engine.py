@@ -1,0 +1,56 @@
+"""Engines for the tuning database: SQLite (zero set-up, WAL) or PostgreSQL (shared)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from tuner.errors import TunerError
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe for logs and reports."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types
+    # WAL lets readers run beside one writer; busy_timeout makes a second writer process wait
+    # for the lock instead of failing with "database is locked".
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine and prove it is reachable and writable, or explain why not."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise TunerError(f"invalid database URL {url!r}") from None
+    shown = redact_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(parsed, pool_pre_ping=True)
+    except (ArgumentError, ImportError) as exc:
+        raise TunerError(f"cannot use database {shown}: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise TunerError(f"cannot reach database {shown}: {reason}") from None
+    except SQLAlchemyError as exc:
+        raise TunerError(f"cannot use database {shown}: {exc}") from None
+    return engine

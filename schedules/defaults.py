@@ -1,0 +1,107 @@
+"""Default CPU schedules for kernels the database has no record for.
+
+An unscheduled TIR kernel is a single-threaded scalar loop nest, often 100x slower than needed.
+TVM's dlight rules cover only GEMV and reductions on CPU, so tuner takes MetaSchedule's own
+design space and applies one deterministic sample of it: tiled, with an outer loop parallel and
+the inner one vectorized. It costs no measurement. When no sample passes the postprocessors
+(rare shapes), a plain rule fuses and parallelizes the outer spatial loops and vectorizes the
+innermost one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm_ffi
+from tvm import tirx
+from tvm.ir import IRModule
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.schedule import Schedule
+from tvm.target import Target
+
+from .space import space_generator
+
+_SEEDS = (1, 2, 3, 4, 5, 6, 7, 8)
+
+
+@dataclass
+class DefaultScheduleStats:
+    sampled: int = 0  # from MetaSchedule's design space
+    simple: int = 0  # from the plain parallel + vectorize rule
+    unscheduled: int = 0  # left as they were (nothing to parallelize)
+
+    @property
+    def total(self) -> int:
+        return self.sampled + self.simple + self.unscheduled
+
+
+def _sample_design_space(func: tirx.PrimFunc, target: Target) -> IRModule | None:
+    mod = IRModule({"main": func.with_attr("global_symbol", "main")})
+    for seed in _SEEDS:
+        ctx = ms.TuneContext(
+            mod=mod,
+            target=target,
+            space_generator=space_generator(target),
+            search_strategy="replay-trace",
+            rand_state=seed,
+            num_threads=1,
+        )
+        for sch in ctx.generate_design_space():
+            if all(p.apply(sch) for p in ctx.space_generator.postprocs):
+                return sch.mod
+    return None
+
+
+def _simple_schedule(func: tirx.PrimFunc, target: Target) -> IRModule | None:
+    """Annotate the root block the way MetaSchedule's ParallelizeVectorizeUnroll rule does and let
+    its postprocessor decide which loops can legally be parallel and vectorized."""
+    sch = Schedule(IRModule({"main": func.with_attr("global_symbol", "main")}))
+    root = sch.get_sblock("root")
+    cores = int(target.attrs.get("num-cores", 1))
+    sch.annotate(root, "meta_schedule.parallel", 16 * cores)
+    sch.annotate(root, "meta_schedule.vectorize", 64)
+    if not ms.postproc.RewriteParallelVectorizeUnroll().apply(sch):
+        return None
+    return sch.mod if count_loops(sch.mod)["parallel"] else None
+
+
+def apply_default_schedules(mod: IRModule, target: Target) -> tuple[IRModule, DefaultScheduleStats]:
+    """Schedule every PrimFunc that the database did not (no ``tirx.is_scheduled`` attr)."""
+    stats = DefaultScheduleStats()
+    updates = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+            continue
+        scheduled = _sample_design_space(func, target)
+        if scheduled is not None:
+            stats.sampled += 1
+        else:
+            scheduled = _simple_schedule(func, target)
+            if scheduled is None:
+                stats.unscheduled += 1
+                continue
+            stats.simple += 1
+        new_func = scheduled["main"].with_attr("tirx.is_scheduled", True)
+        # Keep the caller's attributes (global symbol, op pattern), replace only the body.
+        new_func = tirx.PrimFunc(new_func.params, new_func.body, new_func.ret_type, func.attrs)
+        updates[gv] = new_func.with_attr("tirx.is_scheduled", True)
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod, stats
+
+
+def count_loops(mod: IRModule) -> dict[str, int]:
+    """Parallel and vectorized loops in a module's PrimFuncs (the report's `loops`)."""
+    counts = {"parallel": 0, "vectorized": 0}
+
+    def visit(node: tirx.For) -> None:
+        if node.kind == tirx.ForKind.PARALLEL:
+            counts["parallel"] += 1
+        elif node.kind == tirx.ForKind.VECTORIZED:
+            counts["vectorized"] += 1
+
+    for func in mod.functions.values():
+        if isinstance(func, tirx.PrimFunc):
+            tvm_ffi.structural_walk(func.body, [(tirx.For, visit)])
+    return counts
+

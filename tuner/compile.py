@@ -1,0 +1,59 @@
+"""Compile a fused Relax module with the tuning database applied and defaults for the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import tvm
+from tvm import relax
+from tvm.ir import IRModule
+from tvm.relax import pipeline as relax_pipeline
+from tvm.relax.transform import MetaScheduleApplyDatabase
+from tvm.s_tir.meta_schedule import Database
+from tvm.target import Target
+
+from tuner.schedules.defaults import DefaultScheduleStats, apply_default_schedules, count_loops
+
+
+@dataclass
+class Compiled:
+    executable: Any  # relax.VMExecutable
+    loops: dict[str, int] = field(default_factory=dict)
+    defaults: DefaultScheduleStats = field(default_factory=DefaultScheduleStats)
+
+
+def lowering_passes(target: Target) -> list[tvm.transform.Pass]:
+    """Relax lowering after scheduling, as TVM's default pipeline does it for the target."""
+    if target.kind.name == "llvm":
+        # tvm.relax.pipeline's dispatcher reaches these through the package, which (TVM 0.27)
+        # does not export them: take them from the module itself.
+        from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+        return [*cpu.dataflow_lower_passes(target), *cpu.finalize_passes(target)]
+    return [
+        *relax_pipeline.dataflow_lower_passes(target),
+        *relax_pipeline.finalize_passes(target),
+    ]
+
+
+def compile_tuned(fused: IRModule, target: Target, database: Database) -> Compiled:
+    """Best records from `database`, default schedules for every kernel without one."""
+    seen: dict[str, Any] = {}
+
+    @tvm.transform.module_pass(opt_level=3)
+    def pipeline(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
+        mod = MetaScheduleApplyDatabase()(mod)
+        mod, seen["defaults"] = apply_default_schedules(mod, target)
+        seen["loops"] = count_loops(mod)
+        return tvm.transform.Sequential(lowering_passes(target))(mod)
+
+    with target, database, tvm.transform.PassContext(opt_level=3):
+        ex = relax.build(fused, target=target, relax_pipeline=pipeline)
+    return Compiled(executable=ex, loops=seen["loops"], defaults=seen["defaults"])
+
+
+def compile_untuned(mod: IRModule, target: Target) -> Any:
+    """Stock TVM: the default Relax pipeline, no tuning records (the 'untuned' baseline)."""
+    with target:
+        return relax.build(mod, target=target)

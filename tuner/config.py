@@ -1,0 +1,94 @@
+"""Settings: configs/default.toml, then $TUNER_CONFIG, then TUNER_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import platformdirs
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+APP_NAME = "tuner"
+
+
+class SearchSettings(BaseModel):
+    population_size: int = Field(256, ge=4)
+    genetic_num_iters: int = Field(3, ge=1)
+    init_min_unmeasured: int = Field(32, ge=1)
+    max_trials_per_iter: int = Field(64, ge=1)
+
+
+class WorkerSettings(BaseModel):
+    builders: int = Field(0, ge=0)
+    build_timeout_s: float = Field(120.0, gt=0)
+    run_timeout_s: float = Field(60.0, gt=0)
+
+
+class MeasureSettings(BaseModel):
+    number: int = Field(3, ge=1)
+    repeat: int = Field(1, ge=1)
+    min_repeat_ms: int = Field(40, ge=0)
+    cpu_cache_flush: bool = True
+    model_runs: int = Field(20, ge=1)
+    model_min_seconds: float = Field(1.0, ge=0)
+
+
+class VerifySettings(BaseModel):
+    fp32_atol: float = 1e-3
+    fp32_rtol: float = 1e-3
+    fp16_atol: float = 2e-2
+    fp16_rtol: float = 2e-2
+
+
+def _toml_files() -> list[Path]:
+    files = [Path(str(resources.files("tuner.configs").joinpath("default.toml")))]
+    extra = os.environ.get("TUNER_CONFIG")
+    if extra:
+        files.append(Path(extra))
+    return files
+
+
+class Settings(BaseSettings):
+    """Everything configurable; the TOML defaults keep the numbers in one visible place."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNER_", env_nested_delimiter="__", extra="ignore")
+
+    db_url: str = ""
+    trials: int = Field(200, ge=0)
+    seed: int = 0
+    search: SearchSettings = SearchSettings()
+    workers: WorkerSettings = WorkerSettings()
+    measure: MeasureSettings = MeasureSettings()
+    verify: VerifySettings = VerifySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_toml_files())
+        return (init_settings, env_settings, toml)
+
+    def resolved_db_url(self) -> str:
+        """The configured URL, or the zero-setup SQLite file in the user cache dir."""
+        if self.db_url:
+            return self.db_url
+        cache = Path(platformdirs.user_cache_dir(APP_NAME))
+        return f"sqlite:///{cache / 'tuning.sqlite'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

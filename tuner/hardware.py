@@ -1,0 +1,71 @@
+"""Hardware fingerprints: what decides whether a schedule is valid and fast on a machine.
+
+Records are served only for an exact key match, so the key holds what changes the generated
+code or its speed (ISA features LLVM uses, the CPU model LLVM tunes for, the core count the
+schedule parallelizes over) and nothing that does not (host name, clock jitter, memory size).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+# CPU flags that change what LLVM may emit; others (e.g. `hypervisor`) are noise for the key.
+_LLVM_FEATURES = (
+    "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512cd",
+    "avx512bw", "avx512vl", "avx512_vnni", "avx512vnni", "avx512_bf16", "avx512_fp16",
+    "avx512ifma", "avx512vbmi", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+    "asimd", "neon", "sve", "sve2", "asimddp", "i8mm", "bf16",
+)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    kind: str
+    arch: str
+    cpu_model: str
+    mcpu: str
+    features: tuple[str, ...] = field(default_factory=tuple)
+    num_cores: int = 1
+
+    @property
+    def key(self) -> str:
+        """Stable across runs and machines of the same kind: a hash of the canonical fields."""
+        payload = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return f"{self.kind}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, **asdict(self), "features": list(self.features)}
+
+
+@lru_cache(maxsize=1)
+def _host_cpu() -> tuple[str, tuple[str, ...]]:
+    import cpuinfo
+
+    info = cpuinfo.get_cpu_info()
+    flags = {f.lower() for f in info.get("flags", [])}
+    return str(info.get("brand_raw", "unknown")), tuple(f for f in _LLVM_FEATURES if f in flags)
+
+
+def cpu_fingerprint(target: dict[str, Any]) -> Fingerprint:
+    """Fingerprint of the host CPU as a given llvm target uses it."""
+    brand, features = _host_cpu()
+    return Fingerprint(
+        kind="cpu",
+        arch=platform.machine(),
+        cpu_model=brand,
+        # Without mcpu LLVM emits generic code: a different (slower) kernel, so a different key.
+        mcpu=str(target.get("mcpu") or "generic"),
+        features=features,
+        num_cores=int(target.get("num-cores", 1)),
+    )
+
+
+def fingerprint_for(target: dict[str, Any]) -> Fingerprint:
+    if target.get("kind") == "llvm":
+        return cpu_fingerprint(target)
+    raise ValueError(f"no hardware fingerprint for target kind {target.get('kind')!r}")

@@ -1,0 +1,108 @@
+"""Run and time the compiled module and ONNX Runtime in this process, and compare outputs."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import tvm
+from tvm import relax
+
+from .errors import VerificationError
+
+
+def random_inputs(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in shapes.items():
+        dtype = dtypes[name]
+        if dtype.startswith(("int", "uint")):
+            out[name] = rng.integers(0, 8, size=shape).astype(dtype)
+        elif dtype == "bool":
+            out[name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            out[name] = rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
+    return out
+
+
+def _flatten(value: Any) -> list[np.ndarray]:
+    if isinstance(value, tvm.runtime.Tensor):
+        return [value.numpy()]
+    if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and not hasattr(value, "numpy"):
+        return [arr for item in value for arr in _flatten(item)]
+    return [np.asarray(value)]
+
+
+class TVMModel:
+    """A loaded `model.so` ready to run on the CPU."""
+
+    def __init__(self, library: Path | Any, input_names: list[str]) -> None:
+        lib = tvm.runtime.load_module(str(library)) if isinstance(library, (str, Path)) else library
+        self.device = tvm.cpu()
+        self.vm = relax.VirtualMachine(lib, self.device)
+        self.input_names = input_names
+
+    def prepare(self, inputs: dict[str, np.ndarray]) -> list[tvm.runtime.Tensor]:
+        return [tvm.runtime.tensor(inputs[n], self.device) for n in self.input_names]
+
+    def run(self, args: list[tvm.runtime.Tensor]) -> list[np.ndarray]:
+        return _flatten(self.vm["main"](*args))
+
+
+class ORTModel:
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(x) for x in self.session.run(None, inputs)]
+
+
+def median_ms(fn: Callable[[], Any], max_runs: int, min_seconds: float) -> float:
+    """Median wall time of `fn` after one warm-up; enough runs to cover `min_seconds`, at least 3."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    runs = max(3, min(max_runs, math.ceil(min_seconds / max(first, 1e-6))))
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+@dataclass
+class Comparison:
+    max_abs_error: float
+    verified: bool
+
+
+def compare(outputs: list[np.ndarray], reference: list[np.ndarray], names: list[str],
+            atol: float, rtol: float) -> Comparison:
+    """Every output within atol + rtol*|ref|; raises VerificationError naming the first that is not."""
+    if len(outputs) != len(reference):
+        raise VerificationError(f"the compiled module returned {len(outputs)} outputs, ONNX Runtime {len(reference)}")
+    worst = 0.0
+    for name, out, ref in zip(names, outputs, reference):
+        if out.shape != ref.shape:
+            raise VerificationError(f"output {name!r} has shape {out.shape}, ONNX Runtime gives {ref.shape}")
+        diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+        err = float(diff.max()) if diff.size else 0.0
+        worst = max(worst, err)
+        if not np.all(diff <= atol + rtol * np.abs(ref.astype(np.float64))) or not np.isfinite(err):
+            raise VerificationError(
+                f"output {name!r} diverges from ONNX Runtime: max abs error {err:.3g} "
+                f"(tolerance {atol:g} + {rtol:g}*|ref|); the module was not written"
+            )
+    return Comparison(max_abs_error=worst, verified=True)

@@ -1,0 +1,172 @@
+"""`tuner run`: ONNX in, verified tuned module and report out.
+
+load -> import to Relax -> fuse -> extract tasks -> split cache hits from tasks to tune -> tune
+-> compile with the database and default schedules -> verify against ONNX Runtime -> time ->
+write model.so and report.json (only after verification passed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from tuner.db.database import Provenance, SQLDatabase
+from tuner.db.engine import make_engine, redact_url
+from tuner.db.migrate import upgrade
+
+from . import __version__
+from .compile import compile_tuned, compile_untuned
+from .config import Settings
+from .errors import TunerError
+from .graph import fuse_for_tuning, import_onnx
+from .hardware import fingerprint_for
+from .measure import ORTModel, TVMModel, compare, median_ms, random_inputs
+from .model_io import LoadedModel, load_model
+from .progress import Progress, SilentProgress
+from .tuning import tune
+
+
+@dataclass
+class RunRequest:
+    model: str
+    target: dict[str, Any]
+    trials: int
+    out_dir: Path | None = None
+    db_url: str | None = None
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    seed: int = 0
+    team: str | None = None
+    job_id: str | None = None
+    measure_untuned: bool = True
+
+
+def open_database(url: str, target: dict[str, Any], team: str | None = None,
+                  job_id: str | None = None) -> SQLDatabase:
+    """The tuning database for this target's hardware, migrated to the current schema."""
+    engine = make_engine(url)
+    upgrade(engine)
+    fp = fingerprint_for(target)
+    return SQLDatabase(engine, Provenance(
+        hardware_key=fp.key, hardware_kind=fp.kind, fingerprint=fp.as_dict(),
+        tuner_version=__version__, team=team, job_id=job_id,
+    ))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def run(request: RunRequest, settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
+    """Everything `tuner run` does; returns the report (also written to DIR/report.json)."""
+    progress = progress or SilentProgress()
+    t_start = time.perf_counter()
+    model: LoadedModel = load_model(request.model, request.input_shapes)
+    out_dir = request.out_dir or Path("tuner-out") / model.name
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TunerError(f"cannot create output folder {out_dir}: {exc.strerror}") from None
+    db_url = request.db_url or settings.resolved_db_url()
+    database = open_database(db_url, request.target, request.team, request.job_id)
+    target = Target(dict(request.target))
+
+    progress.message(f"importing {model.name} ({model.source})")
+    fused = fuse_for_tuning(import_onnx(model), target)
+    tasks = ms.relax_integration.extract_tasks(fused, target)
+    cached = [database.best_run_secs(t.dispatched[0]) for t in tasks]
+    to_tune = [i for i, best in enumerate(cached) if best is None]
+    progress.message(
+        f"{len(tasks)} task(s): {len(tasks) - len(to_tune)} served from the database, {len(to_tune)} to tune"
+    )
+
+    t_tune = time.perf_counter()
+    trials_done = 0
+    if request.trials > 0 and to_tune:
+        result = tune(
+            [tasks[i] for i in to_tune], target, database, request.trials, settings,
+            request.seed, out_dir / "logs", progress,
+        )
+        trials_done = result.trials
+    tuning_seconds = time.perf_counter() - t_tune
+    tuned_now = sum(1 for i in to_tune if database.best_run_secs(tasks[i].dispatched[0]) is not None)
+
+    progress.message("compiling with the database and default schedules")
+    compiled = compile_tuned(fused, target, database)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
+        lib_path = Path(tmp) / "model.so"
+        compiled.executable.export_library(str(lib_path))
+        names = list(model.input_shapes)
+        inputs = random_inputs(model.input_shapes, model.input_dtypes, request.seed)
+        tvm_model = TVMModel(lib_path, names)
+        args = tvm_model.prepare(inputs)
+        ort_model = ORTModel(model.proto)
+        reference = ort_model.run(inputs)
+        out_names = [o.name for o in model.proto.graph.output]
+        dtype = str(reference[0].dtype) if reference else "float32"
+        v = settings.verify
+        atol, rtol = (v.fp16_atol, v.fp16_rtol) if dtype == "float16" else (v.fp32_atol, v.fp32_rtol)
+        comparison = compare(tvm_model.run(args), reference, out_names, atol, rtol)
+
+        progress.message("timing tuned, untuned and ONNX Runtime")
+        m = settings.measure
+        tuned_ms = median_ms(lambda: tvm_model.run(args), m.model_runs, m.model_min_seconds)
+        ort_ms = median_ms(lambda: ort_model.run(inputs), m.model_runs, m.model_min_seconds)
+        untuned_ms = None
+        if request.measure_untuned:
+            untuned = TVMModel(compile_untuned(import_onnx(model), target), names)
+            untuned_args = untuned.prepare(inputs)
+            untuned_ms = median_ms(lambda: untuned.run(untuned_args), m.model_runs, m.model_min_seconds)
+        data = lib_path.read_bytes()
+    artifact = out_dir / "model.so"
+    _write_atomic(artifact, data)
+
+    fp = fingerprint_for(request.target)
+    report: dict[str, Any] = {
+        "model": model.name,
+        "source": model.source,
+        "input_shapes": {k: list(v) for k, v in model.input_shapes.items()},
+        "target": request.target,
+        "hardware": fp.as_dict(),
+        "db": redact_url(db_url),
+        "trials": trials_done,
+        "tasks": len(tasks),
+        "tasks_from_db": len(tasks) - len(to_tune),
+        "tasks_tuned": tuned_now,
+        "tasks_default_schedule": compiled.defaults.total,
+        "tuning_seconds": round(tuning_seconds, 3),
+        "total_seconds": round(time.perf_counter() - t_start, 3),
+        "latency_ms": {"untuned": untuned_ms, "tuned": tuned_ms, "onnxruntime": ort_ms},
+        "speedup": {
+            "vs_untuned": (untuned_ms / tuned_ms) if untuned_ms else None,
+            "vs_onnxruntime": ort_ms / tuned_ms,
+        },
+        "max_abs_error": comparison.max_abs_error,
+        "tolerance": {"atol": atol, "rtol": rtol},
+        "verified": comparison.verified,
+        "loops": compiled.loops,
+        "artifact": {
+            "path": str(artifact.resolve()),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+        },
+        "seed": request.seed,
+        "tvm_version": tvm.__version__,
+        "tuner_version": __version__,
+    }
+    _write_atomic(out_dir / "report.json", json.dumps(report, indent=2).encode())
+    return report
