@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 import tvm
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
@@ -56,10 +57,15 @@ def open_database(url: str, target: dict[str, Any], team: str | None = None,
     engine = make_engine(url)
     upgrade(engine)
     fp = fingerprint_for(target)
-    return SQLDatabase(engine, Provenance(
+    provenance = Provenance(
         hardware_key=fp.key, hardware_kind=fp.kind, fingerprint=fp.as_dict(),
         tuner_version=__version__, team=team, job_id=job_id,
-    ))
+    )
+    try:
+        return SQLDatabase(engine, provenance)  # writes the hardware row: proves we can write
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise TunerError(f"cannot write to database {redact_url(url)}: {reason}") from None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

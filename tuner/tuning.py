@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +54,8 @@ def tune(
     """Spend `trials` measurements over `tasks`; every record lands in `database` as measured."""
     work_dir.mkdir(parents=True, exist_ok=True)
     cores = int(target.attrs.get("num-cores", 1))
-    loggers = get_loggers_from_work_dir(str(work_dir), [t.task_name for t in tasks])
+    with contextlib.redirect_stdout(sys.stderr):  # its set-up logs one line to the console
+        loggers = get_loggers_from_work_dir(str(work_dir), [t.task_name for t in tasks])
     _quiet_metaschedule_logs()
     cfg = SearchConfig(
         population_size=settings.search.population_size,

@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny search so the suite stays within minutes on 2 cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tuner.config import MeasureSettings, SearchSettings, Settings
+
+TINY = dict(
+    search=SearchSettings(population_size=16, genetic_num_iters=1, init_min_unmeasured=8, max_trials_per_iter=8),
+    measure=MeasureSettings(number=2, repeat=1, min_repeat_ms=5, cpu_cache_flush=False, model_runs=5, model_min_seconds=0.0),
+)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(**TINY)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tuning.sqlite'}"
+
+
+def tiny_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for `tuner` subprocesses: tiny search, private database and cache."""
+    env = dict(os.environ)
+    env.update(
+        TUNER_SEARCH__POPULATION_SIZE="16",
+        TUNER_SEARCH__GENETIC_NUM_ITERS="1",
+        TUNER_SEARCH__INIT_MIN_UNMEASURED="8",
+        TUNER_SEARCH__MAX_TRIALS_PER_ITER="8",
+        TUNER_MEASURE__NUMBER="2",
+        TUNER_MEASURE__MIN_REPEAT_MS="5",
+        TUNER_MEASURE__MODEL_RUNS="5",
+        TUNER_MEASURE__MODEL_MIN_SECONDS="0",
+        TUNER_DB_URL=f"sqlite:///{tmp_path / 'env.sqlite'}",
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+    )
+    return env

@@ -1,0 +1,82 @@
+"""Small ONNX models built in code for the tests (random weights, so numerics are meaningful)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
+    return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.1, name)
+
+
+def matmul_bias_relu(m: int = 16, k: int = 64, n: int = 32, seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["mm"]),
+            helper.make_node("Add", ["mm", "b"], ["biased"]),
+            helper.make_node("Relu", ["biased"], ["y"]),
+        ],
+        "matmul_bias_relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        [_init(rng, "w", (k, n)), _init(rng, "b", (n,))],
+    )
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
+def small_convnet(channels: int = 8, size: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """conv3x3 + relu, conv3x3 + relu, global pool, gemm: a few distinct tasks."""
+    rng = np.random.default_rng(seed)
+    c = channels
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c2"], ["r2"]),
+            helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["f"]),
+            helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1),
+        ],
+        "small_convnet",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [
+            _init(rng, "w1", (c, 3, 3, 3)), _init(rng, "b1", (c,)),
+            _init(rng, "w2", (c, c, 3, 3)), _init(rng, "b2", (c,)),
+            _init(rng, "wf", (10, c)), _init(rng, "bf", (10,)),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
+def dynamic_batch() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "dynamic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+    )
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
+def unsupported_op() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MelWeightMatrix", ["r", "r", "r", "r", "r"], ["y"])],
+        "unsupported",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+    )
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path

@@ -1,0 +1,72 @@
+"""The CLI as users run it: a zoo model twice, --json output, Ctrl-C keeps measured records."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests import onnx_models
+from tests.conftest import tiny_env
+from tests.test_bad_input import tuner_cli
+
+
+def test_models_lists_the_zoo(tmp_path: Path) -> None:
+    proc = tuner_cli(["models", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert {"squeezenet", "resnet50", "vgg19"} <= rows.keys()
+    assert rows["resnet50"]["inputs"] == {"gpu_0/data_0": [1, 3, 224, 224]}
+    assert 7 < rows["resnet50"]["gflops"] < 9
+
+
+def test_zoo_model_tuned_then_served_from_database(tmp_path: Path) -> None:
+    args = ["run", "zoo:squeezenet", "--trials", "30", "--json", "--target", '{"kind": "llvm", "num-cores": 2}']
+    first = tuner_cli([*args, "--out", str(tmp_path / "a")], tmp_path, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = json.loads(first.stdout)  # stdout holds the JSON and nothing else
+    assert report["model"] == "squeezenet" and report["verified"]
+    assert report["tasks"] == 30 and report["trials"] >= 30
+    assert report["tasks_tuned"] + report["tasks_from_db"] == report["tasks"]
+    assert report["loops"]["parallel"] > 0 and report["loops"]["vectorized"] > 0
+    assert report["latency_ms"]["tuned"] < report["latency_ms"]["untuned"]
+    assert Path(report["artifact"]["path"]).stat().st_size == report["artifact"]["bytes"]
+
+    second = tuner_cli([*args, "--out", str(tmp_path / "b")], tmp_path, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads(second.stdout)
+    assert again["trials"] == 0
+    assert again["tasks_from_db"] == report["tasks"]
+    assert again["tasks_default_schedule"] == 0
+
+
+def test_ctrl_c_keeps_measured_records(tmp_path: Path) -> None:
+    onnx_models.save(onnx_models.small_convnet(channels=16, size=32), tmp_path / "conv.onnx")
+    db = tmp_path / "int.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuner.cli", "run", "conv.onnx", "--trials", "2000", "--db", f"sqlite:///{db}",
+         "--target", '{"kind": "llvm", "num-cores": 2}'],
+        cwd=tmp_path, env=tiny_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+    def records() -> int:
+        try:
+            with sqlite3.connect(db) as conn:
+                return conn.execute("SELECT count(*) FROM tuning_records").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+    deadline = time.monotonic() + 300
+    while records() < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    seen = records()
+    assert seen >= 3, "no records were committed while tuning"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert records() >= seen

@@ -1,0 +1,85 @@
+"""`tuner run` end to end on small models: numerics, database reuse, outputs contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from tests import onnx_models
+from tuner.config import Settings
+from tuner.errors import VerificationError
+from tuner.measure import ORTModel
+from tuner.model_io import load_model
+from tuner.pipeline import RunRequest, run
+
+TARGET = {"kind": "llvm", "num-cores": 2}
+REPORT_KEYS = {
+    "model", "input_shapes", "target", "hardware", "db", "trials", "tasks", "tasks_from_db",
+    "tasks_tuned", "tasks_default_schedule", "tuning_seconds", "latency_ms", "speedup",
+    "max_abs_error", "verified", "loops", "artifact", "tvm_version", "tuner_version",
+}
+
+
+def _run(path: Path, out: Path, db: str, settings: Settings, trials: int) -> dict:
+    return run(RunRequest(model=str(path), target=TARGET, trials=trials, out_dir=out, db_url=db), settings)
+
+
+def _check_artifact(report: dict, model_path: Path) -> None:
+    """model.so loads with tvm.runtime.load_module, runs in a relax VM and matches ONNX Runtime."""
+    lib = tvm.runtime.load_module(report["artifact"]["path"])
+    vm = relax.VirtualMachine(lib, tvm.cpu())
+    loaded = load_model(str(model_path))
+    (name, shape), = loaded.input_shapes.items()
+    x = np.random.default_rng(7).standard_normal(shape).astype("float32")
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    want = ORTModel(loaded.proto).run({name: x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_tune_then_cache_hit(tmp_path: Path, settings: Settings, sqlite_url: str) -> None:
+    model = onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "mbr.onnx")
+    first = _run(model, tmp_path / "a", sqlite_url, settings, trials=8)
+    assert REPORT_KEYS <= first.keys()
+    assert first["verified"] and first["max_abs_error"] < 1e-3
+    assert first["trials"] >= 1 and first["tasks_tuned"] >= 1 and first["tasks_from_db"] == 0
+    assert "@" not in first["db"] or "***" in first["db"]
+    assert json.loads((tmp_path / "a" / "report.json").read_text()) == first
+    _check_artifact(first, model)
+
+    second = _run(model, tmp_path / "b", sqlite_url, settings, trials=8)
+    assert second["trials"] == 0
+    assert second["tasks_from_db"] == first["tasks_tuned"] == second["tasks"]
+    assert second["tasks_default_schedule"] == 0
+    _check_artifact(second, model)
+
+
+def test_budget_zero_uses_default_schedules(tmp_path: Path, settings: Settings, sqlite_url: str) -> None:
+    model = onnx_models.save(onnx_models.small_convnet(), tmp_path / "conv.onnx")
+    report = _run(model, tmp_path / "out", sqlite_url, settings, trials=0)
+    assert report["trials"] == 0 and report["tasks_tuned"] == 0
+    assert report["tasks_default_schedule"] == report["tasks"] > 1
+    assert report["loops"]["parallel"] > 0 and report["loops"]["vectorized"] > 0
+    assert report["verified"]
+    _check_artifact(report, model)
+
+
+def test_divergent_module_is_never_written(tmp_path: Path, settings: Settings, sqlite_url: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import tuner.pipeline as pipeline
+
+    model = onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "m.onnx")
+
+    class Broken(pipeline.TVMModel):
+        def run(self, args):  # noqa: ANN001, ANN202 - simulate a miscompiled kernel
+            return [out + 1.0 for out in super().run(args)]
+
+    monkeypatch.setattr(pipeline, "TVMModel", Broken)
+    with pytest.raises(VerificationError, match="output 'y' diverges"):
+        _run(model, tmp_path / "out", sqlite_url, settings, trials=0)
+    assert not (tmp_path / "out" / "model.so").exists()
+    assert not (tmp_path / "out" / "report.json").exists()

@@ -1,0 +1,142 @@
+"""The `tuner` command line. Errors are one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import TunerError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tune ONNX models with TVM MetaSchedule.")
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Argument(help="Path to an .onnx file, or zoo:NAME (see `tuner models`).")],
+    target: Annotated[str, typer.Option(help='"cpu" (the host) or a TVM target as a JSON dict.')] = "cpu",
+    trials: Annotated[Optional[int], typer.Option(min=0, help="Measured trials for the whole model; 0 = database and defaults only.")] = None,
+    db: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL of the tuning database (env TUNER_DB_URL).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default ./tuner-out/<model>).")] = None,
+    input_shape: Annotated[Optional[list[str]], typer.Option(help="NAME=1,3,224,224 for inputs with dynamic dimensions; repeatable.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for a reproducible search.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout, nothing else.")] = False,
+) -> None:
+    """Tune MODEL on this machine, compile, verify against ONNX Runtime, write model.so and report.json."""
+    from .config import get_settings
+    from .model_io import parse_input_shapes
+    from .pipeline import RunRequest
+    from .pipeline import run as run_pipeline
+    from .progress import LogProgress, RichProgress
+    from .targets import parse_target
+
+    settings = get_settings()
+    request = RunRequest(
+        model=model,
+        target=parse_target(target),
+        trials=settings.trials if trials is None else trials,
+        out_dir=out_dir,
+        db_url=db,
+        input_shapes=parse_input_shapes(input_shape or []),
+        seed=settings.seed if seed is None else seed,
+    )
+    progress = RichProgress() if sys.stderr.isatty() else LogProgress()
+    interrupted = threading.Event()
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        report = run_pipeline(request, settings, progress)
+    except Exception as exc:
+        # Ctrl-C inside MetaSchedule's C++ loop comes back wrapped in another error type.
+        if not interrupted.is_set() and not isinstance(exc, KeyboardInterrupt):
+            raise
+        progress.stop()
+        _fail("interrupted: every record measured so far is kept in the database", 130)
+    except KeyboardInterrupt:
+        progress.stop()
+        _fail("interrupted: every record measured so far is kept in the database", 130)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    _print_report(report)
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
+
+
+def _print_report(report: dict) -> None:
+    lat, speed = report["latency_ms"], report["speedup"]
+    table = Table(title=f"{report['model']} on {report['hardware']['cpu_model']} ({report['hardware']['key']})")
+    table.add_column("module")
+    table.add_column("latency (median)", justify="right")
+    table.add_column("tuned is", justify="right")
+    table.add_row("tuned (tuner)", _fmt_ms(lat["tuned"]), "")
+    untuned = f"{speed['vs_untuned']:.2f}x faster" if speed["vs_untuned"] else "-"
+    table.add_row("untuned TVM", _fmt_ms(lat["untuned"]), untuned)
+    ratio = speed["vs_onnxruntime"]
+    vs_ort = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+    table.add_row("ONNX Runtime", _fmt_ms(lat["onnxruntime"]), vs_ort)
+    out.print(table)
+    out.print(
+        f"tasks: {report['tasks']} ({report['tasks_from_db']} from the database, {report['tasks_tuned']} tuned now, "
+        f"{report['tasks_default_schedule']} on default schedules); trials: {report['trials']} in "
+        f"{report['tuning_seconds']:.1f} s"
+    )
+    out.print(
+        f"verified against ONNX Runtime: max abs error {report['max_abs_error']:.3g}; loops: "
+        f"{report['loops']['parallel']} parallel, {report['loops']['vectorized']} vectorized"
+    )
+    out.print(f"module: {report['artifact']['path']}  (sha256 {report['artifact']['sha256'][:16]}...)")
+    out.print(f"report: {Path(report['artifact']['path']).with_name('report.json')}")
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List the model-zoo networks shipped with the onnx package: input shapes and GFLOPs."""
+    from .zoo_info import zoo_table
+
+    rows = zoo_table()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="zoo models (use as zoo:NAME)")
+    for col in ("name", "inputs", "GFLOPs", "MB"):
+        table.add_column(col, justify="right" if col in ("GFLOPs", "MB") else "left")
+    for row in rows:
+        inputs = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in row["inputs"].items())
+        table.add_row(row["name"], inputs, f"{row['gflops']:.2f}", f"{row['megabytes']:.1f}")
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point: TunerError becomes one clear line and its exit code."""
+    try:
+        app()
+    except TunerError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
