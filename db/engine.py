@@ -19,6 +19,12 @@ def redact_url(url: str) -> str:
         return "<invalid database URL>"
 
 
+def error_reason(exc: SQLAlchemyError) -> str:
+    """The driver's own first line (e.g. "connection refused"), without SQLAlchemy's wrapping."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types
     # WAL lets readers run beside one writer; busy_timeout makes a second writer process wait
     # for the lock instead of failing with "database is locked".
@@ -49,8 +55,7 @@ def make_engine(url: str) -> Engine:
         with engine.begin() as conn:
             conn.execute(text("SELECT 1"))
     except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise TunerError(f"cannot reach database {shown}: {reason}") from None
+        raise TunerError(f"cannot reach database {shown}: {error_reason(exc)}") from None
     except SQLAlchemyError as exc:
-        raise TunerError(f"cannot use database {shown}: {exc}") from None
+        raise TunerError(f"cannot use database {shown}: {error_reason(exc)}") from None
     return engine

@@ -7,11 +7,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from tuner.errors import TunerError
 
-from .engine import redact_url
+from .engine import error_reason, redact_url
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -36,8 +36,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         if revision == "head" and current_revision(engine) == head_revision(engine):
             return
         command.upgrade(alembic_config(engine), revision)
-    except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise TunerError(f"cannot migrate database {redact_url(str(engine.url))}: {reason}") from None
     except SQLAlchemyError as exc:
-        raise TunerError(f"cannot migrate database {redact_url(str(engine.url))}: {exc}") from None
+        shown = redact_url(engine.url.render_as_string(hide_password=False))
+        raise TunerError(f"cannot migrate database {shown}: {error_reason(exc)}") from None

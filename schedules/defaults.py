@@ -4,8 +4,9 @@ An unscheduled TIR kernel is a single-threaded scalar loop nest, often 100x slow
 TVM's dlight rules cover only GEMV and reductions on CPU, so tuner takes MetaSchedule's own
 design space and applies one deterministic sample of it: tiled, with an outer loop parallel and
 the inner one vectorized. It costs no measurement. When no sample passes the postprocessors
-(rare shapes), a plain rule fuses and parallelizes the outer spatial loops and vectorizes the
-innermost one.
+(rare shapes), the root block is annotated for parallelism and vectorization and MetaSchedule's
+own postprocessor applies what is legal. A kernel with nothing to parallelize stays as it is and
+is counted as `unscheduled`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class DefaultScheduleStats:
     sampled: int = 0  # from MetaSchedule's design space
     simple: int = 0  # from the plain parallel + vectorize rule
     unscheduled: int = 0  # left as they were (nothing to parallelize)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"sampled": self.sampled, "simple": self.simple, "unscheduled": self.unscheduled}
 
     @property
     def total(self) -> int:

@@ -83,3 +83,24 @@ def test_divergent_module_is_never_written(tmp_path: Path, settings: Settings, s
         _run(model, tmp_path / "out", sqlite_url, settings, trials=0)
     assert not (tmp_path / "out" / "model.so").exists()
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_fallback_default_schedule_parallelizes_and_vectorizes() -> None:
+    """The plain rule used when no design-space sample passes the postprocessors."""
+    from tvm.script import tirx as T
+    from tvm.target import Target
+
+    from tuner.schedules.defaults import _simple_schedule, count_loops
+
+    @T.prim_func(s_tir=True)
+    def add_relu(a: T.Buffer((64, 256), "float32"), b: T.Buffer((64, 256), "float32"),
+                 c: T.Buffer((64, 256), "float32")) -> None:
+        for i, j in T.grid(64, 256):
+            with T.sblock("C"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                c[vi, vj] = T.max(a[vi, vj] + b[vi, vj], T.float32(0))
+
+    scheduled = _simple_schedule(add_relu, Target(TARGET))
+    assert scheduled is not None
+    loops = count_loops(scheduled)
+    assert loops["parallel"] >= 1 and loops["vectorized"] >= 1

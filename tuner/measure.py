@@ -33,9 +33,10 @@ def random_inputs(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], se
 
 
 def _flatten(value: Any) -> list[np.ndarray]:
+    """The VM returns a Tensor, or a (nested) tuple of them for several outputs."""
     if isinstance(value, tvm.runtime.Tensor):
         return [value.numpy()]
-    if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and not hasattr(value, "numpy"):
+    if hasattr(value, "__len__"):
         return [arr for item in value for arr in _flatten(item)]
     return [np.asarray(value)]
 

@@ -22,7 +22,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from tuner.db.database import Provenance, SQLDatabase
-from tuner.db.engine import make_engine, redact_url
+from tuner.db.engine import error_reason, make_engine, redact_url
 from tuner.db.migrate import upgrade
 
 from . import __version__
@@ -64,8 +64,7 @@ def open_database(url: str, target: dict[str, Any], team: str | None = None,
     try:
         return SQLDatabase(engine, provenance)  # writes the hardware row: proves we can write
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise TunerError(f"cannot write to database {redact_url(url)}: {reason}") from None
+        raise TunerError(f"cannot write to database {redact_url(url)}: {error_reason(exc)}") from None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -141,19 +140,19 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
     artifact = out_dir / "model.so"
     _write_atomic(artifact, data)
 
-    fp = fingerprint_for(request.target)
     report: dict[str, Any] = {
         "model": model.name,
         "source": model.source,
         "input_shapes": {k: list(v) for k, v in model.input_shapes.items()},
         "target": request.target,
-        "hardware": fp.as_dict(),
+        "hardware": database.provenance.fingerprint,
         "db": redact_url(db_url),
         "trials": trials_done,
         "tasks": len(tasks),
         "tasks_from_db": len(tasks) - len(to_tune),
         "tasks_tuned": tuned_now,
         "tasks_default_schedule": compiled.defaults.total,
+        "default_schedules": compiled.defaults.as_dict(),
         "tuning_seconds": round(tuning_seconds, 3),
         "total_seconds": round(time.perf_counter() - t_start, 3),
         "latency_ms": {"untuned": untuned_ms, "tuned": tuned_ms, "onnxruntime": ort_ms},
