@@ -91,7 +91,8 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
     target = Target(dict(request.target))
 
     progress.message(f"importing {model.name} ({model.source})")
-    fused = fuse_for_tuning(import_onnx(model), target)
+    relax_mod = import_onnx(model)  # passes return new modules: reused for the untuned baseline
+    fused = fuse_for_tuning(relax_mod, target)
     tasks = ms.relax_integration.extract_tasks(fused, target)
     cached = [database.best_run_secs(t.dispatched[0]) for t in tasks]
     to_tune = [i for i, best in enumerate(cached) if best is None]
@@ -133,7 +134,7 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
         ort_ms = median_ms(lambda: ort_model.run(inputs), m.model_runs, m.model_min_seconds)
         untuned_ms = None
         if request.measure_untuned:
-            untuned = TVMModel(compile_untuned(import_onnx(model), target), names)
+            untuned = TVMModel(compile_untuned(relax_mod, target), names)
             untuned_args = untuned.prepare(inputs)
             untuned_ms = median_ms(lambda: untuned.run(untuned_args), m.model_runs, m.model_min_seconds)
         data = lib_path.read_bytes()
