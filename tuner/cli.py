@@ -13,16 +13,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import TunerError
+from .errors import Interrupted, TunerError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tune ONNX models with TVM MetaSchedule.")
 err = Console(stderr=True)
 out = Console()
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @app.command()
@@ -64,15 +59,12 @@ def run(
     signal.signal(signal.SIGINT, on_sigint)
     try:
         report = run_pipeline(request, settings, progress)
-    except Exception as exc:
+    except (KeyboardInterrupt, Exception) as exc:
         # Ctrl-C inside MetaSchedule's C++ loop comes back wrapped in another error type.
-        if not interrupted.is_set() and not isinstance(exc, KeyboardInterrupt):
+        if not (isinstance(exc, KeyboardInterrupt) or interrupted.is_set()):
             raise
         progress.stop()
-        _fail("interrupted: every record measured so far is kept in the database", 130)
-    except KeyboardInterrupt:
-        progress.stop()
-        _fail("interrupted: every record measured so far is kept in the database", 130)
+        raise Interrupted("interrupted: every record measured so far is kept in the database") from None
     if as_json:
         print(json.dumps(report, indent=2))
         return

@@ -11,3 +11,9 @@ class VerificationError(TunerError):
     """The compiled module disagrees with ONNX Runtime; nothing is written as the result."""
 
     exit_code = 3
+
+
+class Interrupted(TunerError):
+    """Ctrl-C: records already measured stay in the database."""
+
+    exit_code = 130

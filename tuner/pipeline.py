@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
 import tvm
+from sqlalchemy.exc import SQLAlchemyError
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
