@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tvm_ffi
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -45,9 +45,18 @@ def mean_run_secs(run_secs: Any) -> float | None:
     return sum(values) / len(values)
 
 
+def record_sha256(payload: list[Any]) -> str:
+    """Identity of one measurement: ``TuningRecord.as_json()`` hashed in canonical form."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def unsigned_shash(shash: int) -> int:
+    return shash + (1 << 64) if shash < 0 else shash
+
+
 @dataclass(frozen=True)
 class Provenance:
-    """Who made the records this database instance commits."""
+    """Who makes the records this database instance commits, and who reads them."""
 
     hardware_key: str
     hardware_kind: str
@@ -55,20 +64,41 @@ class Provenance:
     tuner_version: str
     team: str | None = None
     job_id: str | None = None
+    private: bool = False
+
+    @property
+    def family(self) -> str:
+        return str(self.fingerprint.get("family") or self.hardware_key)
 
 
-def _insert(engine: Engine):  # noqa: ANN202 - dialect-specific Insert
+@dataclass(frozen=True)
+class Best:
+    """The record a workload would be compiled with here."""
+
+    mean_run_secs: float
+    team: str | None
+
+
+def insert_for(engine: Engine):  # noqa: ANN202 - dialect-specific Insert
+    """INSERT with ON CONFLICT support: our upserts rely on constraints, not locks."""
     return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
 
 @derived_object
 class SQLDatabase(PyDatabase):
-    """Records of one hardware key read from and written to a SQL database."""
+    """Records of one hardware key read from and written to a SQL database.
 
-    def __init__(self, engine: Engine, provenance: Provenance) -> None:
+    Served: records of exactly this hardware key that are shared, or private to our team.
+    With ``warm_start``, ``get_top_k`` (which only the evolutionary search calls, to seed its
+    population) tops up with records of the same hardware family; ``query_tuning_record`` (what
+    compilation uses) never does, so a record from other hardware is never final here.
+    """
+
+    def __init__(self, engine: Engine, provenance: Provenance, warm_start: bool = False) -> None:
         super().__init__()
         self.engine = engine
         self.provenance = provenance
+        self.warm_start = warm_start
         self._lock = threading.Lock()
         # shash -> [(workload id, Workload)]: avoids re-reading and re-parsing IRModules.
         self._workloads: dict[int, list[tuple[int, Workload]]] = {}
@@ -77,9 +107,10 @@ class SQLDatabase(PyDatabase):
     # -- helpers -------------------------------------------------------------------------
     def _ensure_hardware(self) -> None:
         p = self.provenance
-        stmt = _insert(self.engine)(models.Hardware).values(
+        stmt = insert_for(self.engine)(models.Hardware).values(
             key=p.hardware_key,
             kind=p.hardware_kind,
+            family=p.family,
             fingerprint_json=json.dumps(p.fingerprint, sort_keys=True),
             created_at=models.utcnow(),
         )
@@ -93,8 +124,7 @@ class SQLDatabase(PyDatabase):
                 .where(models.Workload.shash == shash)
                 .order_by(models.Workload.id)
             ).all()
-        unsigned = shash + (1 << 64) if shash < 0 else shash
-        return [(wid, Workload.from_json([str(unsigned), mod_json])) for wid, mod_json in rows]
+        return [(wid, Workload.from_json([str(unsigned_shash(shash)), mod_json])) for wid, mod_json in rows]
 
     def _match(self, mod: IRModule, refresh: bool) -> tuple[int, list[tuple[int, Workload]]]:
         shash = signed_shash(mod)
@@ -124,7 +154,7 @@ class SQLDatabase(PyDatabase):
             shash_str, mod_json = workload.as_json()
             shash = signed_shash(mod)
             digest = hashlib.sha256(mod_json.encode()).hexdigest()
-            stmt = _insert(self.engine)(models.Workload).values(
+            stmt = insert_for(self.engine)(models.Workload).values(
                 shash=shash, mod_sha256=digest, mod_json=mod_json, created_at=models.utcnow()
             )
             with self.engine.begin() as conn:
@@ -139,9 +169,10 @@ class SQLDatabase(PyDatabase):
             self.commit_workload(record.workload.mod)
             with self._lock:
                 found = self._find(record.workload.mod)
-        trace, run_secs, target, args_info = record.as_json()
+        payload = record.as_json()
+        trace, run_secs, target, args_info = payload
         p = self.provenance
-        row = models.TuningRecord(
+        stmt = insert_for(self.engine)(models.TuningRecord).values(
             workload_id=found[0][0],
             hardware_key=p.hardware_key,
             target_json=json.dumps(target, sort_keys=True),
@@ -149,30 +180,48 @@ class SQLDatabase(PyDatabase):
             args_info_json=json.dumps(args_info) if args_info is not None else None,
             run_secs_json=json.dumps(run_secs) if run_secs is not None else None,
             mean_run_secs=mean_run_secs(run_secs),
+            record_sha256=record_sha256(payload),
             team=p.team,
+            private=p.private,
             job_id=p.job_id,
             tuner_version=p.tuner_version,
             created_at=models.utcnow(),
         )
-        with Session(self.engine) as session, session.begin():
-            session.add(row)
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_nothing(
+                index_elements=["workload_id", "hardware_key", "record_sha256"]
+            ))
 
-    def _records(self, workload_ids: list[int] | None, top_k: int | None) -> list[TuningRecord]:
-        stmt = select(models.TuningRecord).where(
-            models.TuningRecord.hardware_key == self.provenance.hardware_key
+    def _visible(self):  # noqa: ANN202 - a SQL expression
+        """Shared records, and our own team's private ones."""
+        r = models.TuningRecord
+        team = self.provenance.team
+        return r.private.is_(False) if team is None else or_(r.private.is_(False), r.team == team)
+
+    def _compatible_keys(self):  # noqa: ANN202 - a SQL subquery
+        return select(models.Hardware.key).where(
+            models.Hardware.family == self.provenance.family,
+            models.Hardware.key != self.provenance.hardware_key,
         )
+
+    def _records(self, workload_ids: list[int] | None, top_k: int | None,
+                 compatible: bool = False) -> list[TuningRecord]:
+        r = models.TuningRecord
+        if compatible:
+            stmt = select(r).where(r.hardware_key.in_(self._compatible_keys()))
+        else:
+            stmt = select(r).where(r.hardware_key == self.provenance.hardware_key)
+        stmt = stmt.where(self._visible())
         if workload_ids is not None:
-            stmt = stmt.where(
-                models.TuningRecord.workload_id.in_(workload_ids),
-                models.TuningRecord.mean_run_secs.is_not(None),
-            ).order_by(models.TuningRecord.mean_run_secs, models.TuningRecord.id)
+            stmt = stmt.where(r.workload_id.in_(workload_ids), r.mean_run_secs.is_not(None))
+            stmt = stmt.order_by(r.mean_run_secs, r.id)
         if top_k is not None:
             stmt = stmt.limit(top_k)
         with Session(self.engine) as session:
             rows = session.scalars(stmt).all()
-            wanted = {r.workload_id for r in rows}
+            wanted = {row.workload_id for row in rows}
             workloads = self._workloads_by_id(session, wanted)
-            return [self._to_tvm(r, workloads[r.workload_id]) for r in rows]
+            return [self._to_tvm(row, workloads[row.workload_id]) for row in rows]
 
     def _workloads_by_id(self, session: Session, ids: set[int]) -> dict[int, Workload]:
         cached = {wid: wl for entries in self._workloads.values() for wid, wl in entries}
@@ -183,8 +232,7 @@ class SQLDatabase(PyDatabase):
                     models.Workload.id.in_(missing)
                 )
             ):
-                unsigned = shash + (1 << 64) if shash < 0 else shash
-                cached[wid] = Workload.from_json([str(unsigned), mod_json])
+                cached[wid] = Workload.from_json([str(unsigned_shash(shash)), mod_json])
         return cached
 
     @staticmethod
@@ -197,14 +245,18 @@ class SQLDatabase(PyDatabase):
         ]
         return TuningRecord.from_json(payload, workload)
 
-    def get_top_k(self, workload: Workload, top_k: int) -> list[TuningRecord]:
-        if top_k <= 0:
-            return []
+    def _ids(self, mod: IRModule) -> list[int]:
         with self._lock:
-            ids = [wid for wid, _ in self._find(workload.mod)]
+            return [wid for wid, _ in self._find(mod)]
+
+    def get_top_k(self, workload: Workload, top_k: int) -> list[TuningRecord]:
+        ids = self._ids(workload.mod) if top_k > 0 else []
         if not ids:
             return []
-        return self._records(ids, top_k)
+        found = self._records(ids, top_k)
+        if self.warm_start and len(found) < top_k:
+            found += self._records(ids, top_k - len(found), compatible=True)
+        return found
 
     def get_all_tuning_records(self) -> list[TuningRecord]:
         return self._records(None, None)
@@ -212,26 +264,45 @@ class SQLDatabase(PyDatabase):
     def query_tuning_record(
         self, mod: IRModule, target: Target, workload_name: str | None = None
     ) -> TuningRecord | None:
-        with self._lock:
-            ids = [wid for wid, _ in self._find(mod)]
-        if not ids:
-            return None
-        best = self._records(ids, 1)
+        ids = self._ids(mod)
+        best = self._records(ids, 1) if ids else []
         return best[0] if best else None
 
     def __len__(self) -> int:
+        r = models.TuningRecord
+        stmt = select(func.count()).select_from(r).where(
+            r.hardware_key == self.provenance.hardware_key, self._visible()
+        )
         with Session(self.engine) as session:
-            return int(
-                session.scalar(
-                    select(func.count())
-                    .select_from(models.TuningRecord)
-                    .where(models.TuningRecord.hardware_key == self.provenance.hardware_key)
-                )
-                or 0
-            )
+            return int(session.scalar(stmt) or 0)
 
     # -- tuner's own queries --------------------------------------------------------------
-    def best_run_secs(self, mod: IRModule) -> float | None:
-        """Best valid mean time for this hardware, or None: decides cache hit vs tune."""
-        best = self.query_tuning_record(mod, Target({"kind": "llvm"}), "main")
-        return mean_run_secs(best.run_secs) if best is not None else None
+    def best(self, mod: IRModule) -> Best | None:
+        """The record compilation would use here, or None: decides cache hit vs tune."""
+        ids = self._ids(mod)
+        if not ids:
+            return None
+        r = models.TuningRecord
+        stmt = (
+            select(r.mean_run_secs, r.team)
+            .where(r.hardware_key == self.provenance.hardware_key, self._visible(),
+                   r.workload_id.in_(ids), r.mean_run_secs.is_not(None))
+            .order_by(r.mean_run_secs, r.id)
+            .limit(1)
+        )
+        with Session(self.engine) as session:
+            row = session.execute(stmt).first()
+        return Best(float(row[0]), row[1]) if row else None
+
+    def warm_start_records(self, mod: IRModule) -> int:
+        """Valid records of this workload on other hardware of our family that we may read."""
+        ids = self._ids(mod)
+        if not ids:
+            return 0
+        r = models.TuningRecord
+        stmt = select(func.count()).select_from(r).where(
+            r.hardware_key.in_(self._compatible_keys()), self._visible(),
+            r.workload_id.in_(ids), r.mean_run_secs.is_not(None),
+        )
+        with Session(self.engine) as session:
+            return int(session.scalar(stmt) or 0)

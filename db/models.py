@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import false
 
 
 def utcnow() -> datetime:
@@ -33,6 +35,8 @@ class Hardware(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
+    # Hardware of one family shares ISA and compiler tuning: its records warm-start the search.
+    family: Mapped[str] = mapped_column(String(64), index=True)
     fingerprint_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -56,11 +60,16 @@ class Workload(Base):
 
 
 class TuningRecord(Base):
-    """One measured schedule (a trace) of a workload on one hardware key."""
+    """One measured schedule (a trace) of a workload on one hardware key.
+
+    ``record_sha256`` hashes what was measured (trace, times, target, arguments), so committing
+    the same measurement twice (a re-import, a retried commit) is a no-op for the database.
+    """
 
     __tablename__ = "tuning_records"
     __table_args__ = (
         Index("ix_records_topk", "workload_id", "hardware_key", "mean_run_secs"),
+        UniqueConstraint("workload_id", "hardware_key", "record_sha256", name="uq_record_identity"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -72,7 +81,10 @@ class TuningRecord(Base):
     run_secs_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     # NULL when the candidate failed to build or run: kept for the cost model, never served.
     mean_run_secs: Mapped[float | None] = mapped_column(Float, nullable=True)
+    record_sha256: Mapped[str] = mapped_column(String(64))
     team: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # Private records are served only to their own team; shared ones (the default) to everyone.
+    private: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     tuner_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

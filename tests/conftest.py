@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.pg import fresh_pg_schema
 
 from tuner.config import MeasureSettings, SearchSettings, Settings
 
@@ -41,3 +44,12 @@ def tiny_env(tmp_path: Path) -> dict[str, str]:
         XDG_CACHE_HOME=str(tmp_path / "cache"),
     )
     return env
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> Iterator[str]:  # noqa: ANN001
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        with fresh_pg_schema() as url:
+            yield url

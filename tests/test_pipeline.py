@@ -104,3 +104,35 @@ def test_fallback_default_schedule_parallelizes_and_vectorizes() -> None:
     assert scheduled is not None
     loops = count_loops(scheduled)
     assert loops["parallel"] >= 1 and loops["vectorized"] >= 1
+
+
+def test_other_teams_records_and_warm_start_from_compatible_hardware(
+    tmp_path: Path, settings: Settings, sqlite_url: str
+) -> None:
+    import re
+
+    model = onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "mbr.onnx")
+
+    def run_as(team: str, target: dict, trials: int, out: str) -> dict:
+        request = RunRequest(model=str(model), target=target, trials=trials, out_dir=tmp_path / out,
+                             db_url=sqlite_url, team=team)
+        return run(request, settings)
+
+    vision = run_as("vision", TARGET, 8, "vision")
+    assert vision["team"] == "vision" and vision["tasks_warm_started"] == 0
+
+    # Same ISA, one core: another hardware key, so nothing is served, but the search starts
+    # from the 2-core records (MetaSchedule logs how many it picked from the database).
+    one_core = run_as("speech", {"kind": "llvm", "num-cores": 1}, 8, "one")
+    assert one_core["hardware"]["key"] != vision["hardware"]["key"]
+    assert one_core["hardware"]["family"] == vision["hardware"]["family"]
+    assert one_core["tasks_from_db"] == 0
+    assert one_core["tasks_warm_started"] == one_core["tasks"] == vision["tasks_tuned"]
+    logs = "".join(p.read_text() for p in (tmp_path / "one" / "logs").rglob("*.log"))
+    picked = [int(n) for n in re.findall(r"Picked top (\d+) candidate\(s\) from database", logs)]
+    assert picked and picked[0] > 0
+
+    speech = run_as("speech", TARGET, 0, "speech")
+    assert speech["tasks_from_db"] == speech["tasks_from_other_teams"] == vision["tasks_tuned"]
+    own = run_as("vision", TARGET, 0, "again")
+    assert own["tasks_from_db"] == vision["tasks_tuned"] and own["tasks_from_other_teams"] == 0

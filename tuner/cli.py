@@ -13,11 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_db import db_app
 from .errors import Interrupted, TunerError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tune ONNX models with TVM MetaSchedule.")
 err = Console(stderr=True)
 out = Console()
+app.add_typer(db_app, name="db")
 
 
 @app.command()
@@ -29,6 +31,8 @@ def run(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default ./tuner-out/<model>).")] = None,
     input_shape: Annotated[Optional[list[str]], typer.Option(help="NAME=1,3,224,224 for inputs with dynamic dimensions; repeatable.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for a reproducible search.")] = None,
+    team: Annotated[Optional[str], typer.Option(help="Team the new records belong to (env TUNER_TEAM).")] = None,
+    private: Annotated[Optional[bool], typer.Option("--private/--shared", help="Serve this run's records only to its team (default: shared, or TUNER_PRIVATE).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout, nothing else.")] = False,
 ) -> None:
     """Tune MODEL on this machine, compile, verify against ONNX Runtime, write model.so and report.json."""
@@ -48,6 +52,8 @@ def run(
         db_url=db,
         input_shapes=parse_input_shapes(input_shape or []),
         seed=settings.seed if seed is None else seed,
+        team=team,
+        private=private,
     )
     progress = RichProgress() if sys.stderr.isatty() else LogProgress()
     interrupted = threading.Event()
@@ -89,7 +95,9 @@ def _print_report(report: dict) -> None:
     table.add_row("ONNX Runtime", _fmt_ms(lat["onnxruntime"]), vs_ort)
     out.print(table)
     out.print(
-        f"tasks: {report['tasks']} ({report['tasks_from_db']} from the database, {report['tasks_tuned']} tuned now, "
+        f"tasks: {report['tasks']} ({report['tasks_from_db']} from the database, "
+        f"{report['tasks_from_other_teams']} of them from other teams; {report['tasks_tuned']} tuned now, "
+        f"{report['tasks_warm_started']} warm-started from compatible hardware; "
         f"{report['tasks_default_schedule']} on default schedules); trials: {report['trials']} in "
         f"{report['tuning_seconds']:.1f} s"
     )

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNER_", env_nested_delimiter="__", extra="ignore")
 
     db_url: str = ""
+    team: str = Field("default", min_length=1, max_length=64)
+    private: bool = False
+    warm_start: bool = True
     trials: int = Field(200, ge=0)
     seed: int = 0
     search: SearchSettings = SearchSettings()

@@ -35,11 +35,24 @@ class Fingerprint:
     @property
     def key(self) -> str:
         """Stable across runs and machines of the same kind: a hash of the canonical fields."""
-        payload = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-        return f"{self.kind}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+        return _digest(self.kind, asdict(self))
+
+    @property
+    def family(self) -> str:
+        """Machines whose schedules transfer (same ISA and LLVM tuning, any core count or clock).
+
+        Their records are never served as final here, but seed the search as a warm start.
+        """
+        fields = {"kind": self.kind, "arch": self.arch, "mcpu": self.mcpu, "features": self.features}
+        return _digest(f"{self.kind}-family", fields)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, **asdict(self), "features": list(self.features)}
+        return {"key": self.key, "family": self.family, **asdict(self), "features": list(self.features)}
+
+
+def _digest(prefix: str, fields: dict[str, Any]) -> str:
+    payload = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=list)
+    return f"{prefix}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,22 +48,25 @@ class RunRequest:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     seed: int = 0
     team: str | None = None
+    private: bool | None = None
     job_id: str | None = None
     measure_untuned: bool = True
 
 
 def open_database(url: str, target: dict[str, Any], team: str | None = None,
-                  job_id: str | None = None) -> SQLDatabase:
+                  job_id: str | None = None, private: bool = False,
+                  warm_start: bool = False) -> SQLDatabase:
     """The tuning database for this target's hardware, migrated to the current schema."""
     engine = make_engine(url)
     upgrade(engine)
     fp = fingerprint_for(target)
     provenance = Provenance(
         hardware_key=fp.key, hardware_kind=fp.kind, fingerprint=fp.as_dict(),
-        tuner_version=__version__, team=team, job_id=job_id,
+        tuner_version=__version__, team=team, job_id=job_id, private=private,
     )
     try:
-        return SQLDatabase(engine, provenance)  # writes the hardware row: proves we can write
+        # Writes the hardware row: proves we can write before any work is done.
+        return SQLDatabase(engine, provenance, warm_start=warm_start)
     except SQLAlchemyError as exc:
         raise TunerError(f"cannot write to database {redact_url(url)}: {error_reason(exc)}") from None
 
@@ -87,17 +91,24 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
     except OSError as exc:
         raise TunerError(f"cannot create output folder {out_dir}: {exc.strerror}") from None
     db_url = request.db_url or settings.resolved_db_url()
-    database = open_database(db_url, request.target, request.team, request.job_id)
+    team = request.team or settings.team
+    job_id = request.job_id or uuid.uuid4().hex[:12]
+    private = settings.private if request.private is None else request.private
+    database = open_database(db_url, request.target, team, job_id, private, settings.warm_start)
     target = Target(dict(request.target))
 
     progress.message(f"importing {model.name} ({model.source})")
     relax_mod = import_onnx(model)  # passes return new modules: reused for the untuned baseline
     fused = fuse_for_tuning(relax_mod, target)
     tasks = ms.relax_integration.extract_tasks(fused, target)
-    cached = [database.best_run_secs(t.dispatched[0]) for t in tasks]
+    cached = [database.best(t.dispatched[0]) for t in tasks]
     to_tune = [i for i, best in enumerate(cached) if best is None]
+    from_other_teams = sum(1 for best in cached if best is not None and best.team != team)
+    warm = [i for i in to_tune if settings.warm_start and database.warm_start_records(tasks[i].dispatched[0])]
     progress.message(
-        f"{len(tasks)} task(s): {len(tasks) - len(to_tune)} served from the database, {len(to_tune)} to tune"
+        f"{len(tasks)} task(s): {len(tasks) - len(to_tune)} served from the database "
+        f"({from_other_teams} from other teams), {len(to_tune)} to tune ({len(warm)} warm-started "
+        "from compatible hardware)"
     )
 
     t_tune = time.perf_counter()
@@ -109,7 +120,7 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
         )
         trials_done = result.trials
     tuning_seconds = time.perf_counter() - t_tune
-    tuned_now = sum(1 for i in to_tune if database.best_run_secs(tasks[i].dispatched[0]) is not None)
+    tuned_now = sum(1 for i in to_tune if database.best(tasks[i].dispatched[0]) is not None)
 
     progress.message("compiling with the database and default schedules")
     compiled = compile_tuned(fused, target, database)
@@ -151,6 +162,8 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
         "trials": trials_done,
         "tasks": len(tasks),
         "tasks_from_db": len(tasks) - len(to_tune),
+        "tasks_from_other_teams": from_other_teams,
+        "tasks_warm_started": len(warm) if trials_done else 0,
         "tasks_tuned": tuned_now,
         "tasks_default_schedule": compiled.defaults.total,
         "default_schedules": compiled.defaults.as_dict(),
@@ -170,6 +183,9 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
             "sha256": hashlib.sha256(data).hexdigest(),
             "bytes": len(data),
         },
+        "team": team,
+        "private": private,
+        "job_id": job_id,
         "seed": request.seed,
         "tvm_version": tvm.__version__,
         "tuner_version": __version__,

@@ -1,0 +1,36 @@
+"""Small TIR workloads and records for database tests: real MetaSchedule objects, built in ms."""
+
+from __future__ import annotations
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.schedule import Schedule
+from tvm.script import tirx as T
+from tvm.target import Target
+
+TARGET = {"kind": "llvm", "num-cores": 2}
+
+
+def matmul(n: int):  # noqa: ANN201 - a TVMScript PrimFunc
+    @T.prim_func(s_tir=True)
+    def func(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (n, n), "float32")
+        B = T.match_buffer(b, (n, n), "float32")
+        C = T.match_buffer(c, (n, n), "float32")
+        for i, j, k in T.grid(n, n, n):
+            with T.sblock("C"):
+                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                with T.init():
+                    C[vi, vj] = T.float32(0)
+                C[vi, vj] = C[vi, vj] + A[vi, vk] * B[vk, vj]
+
+    return tvm.IRModule({"main": func})
+
+
+def record(db, mod, run_secs, target=TARGET) -> ms.database.TuningRecord:  # noqa: ANN001
+    sch = Schedule(mod)
+    i, _, _ = sch.get_loops(sch.get_sblock("C"))
+    sch.parallel(i)
+    workload = db.commit_workload(mod)
+    return ms.database.TuningRecord(sch.trace, workload, run_secs, Target(target),
+                                    ms.arg_info.ArgInfo.from_prim_func(mod["main"]))

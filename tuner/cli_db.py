@@ -1,0 +1,120 @@
+"""`tuner db ...`: migrate, inspect, export, import and prune the tuning database."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+db_app = typer.Typer(no_args_is_help=True, help="Manage the tuning database (default: TUNER_DB_URL or the SQLite cache).")
+out = Console()
+
+DbOption = Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL of the tuning database (env TUNER_DB_URL).")]
+HardwareOption = Annotated[Optional[str], typer.Option("--hardware", help="A hardware key (see `tuner db stats`).")]
+
+
+def _settings():  # noqa: ANN202 - Settings, imported lazily to keep --help fast
+    from .config import get_settings
+
+    return get_settings()
+
+
+@db_app.command()
+def upgrade(db: DbOption = None) -> None:
+    """Apply the Alembic migrations up to the newest schema; a no-op when already there."""
+    from . import dbtools
+
+    before, after = dbtools.upgrade_database(_settings(), db)
+    if before == after:
+        out.print(f"schema already at revision {after}")
+    else:
+        out.print(f"schema upgraded from {before or 'empty'} to revision {after}")
+
+
+def _mb(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1e6:.1f} MB"
+
+
+@db_app.command()
+def stats(db: DbOption = None,
+          as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """Workloads and records, per hardware key and per team, and the size on disk."""
+    from . import dbtools
+
+    report = dbtools.stats(_settings(), db)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    out.print(
+        f"{report['db']} (schema {report['revision']}): {report['workloads']} workloads, "
+        f"{report['records']} records ({report['failed_records']} failed), {_mb(report['size_bytes'])}"
+    )
+    hw = Table(title="per hardware key")
+    for col in ("key", "family", "CPU / GPU", "cores", "workloads", "records", "valid"):
+        hw.add_column(col, justify="right" if col in ("cores", "workloads", "records", "valid") else "left")
+    for row in report["hardware"]:
+        hw.add_row(row["key"], row["family"], str(row["cpu_model"] or row["kind"]), str(row["num_cores"] or "-"),
+                   str(row["workloads"]), str(row["records"]), str(row["valid"]))
+    out.print(hw)
+    teams = Table(title="per team")
+    for col in ("team", "records", "private", "hardware keys"):
+        teams.add_column(col, justify="left" if col == "team" else "right")
+    for row in report["teams"]:
+        teams.add_row(str(row["team"] or "-"), str(row["records"]), str(row["private"]), str(row["hardware_keys"]))
+    out.print(teams)
+
+
+@db_app.command("export")
+def export_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write (must not hold an export already).")],
+    db: DbOption = None,
+    hardware: HardwareOption = None,
+) -> None:
+    """Write records as a MetaSchedule JSON database, plus tuner_provenance.json (hardware, teams)."""
+    from . import dbtools
+
+    result = dbtools.export(_settings(), db, out_dir, hardware)
+    out.print(f"exported {result.records} records of {result.workloads} workloads "
+              f"({', '.join(result.hardware) or 'no hardware'}) to {result.directory}")
+
+
+@db_app.command("import")
+def import_cmd(
+    directory: Annotated[Path, typer.Argument(help="Folder with database_workload.json and database_tuning_record.json.")],
+    db: DbOption = None,
+    hardware: Annotated[Optional[str], typer.Option(
+        "--hardware", help="Hardware the records were measured on: required for plain MetaSchedule logs; "
+        "with a tuner export, imports only that key's records.")] = None,
+    team: Annotated[Optional[str], typer.Option(help="Team to attribute the records to (default: the export's, or the configured team).")] = None,
+) -> None:
+    """Import a MetaSchedule JSON database, all or nothing; records already present are skipped."""
+    from . import dbtools
+
+    r = dbtools.import_(_settings(), db, directory, hardware, team)
+    out.print(f"imported {r.records_new} records ({r.records_duplicate} already present) of "
+              f"{r.workloads_new + r.workloads_known} workloads ({r.workloads_new} new) for "
+              f"{', '.join(r.hardware) or 'no hardware'}")
+
+
+@db_app.command()
+def prune(
+    keep_top: Annotated[int, typer.Option(min=1, help="Records to keep per workload and hardware key.")],
+    db: DbOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would go, delete nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Keep the best K records per workload and hardware (per team for private ones); drop failed ones."""
+    from . import dbtools
+
+    result = dbtools.prune(_settings(), db, keep_top, dry_run)
+    if as_json:
+        print(json.dumps(asdict(result), indent=2))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    out.print(f"{verb} {result.records_deleted} of {result.records_before} records "
+              f"({result.failed_deleted} failed), keeping the best {keep_top} per workload and hardware")
