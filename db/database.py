@@ -54,6 +54,27 @@ def unsigned_shash(shash: int) -> int:
     return shash + (1 << 64) if shash < 0 else shash
 
 
+def record_row(payload: list[Any], workload_id: int, hardware_key: str, team: str | None,
+               private: bool, job_id: str | None, tuner_version: str) -> dict[str, Any]:
+    """The tuning_records row of one ``TuningRecord.as_json()`` payload."""
+    trace, run_secs, target, args_info = payload
+    return dict(
+        workload_id=workload_id,
+        hardware_key=hardware_key,
+        target_json=json.dumps(target, sort_keys=True),
+        trace_json=json.dumps(trace),
+        args_info_json=json.dumps(args_info) if args_info is not None else None,
+        run_secs_json=json.dumps(run_secs) if run_secs is not None else None,
+        mean_run_secs=mean_run_secs(run_secs),
+        record_sha256=record_sha256(payload),
+        team=team,
+        private=private,
+        job_id=job_id,
+        tuner_version=tuner_version[:32],
+        created_at=models.utcnow(),
+    )
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Who makes the records this database instance commits, and who reads them."""
@@ -169,24 +190,10 @@ class SQLDatabase(PyDatabase):
             self.commit_workload(record.workload.mod)
             with self._lock:
                 found = self._find(record.workload.mod)
-        payload = record.as_json()
-        trace, run_secs, target, args_info = payload
         p = self.provenance
-        stmt = insert_for(self.engine)(models.TuningRecord).values(
-            workload_id=found[0][0],
-            hardware_key=p.hardware_key,
-            target_json=json.dumps(target, sort_keys=True),
-            trace_json=json.dumps(trace),
-            args_info_json=json.dumps(args_info) if args_info is not None else None,
-            run_secs_json=json.dumps(run_secs) if run_secs is not None else None,
-            mean_run_secs=mean_run_secs(run_secs),
-            record_sha256=record_sha256(payload),
-            team=p.team,
-            private=p.private,
-            job_id=p.job_id,
-            tuner_version=p.tuner_version,
-            created_at=models.utcnow(),
-        )
+        row = record_row(record.as_json(), found[0][0], p.hardware_key, p.team, p.private, p.job_id,
+                         p.tuner_version)
+        stmt = insert_for(self.engine)(models.TuningRecord).values(**row)
         with self.engine.begin() as conn:
             conn.execute(stmt.on_conflict_do_nothing(
                 index_elements=["workload_id", "hardware_key", "record_sha256"]

@@ -27,7 +27,7 @@ from tvm.target import Target
 from tuner.errors import TunerError
 
 from . import models
-from .database import insert_for, mean_run_secs, record_sha256, signed_shash, unsigned_shash
+from .database import insert_for, record_row, signed_shash, unsigned_shash
 from .engine import error_reason
 
 WORKLOAD_FILE = "database_workload.json"
@@ -341,17 +341,12 @@ def import_database(engine: Engine, directory: Path, hardware: str | None = None
                 result.workloads_new += new
                 result.workloads_known += not new
             for rec in records:
-                trace, run_secs, target, args_info = rec.payload
-                done = conn.execute(insert(models.TuningRecord).values(
-                    workload_id=ids[rec.workload], hardware_key=rec.hardware_key,
-                    target_json=json.dumps(target, sort_keys=True), trace_json=json.dumps(trace),
-                    args_info_json=json.dumps(args_info) if args_info is not None else None,
-                    run_secs_json=json.dumps(run_secs) if run_secs is not None else None,
-                    mean_run_secs=mean_run_secs(run_secs), record_sha256=record_sha256(rec.payload),
-                    team=rec.team, private=rec.private, job_id=rec.job_id,
-                    tuner_version=rec.tuner_version[:32], created_at=models.utcnow(),
-                ).on_conflict_do_nothing(index_elements=["workload_id", "hardware_key", "record_sha256"])
-                  .returning(models.TuningRecord.id))
+                row = record_row(rec.payload, ids[rec.workload], rec.hardware_key, rec.team,
+                                 rec.private, rec.job_id, rec.tuner_version)
+                stmt = insert(models.TuningRecord).values(**row).on_conflict_do_nothing(
+                    index_elements=["workload_id", "hardware_key", "record_sha256"]
+                ).returning(models.TuningRecord.id)
+                done = conn.execute(stmt)
                 inserted = done.first() is not None  # rowcount is unreliable after ON CONFLICT
                 result.records_new += inserted
                 result.records_duplicate += not inserted

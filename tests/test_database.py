@@ -84,6 +84,9 @@ def test_concurrent_writers_lose_nothing(db_url: str, writers: int) -> None:
     with Session(db.engine) as session:
         assert session.scalar(select(func.count()).select_from(models.Workload)) == 1
     assert db.best(matmul(24)).mean_run_secs == pytest.approx(1e-4)
+    top = db.get_top_k(db.commit_workload(matmul(24)), 3)
+    assert [mean_run_secs(r.run_secs) for r in top] == pytest.approx([1e-4, 1e-4 + 1e-8, 2e-4] if writers == 2
+                                                                     else [1e-4, 1e-4 + 1e-8, 1e-4 + 2e-8])
 
 
 def test_the_same_measurement_committed_twice_is_stored_once(db_url: str) -> None:

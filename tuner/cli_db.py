@@ -54,11 +54,13 @@ def stats(db: DbOption = None,
         f"{report['db']} (schema {report['revision']}): {report['workloads']} workloads, "
         f"{report['records']} records ({report['failed_records']} failed), {_mb(report['size_bytes'])}"
     )
-    hw = Table(title="per hardware key")
-    for col in ("key", "family", "CPU / GPU", "cores", "workloads", "records", "valid"):
-        hw.add_column(col, justify="right" if col in ("cores", "workloads", "records", "valid") else "left")
+    hw = Table(title="per hardware key (families: --json)")
+    hw.add_column("key", no_wrap=True)
+    hw.add_column("CPU / GPU")
+    for col in ("cores", "workloads", "records", "valid"):
+        hw.add_column(col, justify="right")
     for row in report["hardware"]:
-        hw.add_row(row["key"], row["family"], str(row["cpu_model"] or row["kind"]), str(row["num_cores"] or "-"),
+        hw.add_row(row["key"], str(row["cpu_model"] or row["kind"]), str(row["num_cores"] or "-"),
                    str(row["workloads"]), str(row["records"]), str(row["valid"]))
     out.print(hw)
     teams = Table(title="per team")
