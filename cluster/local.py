@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import tvm
 from tvm.ir.utils import derived_object
@@ -24,6 +28,16 @@ from .pool import WorkerPool
 from .worker_tasks import build_candidate, dumps_target, measure_candidate
 
 
+@contextmanager
+def stopwatch(owner: Any) -> Iterator[None]:
+    """Adds the block's wall time to ``owner.seconds``: the per-trial cost split in reports."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        owner.seconds += time.perf_counter() - t0
+
+
 @derived_object
 class LocalBuilder(PyBuilder):
     """Builds candidates in `workers` long-lived processes, in parallel."""
@@ -33,8 +47,13 @@ class LocalBuilder(PyBuilder):
         self.pool = WorkerPool(workers, "builder")
         self.timeout_s = timeout_s
         self.out_dir = tempfile.mkdtemp(prefix="tuner-builds-")
+        self.seconds = 0.0  # wall time the task scheduler waited on builds
 
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
+        with stopwatch(self):
+            return self._build(build_inputs)
+
+    def _build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
         jobs = [
             (tvm.ir.save_json(inp.mod), dumps_target(inp.target), self.out_dir)
             for inp in build_inputs
@@ -86,8 +105,13 @@ class LocalRunner(PyRunner):
         self.pool = WorkerPool(1, "runner")
         self.timeout_s = timeout_s
         self.config = (number, repeat, min_repeat_ms, cpu_cache_flush)
+        self.seconds = 0.0  # wall time the task scheduler waited on measurements
 
     def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
+        with stopwatch(self):
+            return self._run(runner_inputs)
+
+    def _run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
         futures = []
         for inp in runner_inputs:
             job = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +121,7 @@ class SQLDatabase(PyDatabase):
         self.engine = engine
         self.provenance = provenance
         self.warm_start = warm_start
+        self.commit_seconds = 0.0  # time spent committing records: part of the per-trial cost
         self._lock = threading.Lock()
         # shash -> [(workload id, Workload)]: avoids re-reading and re-parsing IRModules.
         self._workloads: dict[int, list[tuple[int, Workload]]] = {}
@@ -184,6 +186,13 @@ class SQLDatabase(PyDatabase):
             return found[0][1]
 
     def commit_tuning_record(self, record: TuningRecord) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._commit_record(record)
+        finally:
+            self.commit_seconds += time.perf_counter() - t0
+
+    def _commit_record(self, record: TuningRecord) -> None:
         with self._lock:
             found = self._find(record.workload.mod)
         if not found:

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_cluster import cluster_app
 from .cli_db import db_app
 from .errors import Interrupted, TunerError
 
@@ -20,6 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tune ONNX mo
 err = Console(stderr=True)
 out = Console()
 app.add_typer(db_app, name="db")
+app.add_typer(cluster_app, name="cluster")
 
 
 @app.command()
@@ -31,6 +33,8 @@ def run(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default ./tuner-out/<model>).")] = None,
     input_shape: Annotated[Optional[list[str]], typer.Option(help="NAME=1,3,224,224 for inputs with dynamic dimensions; repeatable.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for a reproducible search.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help='Tune on Ray: a cluster address ("auto", "ray://host:10001") or "local" to start one here for this run.')] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="At most this many builders (default: one per core of the cluster).")] = None,
     team: Annotated[Optional[str], typer.Option(help="Team the new records belong to (env TUNER_TEAM).")] = None,
     private: Annotated[Optional[bool], typer.Option("--private/--shared", help="Serve this run's records only to its team (default: shared, or TUNER_PRIVATE).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout, nothing else.")] = False,
@@ -54,6 +58,8 @@ def run(
         seed=settings.seed if seed is None else seed,
         team=team,
         private=private,
+        ray_address=ray_address,
+        workers=workers,
     )
     progress = RichProgress() if sys.stderr.isatty() else LogProgress()
     interrupted = threading.Event()

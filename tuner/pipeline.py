@@ -13,6 +13,8 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from .hardware import fingerprint_for
 from .measure import ORTModel, TVMModel, compare, median_ms, random_inputs
 from .model_io import LoadedModel, load_model
 from .progress import Progress, SilentProgress
-from .tuning import tune
+from .tuning import Workers, ray_workers, tune
 
 
 @dataclass
@@ -51,6 +53,8 @@ class RunRequest:
     private: bool | None = None
     job_id: str | None = None
     measure_untuned: bool = True
+    ray_address: str | None = None  # set: use Ray ("local" starts one here); None: the config
+    workers: int | None = None  # caps the builders
 
 
 def open_database(url: str, target: dict[str, Any], team: str | None = None,
@@ -69,6 +73,37 @@ def open_database(url: str, target: dict[str, Any], team: str | None = None,
         return SQLDatabase(engine, provenance, warm_start=warm_start)
     except SQLAlchemyError as exc:
         raise TunerError(f"cannot write to database {redact_url(url)}: {error_reason(exc)}") from None
+
+
+@contextmanager
+def _tuning_workers(request: RunRequest, settings: Settings, target: Target,
+                    hardware_key: str) -> Iterator[Workers | None]:
+    """Ray actors when asked for (joining a cluster or starting a local one), else None (local)."""
+    address = request.ray_address if request.ray_address is not None else settings.workers.ray_address
+    if settings.workers.backend != "ray" and request.ray_address is None:
+        yield None
+        return
+    from tuner.cluster import ray_backend as rb
+
+    cores = int(target.attrs.get("num-cores", 1))
+    remote = address not in ("", "local")
+    try:
+        connected = rb.connect(address if remote else None, {rb.hardware_resource(hardware_key): 1})
+        try:
+            workers = ray_workers(settings, cores, hardware_key)
+            try:
+                yield workers
+            except Exception:
+                if workers.failure() is not None:
+                    raise workers.failure() from None
+                raise
+            finally:
+                workers.close()
+        finally:
+            if connected:
+                rb.disconnect()
+    except rb.ClusterError as exc:
+        raise TunerError(str(exc)) from None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -113,12 +148,22 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
 
     t_tune = time.perf_counter()
     trials_done = 0
+    cluster: dict[str, Any] = {"backend": "none"}
     if request.trials > 0 and to_tune:
-        result = tune(
-            [tasks[i] for i in to_tune], target, database, request.trials, settings,
-            request.seed, out_dir / "logs", progress,
-        )
+        if request.workers:
+            settings = settings.model_copy(update={"workers": settings.workers.model_copy(update={"builders": request.workers})})
+        with _tuning_workers(request, settings, target, database.provenance.hardware_key) as workers:
+            startup_s = time.perf_counter() - t_tune
+            result = tune(
+                [tasks[i] for i in to_tune], target, database, request.trials, settings,
+                request.seed, out_dir / "logs", progress, workers=workers,
+            )
         trials_done = result.trials
+        cluster = result.cluster
+        spent = cluster.setdefault("seconds", {})
+        spent["database"] = round(database.commit_seconds, 3)
+        spent["startup"] = round(startup_s, 3)
+        spent["search"] = round(time.perf_counter() - t_tune - sum(spent.values()), 3)
     tuning_seconds = time.perf_counter() - t_tune
     tuned_now = sum(1 for i in to_tune if database.best(tasks[i].dispatched[0]) is not None)
 
@@ -166,6 +211,7 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
         "tasks_warm_started": len(warm) if trials_done else 0,
         "tasks_tuned": tuned_now,
         "tasks_default_schedule": compiled.defaults.total,
+        "cluster": cluster,
         "default_schedules": compiled.defaults.as_dict(),
         "tuning_seconds": round(tuning_seconds, 3),
         "total_seconds": round(time.perf_counter() - t_start, 3),
