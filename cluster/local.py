@@ -106,6 +106,7 @@ class LocalRunner(PyRunner):
         self.timeout_s = timeout_s
         self.config = (number, repeat, min_repeat_ms, cpu_cache_flush)
         self.seconds = 0.0  # wall time the task scheduler waited on measurements
+        self.measured = 0
 
     def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
         with stopwatch(self):
@@ -122,6 +123,7 @@ class LocalRunner(PyRunner):
             )
             (outcome,) = self.pool.map(measure_candidate, [job], self.timeout_s)
             futures.append(DoneFuture(outcome.value, outcome.error))
+            self.measured += 1
         return futures
 
     def close(self) -> None:

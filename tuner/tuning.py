@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ def local_workers(settings: Settings, cores: int) -> Workers:
 
     return Workers(builder, runner, close, lambda: {
         "backend": "local", "nodes": 1, "builders": builder.pool.workers, "runners": 1,
+        "trials_per_node": {platform.node(): runner.measured},
         "seconds": {"build": round(builder.seconds, 3), "run": round(runner.seconds, 3)},
     })
 
