@@ -30,6 +30,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from tuner.hardware import machine
+
 
 def _matmul(m: int, n: int, k: int):  # noqa: ANN202 - an IRModule
     import tvm
@@ -203,7 +205,7 @@ def main() -> None:
 
     shapes = sorted({(16 * (1 + i % 25), 16 * (1 + (i // 25) % 20), 8 + i // 500) for i in range(args.workloads)})
     assert len(shapes) == args.workloads
-    results: dict = {"host": platform.node(), "python": platform.python_version(), "backends": {}}
+    results: dict = {"host": platform.node(), "cpu": machine(), "python": platform.python_version(), "backends": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         backends = {"sqlite": lambda name: (None, f"sqlite:///{work / f'{name}.sqlite'}")}

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from tuner.config import get_settings
+from tuner.hardware import machine
 from tuner.pipeline import RunRequest, run
 from tuner.progress import LogProgress
 from tuner.targets import host_cpu_target
@@ -91,7 +92,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=64)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    results: dict = {"model": args.model, "trials_budget": args.trials, "runs": []}
+    results: dict = {"model": args.model, "cpu": machine(), "trials_budget": args.trials, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for label, address, workers in (("local", None, None), ("ray-1-builder", "local", 1),

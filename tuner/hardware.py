@@ -64,6 +64,15 @@ def _host_cpu() -> tuple[str, tuple[str, ...]]:
     return str(info.get("brand_raw", "unknown")), tuple(f for f in _LLVM_FEATURES if f in flags)
 
 
+def machine() -> str:
+    """This host in words, for benchmark results: CPU brand, LLVM's name for it, core count."""
+    import psutil
+    from tvm.target import codegen
+
+    brand, _ = _host_cpu()
+    return f"{brand} ({codegen.llvm_get_system_cpu()}), {psutil.cpu_count(logical=False)} cores"
+
+
 def cpu_fingerprint(target: dict[str, Any]) -> Fingerprint:
     """Fingerprint of the host CPU as a given llvm target uses it."""
     brand, features = _host_cpu()
