@@ -70,7 +70,7 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
-def connect(address: str | None, local_resources: dict[str, float], num_cpus: int | None = None) -> bool:
+def connect(address: str | None, local_resources: dict[str, float]) -> bool:
     """Join ``address`` or start a local Ray (dashboard off); True when this call connected.
 
     False when the process is already connected (a caller's cluster): then it is not ours to close.
@@ -87,7 +87,7 @@ def connect(address: str | None, local_resources: dict[str, float], num_cpus: in
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ClusterError(f"cannot reach the Ray cluster at {address}: {first}") from None
         return True
-    ray.init(num_cpus=num_cpus, resources=local_resources, **common)
+    ray.init(resources=local_resources, **common)  # every CPU of this machine
     return True
 
 

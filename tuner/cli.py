@@ -65,6 +65,9 @@ def run(
     interrupted = threading.Event()
 
     def on_sigint(_signum: int, _frame: object) -> None:
+        # Once: a second Ctrl-C during clean-up would turn the exit (130, records kept) into a
+        # KeyboardInterrupt escaping the interpreter (exit by signal, no clean error line).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         interrupted.set()
         raise KeyboardInterrupt
 
