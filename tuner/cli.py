@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -144,6 +145,13 @@ def main() -> None:
         app()
     except TunerError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if isinstance(exc, Interrupted):
+            # CPython remembers a KeyboardInterrupt that once ended an evaluation (even a caught
+            # one, e.g. inside TVM's FFI) and then exits by SIGINT whatever sys.exit said. Workers
+            # are shut down and every record committed by now, so leave with the promised code.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
         sys.exit(exc.exit_code)
 
 
