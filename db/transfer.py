@@ -194,8 +194,12 @@ def _read_sidecar(directory: Path) -> dict[str, Any] | None:
         raise TunerError(f"{SIDECAR_FILE}: not a tuner export sidecar")
     if sidecar.get("version") != SIDECAR_VERSION:
         raise TunerError(f"{SIDECAR_FILE}: version {sidecar.get('version')!r} is not supported (expected {SIDECAR_VERSION})")
-    for name, digest in (sidecar.get("files") or {}).items():
-        if _sha256_file(directory / name) != digest:
+    files, hardware, records = sidecar.get("files"), sidecar.get("hardware"), sidecar.get("records")
+    if not (isinstance(files, dict) and isinstance(hardware, dict) and isinstance(records, list)
+            and all(isinstance(r, dict) and isinstance(r.get("hardware_key"), str) for r in records)):
+        raise TunerError(f"{SIDECAR_FILE}: malformed (files, hardware and records are required)")
+    for name in (WORKLOAD_FILE, RECORD_FILE):  # only these: a sidecar never names paths to read
+        if _sha256_file(directory / name) != files.get(name):
             raise TunerError(
                 f"{name} changed after it was exported ({SIDECAR_FILE} does not match it); "
                 f"remove {SIDECAR_FILE} and pass --hardware to import the files as plain MetaSchedule logs"
@@ -245,6 +249,8 @@ def _parse_records(
         key = origin["hardware_key"]
         if hardware is not None and key != hardware:
             continue  # --hardware selects among the records of our own export
+        if key not in hw_info:
+            raise TunerError(f"{SIDECAR_FILE}: hardware {key} of {where} is described nowhere")
         try:
             target = Target(payload[2])
         except Exception as exc:  # TVM raises several error types for a bad target

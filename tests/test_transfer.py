@@ -154,3 +154,18 @@ def test_bad_target_and_edited_export_are_refused(tmp_path: Path) -> None:
     assert len(dest) == 0
     with pytest.raises(TunerError, match="has no database_workload.json"):
         import_database(dest.engine, tmp_path)
+
+
+def test_malformed_sidecar_is_refused(tmp_path: Path) -> None:
+    source = open_database(f"sqlite:///{tmp_path / 'src.sqlite'}", TARGET)
+    source.commit_tuning_record(record(source, matmul(8), [1e-4]))
+    out = tmp_path / "out"
+    export_database(source.engine, out)
+    sidecar = json.loads((out / SIDECAR_FILE).read_text())
+    dest = open_database(f"sqlite:///{tmp_path / 'dest.sqlite'}", {"kind": "llvm", "num-cores": 3})
+    for broken in ({**sidecar, "records": None}, {**sidecar, "files": {"../../etc/passwd": "x"}},
+                   {**sidecar, "hardware": {}}):
+        (out / SIDECAR_FILE).write_text(json.dumps(broken))
+        with pytest.raises(TunerError, match=SIDECAR_FILE):
+            import_database(dest.engine, out)
+    assert len(open_database(f"sqlite:///{tmp_path / 'dest.sqlite'}", TARGET)) == 0
