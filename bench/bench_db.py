@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import multiprocessing
 import os
@@ -60,20 +59,15 @@ TARGET = {"kind": "llvm", "num-cores": 2}
 
 def _fill(url: str, shapes: list[tuple[int, int, int]]) -> None:
     """10,000 workloads, one record each, written in bulk (the lookup is what is measured)."""
-    from tvm.s_tir.meta_schedule.database import Workload
-
     from tuner.db import models
-    from tuner.db.database import record_sha256, signed_shash
+    from tuner.db.database import record_sha256, workload_row
     from tuner.pipeline import open_database
 
     db = open_database(url, TARGET)
     sample = _record(db, _matmul(4, 4, 4), 1e-4, TARGET).as_json()
     workloads, records = [], []
     for idx, (m, n, k) in enumerate(shapes, start=1):
-        mod = _matmul(m, n, k)
-        mod_json = Workload(mod).as_json()[1]
-        workloads.append(dict(id=idx + 1, shash=signed_shash(mod), mod_sha256=hashlib.sha256(mod_json.encode()).hexdigest(),
-                              mod_json=mod_json, created_at=models.utcnow()))
+        workloads.append(dict(id=idx + 1, **workload_row(_matmul(m, n, k))))
         trace, _, target, args = sample
         payload = [trace, [1e-4 * (1 + idx % 7)], target, args]
         records.append(dict(workload_id=idx + 1, hardware_key=db.provenance.hardware_key,

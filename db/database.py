@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tvm_ffi
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Connection, Engine, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -53,6 +53,38 @@ def record_sha256(payload: list[Any]) -> str:
 
 def unsigned_shash(shash: int) -> int:
     return shash + (1 << 64) if shash < 0 else shash
+
+
+def workload_of(shash: int, mod_json: str) -> Workload:
+    """A MetaSchedule Workload from its stored columns."""
+    return Workload.from_json([str(unsigned_shash(shash)), mod_json])
+
+
+def workload_row(mod: IRModule) -> dict[str, Any]:
+    """The workloads row of a module: hash, digest of its serialization, the serialization."""
+    mod_json = Workload(mod).as_json()[1]
+    return dict(shash=signed_shash(mod), mod_sha256=hashlib.sha256(mod_json.encode()).hexdigest(),
+                mod_json=mod_json, created_at=models.utcnow())
+
+
+def workloads_with_hash(conn: Connection, shash: int) -> list[tuple[int, Workload]]:
+    """Every stored workload with this structural hash (structural equality decides among them)."""
+    rows = conn.execute(
+        select(models.Workload.id, models.Workload.mod_json)
+        .where(models.Workload.shash == shash)
+        .order_by(models.Workload.id)
+    ).all()
+    return [(wid, workload_of(shash, mod_json)) for wid, mod_json in rows]
+
+
+def record_payload(row: models.TuningRecord) -> list[Any]:
+    """``TuningRecord.as_json()`` of a stored row: [trace, run_secs, target, args_info]."""
+    return [
+        json.loads(row.trace_json),
+        json.loads(row.run_secs_json) if row.run_secs_json else None,
+        json.loads(row.target_json),
+        json.loads(row.args_info_json) if row.args_info_json else None,
+    ]
 
 
 def record_row(payload: list[Any], workload_id: int, hardware_key: str, team: str | None,
@@ -141,13 +173,8 @@ class SQLDatabase(PyDatabase):
             conn.execute(stmt.on_conflict_do_nothing(index_elements=["key"]))
 
     def _load_shash(self, shash: int) -> list[tuple[int, Workload]]:
-        with Session(self.engine) as session:
-            rows = session.execute(
-                select(models.Workload.id, models.Workload.mod_json)
-                .where(models.Workload.shash == shash)
-                .order_by(models.Workload.id)
-            ).all()
-        return [(wid, Workload.from_json([str(unsigned_shash(shash)), mod_json])) for wid, mod_json in rows]
+        with self.engine.connect() as conn:
+            return workloads_with_hash(conn, shash)
 
     def _match(self, mod: IRModule, refresh: bool) -> tuple[int, list[tuple[int, Workload]]]:
         shash = signed_shash(mod)
@@ -173,13 +200,7 @@ class SQLDatabase(PyDatabase):
             found = self._find(mod)
             if found:
                 return found[0][1]
-            workload = Workload(mod)
-            shash_str, mod_json = workload.as_json()
-            shash = signed_shash(mod)
-            digest = hashlib.sha256(mod_json.encode()).hexdigest()
-            stmt = insert_for(self.engine)(models.Workload).values(
-                shash=shash, mod_sha256=digest, mod_json=mod_json, created_at=models.utcnow()
-            )
+            stmt = insert_for(self.engine)(models.Workload).values(**workload_row(mod))
             with self.engine.begin() as conn:
                 conn.execute(stmt.on_conflict_do_nothing(index_elements=["shash", "mod_sha256"]))
             _, found = self._match(mod, refresh=True)
@@ -248,18 +269,12 @@ class SQLDatabase(PyDatabase):
                     models.Workload.id.in_(missing)
                 )
             ):
-                cached[wid] = Workload.from_json([str(unsigned_shash(shash)), mod_json])
+                cached[wid] = workload_of(shash, mod_json)
         return cached
 
     @staticmethod
     def _to_tvm(row: models.TuningRecord, workload: Workload) -> TuningRecord:
-        payload = [
-            json.loads(row.trace_json),
-            json.loads(row.run_secs_json) if row.run_secs_json else None,
-            json.loads(row.target_json),
-            json.loads(row.args_info_json) if row.args_info_json else None,
-        ]
-        return TuningRecord.from_json(payload, workload)
+        return TuningRecord.from_json(record_payload(row), workload)
 
     def _ids(self, mod: IRModule) -> list[int]:
         with self._lock:

@@ -27,7 +27,15 @@ from tvm.target import Target
 from tuner.errors import TunerError
 
 from . import models
-from .database import insert_for, record_row, signed_shash, unsigned_shash
+from .database import (
+    insert_for,
+    record_payload,
+    record_row,
+    signed_shash,
+    unsigned_shash,
+    workload_row,
+    workloads_with_hash,
+)
 from .engine import error_reason
 
 WORKLOAD_FILE = "database_workload.json"
@@ -103,13 +111,7 @@ def export_database(engine: Engine, out_dir: Path, hardware: str | None = None) 
         if row.workload_id not in index:
             index[row.workload_id] = len(workload_lines)
             workload_lines.append(json.dumps([str(unsigned_shash(row.shash)), row.mod_json]))
-        payload = [
-            json.loads(row.trace_json),
-            json.loads(row.run_secs_json) if row.run_secs_json else None,
-            json.loads(row.target_json),
-            json.loads(row.args_info_json) if row.args_info_json else None,
-        ]
-        record_lines.append(json.dumps([index[row.workload_id], payload]))
+        record_lines.append(json.dumps([index[row.workload_id], record_payload(row)]))
         provenance.append({
             "hardware_key": row.hardware_key, "team": row.team, "private": bool(row.private),
             "job_id": row.job_id, "tuner_version": row.tuner_version,
@@ -274,20 +276,14 @@ def _workload_id(conn: Connection, workload: Workload) -> tuple[int, bool]:
     """Id of the structurally equal workload, inserted when new; (id, was it new)."""
     mod = workload.mod
     shash = signed_shash(mod)
-    for wid, mod_json in conn.execute(
-        select(models.Workload.id, models.Workload.mod_json)
-        .where(models.Workload.shash == shash).order_by(models.Workload.id)
-    ):
-        if tvm_ffi.structural_equal(Workload.from_json([str(unsigned_shash(shash)), mod_json]).mod, mod):
+    for wid, known in workloads_with_hash(conn, shash):
+        if tvm_ffi.structural_equal(known.mod, mod):
             return wid, False
-    mod_json = Workload(mod).as_json()[1]
-    digest = hashlib.sha256(mod_json.encode()).hexdigest()
-    stmt = insert_for(conn.engine)(models.Workload).values(
-        shash=shash, mod_sha256=digest, mod_json=mod_json, created_at=models.utcnow()
-    )
-    conn.execute(stmt.on_conflict_do_nothing(index_elements=["shash", "mod_sha256"]))
+    row = workload_row(mod)
+    conn.execute(insert_for(conn.engine)(models.Workload).values(**row)
+                 .on_conflict_do_nothing(index_elements=["shash", "mod_sha256"]))
     wid = conn.scalar(select(models.Workload.id).where(
-        models.Workload.shash == shash, models.Workload.mod_sha256 == digest))
+        models.Workload.shash == shash, models.Workload.mod_sha256 == row["mod_sha256"]))
     return int(wid), True
 
 
