@@ -14,17 +14,25 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import tvm
 import tvm_ffi
+from tvm_ffi import Array, Map
 from sqlalchemy import Connection, Engine, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from tvm.ir import IRModule
+from tvm.tirx import FloatImm, IntImm
 from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule import _ffi_api as _ms_ffi
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
 from tvm.target import Target
 
 from . import models
+
+# A trace without sampling decisions ("[insts, []]", as record_row writes it) was not found by
+# the search: a default schedule stored beside the search's records (dlight on CUDA).
+_DEFAULT_TRACE = "%, []]"
 
 # MetaSchedule marks a candidate that failed to build or run with this run time.
 _FAILED_RUN_SECS = 1e9
@@ -75,6 +83,27 @@ def workloads_with_hash(conn: Connection, shash: int) -> list[tuple[int, Workloa
         .order_by(models.Workload.id)
     ).all()
     return [(wid, workload_of(shash, mod_json)) for wid, mod_json in rows]
+
+
+def _to_plain(obj: Any) -> Any:
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (IntImm, FloatImm)):
+        return obj.value
+    if isinstance(obj, (Array, list, tuple)):
+        return [_to_plain(x) for x in obj]
+    if isinstance(obj, (Map, dict)):
+        return {_to_plain(k): _to_plain(v) for k, v in obj.items()}
+    # An IndexMap input of TransformLayout (dlight's GPU matmul and convolution rules,
+    # tensor-core tiling): the trace loader reads it back from its JSON-graph string.
+    return tvm.ir.save_json(obj).strip()
+
+
+def record_json(record: TuningRecord) -> list[Any]:
+    """``TuningRecord.as_json()``, also for traces that hold IndexMaps, which TVM 0.27's own
+    conversion leaves as objects and then rejects ("Not supported type: IndexMap"). The result
+    is what MetaSchedule's trace loader (and its JSONDatabase) reads."""
+    return _to_plain(_ms_ffi.TuningRecordAsJSON(record))
 
 
 def record_payload(row: models.TuningRecord) -> list[Any]:
@@ -221,7 +250,7 @@ class SQLDatabase(PyDatabase):
             with self._lock:
                 found = self._find(record.workload.mod)
         p = self.provenance
-        row = record_row(record.as_json(), found[0][0], p.hardware_key, p.team, p.private, p.job_id,
+        row = record_row(record_json(record), found[0][0], p.hardware_key, p.team, p.private, p.job_id,
                          p.tuner_version)
         stmt = insert_for(self.engine)(models.TuningRecord).values(**row)
         with self.engine.begin() as conn:
@@ -242,13 +271,15 @@ class SQLDatabase(PyDatabase):
         )
 
     def _records(self, workload_ids: list[int] | None, top_k: int | None,
-                 compatible: bool = False) -> list[TuningRecord]:
+                 compatible: bool = False, searched_only: bool = False) -> list[TuningRecord]:
         r = models.TuningRecord
         if compatible:
             stmt = select(r).where(r.hardware_key.in_(self._compatible_keys()))
         else:
             stmt = select(r).where(r.hardware_key == self.provenance.hardware_key)
         stmt = stmt.where(self._visible())
+        if searched_only:
+            stmt = stmt.where(r.trace_json.not_like(_DEFAULT_TRACE))
         if workload_ids is not None:
             stmt = stmt.where(r.workload_id.in_(workload_ids), r.mean_run_secs.is_not(None))
             stmt = stmt.order_by(r.mean_run_secs, r.id)
@@ -281,12 +312,18 @@ class SQLDatabase(PyDatabase):
             return [wid for wid, _ in self._find(mod)]
 
     def get_top_k(self, workload: Workload, top_k: int) -> list[TuningRecord]:
+        """The evolutionary search's initial population: records the search itself produced.
+
+        Default schedules stored beside them (dlight's, which compilation may pick) stay out:
+        MetaSchedule's feature extractor rejects some ("blockIdx is bound but threadIdx is
+        not") and its mutators find no sampling decision in them to mutate.
+        """
         ids = self._ids(workload.mod) if top_k > 0 else []
         if not ids:
             return []
-        found = self._records(ids, top_k)
+        found = self._records(ids, top_k, searched_only=True)
         if self.warm_start and len(found) < top_k:
-            found += self._records(ids, top_k - len(found), compatible=True)
+            found += self._records(ids, top_k - len(found), compatible=True, searched_only=True)
         return found
 
     def get_all_tuning_records(self) -> list[TuningRecord]:
@@ -308,8 +345,12 @@ class SQLDatabase(PyDatabase):
             return int(session.scalar(stmt) or 0)
 
     # -- tuner's own queries --------------------------------------------------------------
-    def best(self, mod: IRModule) -> Best | None:
-        """The record compilation would use here, or None: decides cache hit vs tune."""
+    def best(self, mod: IRModule, searched_only: bool = False) -> Best | None:
+        """The record compilation would use here, or None: decides cache hit vs tune.
+
+        `searched_only`: the best record the search found, ignoring stored default schedules
+        (a task that has only its default is still worth tuning).
+        """
         ids = self._ids(mod)
         if not ids:
             return None
@@ -321,6 +362,8 @@ class SQLDatabase(PyDatabase):
             .order_by(r.mean_run_secs, r.id)
             .limit(1)
         )
+        if searched_only:
+            stmt = stmt.where(r.trace_json.not_like(_DEFAULT_TRACE))
         with Session(self.engine) as session:
             row = session.execute(stmt).first()
         return Best(float(row[0]), row[1]) if row else None

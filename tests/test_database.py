@@ -35,6 +35,20 @@ def test_round_trip_and_top_k(db_url: str) -> None:
     assert len(again.get_all_tuning_records()) == 4
 
 
+def test_default_schedules_are_compiled_but_never_seed_the_search(db_url: str) -> None:
+    db = open_database(db_url, TARGET)
+    mod = matmul(24)
+    db.commit_tuning_record(record(db, mod, [1e-5], searched=False))  # a stored default (dlight)
+    assert db.best(mod).mean_run_secs == pytest.approx(1e-5)
+    assert db.query_tuning_record(mod, Target(TARGET), "main") is not None
+    assert db.best(mod, searched_only=True) is None  # still worth tuning
+    assert db.get_top_k(db.commit_workload(mod), 4) == []
+    db.commit_tuning_record(record(db, mod, [2e-5]))
+    assert db.best(mod, searched_only=True).mean_run_secs == pytest.approx(2e-5)
+    assert [mean_run_secs(r.run_secs) for r in db.get_top_k(db.commit_workload(mod), 4)] == pytest.approx([2e-5])
+    assert mean_run_secs(db.query_tuning_record(mod, Target(TARGET), "main").run_secs) == pytest.approx(1e-5)
+
+
 def test_records_are_served_per_hardware_key(db_url: str) -> None:
     db = open_database(db_url, TARGET)
     mod = matmul(16)

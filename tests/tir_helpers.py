@@ -11,25 +11,32 @@ from tvm.target import Target
 TARGET = {"kind": "llvm", "num-cores": 2}
 
 
-def matmul(n: int):  # noqa: ANN201 - a TVMScript PrimFunc
+def matmul(n: int, dtype: str = "float32"):  # noqa: ANN201 - an IRModule of one TVMScript PrimFunc
+    """C = A @ B; with fp16 inputs it accumulates in fp32, as mixed precision does."""
+    acc = "float32"
+
     @T.prim_func(s_tir=True)
     def func(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (n, n), "float32")
-        B = T.match_buffer(b, (n, n), "float32")
-        C = T.match_buffer(c, (n, n), "float32")
+        A = T.match_buffer(a, (n, n), dtype)
+        B = T.match_buffer(b, (n, n), dtype)
+        C = T.match_buffer(c, (n, n), acc)
         for i, j, k in T.grid(n, n, n):
             with T.sblock("C"):
                 vi, vj, vk = T.axis.remap("SSR", [i, j, k])
                 with T.init():
                     C[vi, vj] = T.float32(0)
-                C[vi, vj] = C[vi, vj] + A[vi, vk] * B[vk, vj]
+                C[vi, vj] = C[vi, vj] + T.Cast(acc, A[vi, vk]) * T.Cast(acc, B[vk, vj])
 
     return tvm.IRModule({"main": func})
 
 
-def record(db, mod, run_secs, target=TARGET) -> ms.database.TuningRecord:  # noqa: ANN001
+def record(db, mod, run_secs, target=TARGET, searched: bool = True) -> ms.database.TuningRecord:  # noqa: ANN001
+    """A record as the search makes them (with a sampling decision), or, `searched=False`, as a
+    default schedule is stored (a fixed trace, no decisions)."""
     sch = Schedule(mod)
     i, _, _ = sch.get_loops(sch.get_sblock("C"))
+    if searched:
+        sch.sample_categorical([1, 2], [0.5, 0.5], decision=1)
     sch.parallel(i)
     workload = db.commit_workload(mod)
     return ms.database.TuningRecord(sch.trace, workload, run_secs, Target(target),
