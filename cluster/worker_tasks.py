@@ -69,7 +69,8 @@ def measure_candidate(
         number=number,
         repeat=repeat,
         min_repeat_ms=min_repeat_ms,
-        f_preproc="cache_flush_cpu_non_first_arg" if cpu_cache_flush else "",
+        # The first call is a discarded warm-up; each repeat ends with a device sync.
+        f_preproc="cache_flush_cpu_non_first_arg" if cpu_cache_flush and dev.dlpack_device_type() == 1 else "",
     )
     dev.sync()
     return [float(x) for x in evaluator(*args).results]

@@ -1,6 +1,9 @@
-"""Default CPU schedules for kernels the database has no record for.
+"""Default schedules for kernels the database has no record for.
 
-An unscheduled TIR kernel is a single-threaded scalar loop nest, often 100x slower than needed.
+On CUDA these are TVM's dlight rules (matmul, GEMV, reductions, then a fallback that binds any
+loop nest to blocks and threads): an unscheduled kernel cannot even launch on a GPU.
+
+On CPU, an unscheduled TIR kernel is a single-threaded scalar loop nest, often 100x slower than needed.
 TVM's dlight rules cover only GEMV and reductions on CPU, so tuner takes MetaSchedule's own
 design space and applies one deterministic sample of it: tiled, with an outer loop parallel and
 the inner one vectorized. It costs no measurement. When no sample passes the postprocessors
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import tvm_ffi
 from tvm import tirx
 from tvm.ir import IRModule
+from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import Schedule
 from tvm.target import Target
@@ -27,16 +31,36 @@ _SEEDS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 @dataclass
 class DefaultScheduleStats:
-    sampled: int = 0  # from MetaSchedule's design space
-    simple: int = 0  # from the plain parallel + vectorize rule
-    unscheduled: int = 0  # left as they were (nothing to parallelize)
+    sampled: int = 0  # CPU: from MetaSchedule's design space
+    simple: int = 0  # CPU: from the plain parallel + vectorize rule
+    dlight: int = 0  # CUDA: from TVM's dlight GPU rules
+    unscheduled: int = 0  # left as they were (CPU: nothing to parallelize)
 
     def as_dict(self) -> dict[str, int]:
-        return {"sampled": self.sampled, "simple": self.simple, "unscheduled": self.unscheduled}
+        return {"sampled": self.sampled, "simple": self.simple, "dlight": self.dlight,
+                "unscheduled": self.unscheduled}
 
     @property
     def total(self) -> int:
-        return self.sampled + self.simple + self.unscheduled
+        return self.sampled + self.simple + self.dlight + self.unscheduled
+
+
+def dlight_rules() -> list[dl.ScheduleRule]:
+    """The rules and order of TVM's own CUDA pipeline (its `legalize_passes`), so the untuned
+    baseline and our defaults are the same kernels."""
+    return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+
+
+def dlight_schedule(func: tirx.PrimFunc, target: Target) -> Schedule | None:
+    """The first dlight rule that applies, as a Schedule whose trace can be stored and replayed."""
+    func = func.with_attr("global_symbol", "main")
+    for rule in dlight_rules():
+        with target:
+            space = rule.apply(func, target, False)
+        if space is None:
+            continue
+        return space[0] if isinstance(space, list) else space
+    return None
 
 
 def _sample_design_space(func: tirx.PrimFunc, target: Target) -> IRModule | None:
@@ -76,8 +100,13 @@ def apply_default_schedules(mod: IRModule, target: Target) -> tuple[IRModule, De
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
             continue
-        scheduled = _sample_design_space(func, target)
-        if scheduled is not None:
+        if target.kind.name == "cuda":
+            sch = dlight_schedule(func, target)
+            if sch is None:
+                raise ValueError(f"no GPU schedule applies to kernel {gv.name_hint}")
+            scheduled = sch.mod
+            stats.dlight += 1
+        elif (scheduled := _sample_design_space(func, target)) is not None:
             stats.sampled += 1
         else:
             scheduled = _simple_schedule(func, target)
@@ -95,14 +124,17 @@ def apply_default_schedules(mod: IRModule, target: Target) -> tuple[IRModule, De
 
 
 def count_loops(mod: IRModule) -> dict[str, int]:
-    """Parallel and vectorized loops in a module's PrimFuncs (the report's `loops`)."""
-    counts = {"parallel": 0, "vectorized": 0}
+    """Parallel (CPU), thread-bound (GPU) and vectorized loops in a module's PrimFuncs (the
+    report's `loops`)."""
+    counts = {"parallel": 0, "vectorized": 0, "threads": 0}
 
     def visit(node: tirx.For) -> None:
         if node.kind == tirx.ForKind.PARALLEL:
             counts["parallel"] += 1
         elif node.kind == tirx.ForKind.VECTORIZED:
             counts["vectorized"] += 1
+        elif node.kind == tirx.ForKind.THREAD_BINDING:
+            counts["threads"] += 1
 
     for func in mod.functions.values():
         if isinstance(func, tirx.PrimFunc):

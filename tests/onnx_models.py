@@ -78,5 +78,7 @@ def unsupported_op() -> onnx.ModelProto:
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:
+    # onnx 1.23 stamps IR 14 by default; ONNX Runtime before 1.32 reads at most IR 13.
+    model.ir_version = min(model.ir_version, 10)
     onnx.save(model, str(path))
     return path

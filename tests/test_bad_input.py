@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tests import onnx_models
 from tests.conftest import tiny_env
 from tuner.errors import TunerError
+from tuner.gpus import local_gpus
 from tuner.model_io import load_model, parse_input_shapes
 
 
@@ -51,9 +52,17 @@ def test_invalid_target_json(tmp_path: Path) -> None:
     assert_clean_error(tuner_cli(["run", "m.onnx", "--target", "{kind: llvm"], tmp_path), "invalid target")
 
 
-def test_cuda_target_is_refused_clearly(tmp_path: Path) -> None:
+@pytest.mark.skipif(bool(local_gpus()), reason="this machine has a GPU")
+def test_cuda_target_without_a_gpu_is_one_clear_error(tmp_path: Path) -> None:
     onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "m.onnx")
-    assert_clean_error(tuner_cli(["run", "m.onnx", "--target", "cuda"], tmp_path), "cuda")
+    assert_clean_error(tuner_cli(["run", "m.onnx", "--target", "cuda"], tmp_path), "--target cuda: no NVIDIA GPU")
+    proc = tuner_cli(["run", "m.onnx", "--target", '{"kind": "cuda", "arch": "sm_90"}', "--trials", "0"], tmp_path)
+    assert_clean_error(proc, "needs a local GPU of that arch", "no NVIDIA GPU")
+
+
+def test_unknown_precision(tmp_path: Path) -> None:
+    onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "m.onnx")
+    assert_clean_error(tuner_cli(["run", "m.onnx", "--precision", "fp8"], tmp_path), "unknown precision 'fp8'")
 
 
 def test_unreachable_database(tmp_path: Path) -> None:

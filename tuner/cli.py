@@ -28,7 +28,8 @@ app.add_typer(cluster_app, name="cluster")
 @app.command()
 def run(
     model: Annotated[str, typer.Argument(help="Path to an .onnx file, or zoo:NAME (see `tuner models`).")],
-    target: Annotated[str, typer.Option(help='"cpu" (the host) or a TVM target as a JSON dict.')] = "cpu",
+    target: Annotated[str, typer.Option(help='"cpu" (the host), "cuda" (the local GPU) or a TVM target as a JSON dict.')] = "cpu",
+    precision: Annotated[str, typer.Option(help='"fp32", or "fp16": fp16 compute with fp32 accumulation, checked against fp32 ONNX Runtime.')] = "fp32",
     trials: Annotated[Optional[int], typer.Option(min=0, help="Measured trials for the whole model; 0 = database and defaults only.")] = None,
     db: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL of the tuning database (env TUNER_DB_URL).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default ./tuner-out/<model>).")] = None,
@@ -61,6 +62,7 @@ def run(
         private=private,
         ray_address=ray_address,
         workers=workers,
+        precision=precision,
     )
     progress = RichProgress() if sys.stderr.isatty() else LogProgress()
     interrupted = threading.Event()
@@ -93,16 +95,18 @@ def _fmt_ms(value: float | None) -> str:
 
 def _print_report(report: dict) -> None:
     lat, speed = report["latency_ms"], report["speedup"]
-    table = Table(title=f"{report['model']} on {report['hardware']['cpu_model']} ({report['hardware']['key']})")
+    hw = report["hardware"]
+    table = Table(title=f"{report['model']} ({report['precision']}) on {hw.get('cpu_model') or hw.get('name')} ({hw['key']})")
     table.add_column("module")
     table.add_column("latency (median)", justify="right")
     table.add_column("tuned is", justify="right")
     table.add_row("tuned (tuner)", _fmt_ms(lat["tuned"]), "")
     untuned = f"{speed['vs_untuned']:.2f}x faster" if speed["vs_untuned"] else "-"
-    table.add_row("untuned TVM", _fmt_ms(lat["untuned"]), untuned)
+    baseline = "untuned TVM (dlight)" if report["target"].get("kind") == "cuda" else "untuned TVM"
+    table.add_row(baseline, _fmt_ms(lat["untuned"]), untuned)
     ratio = speed["vs_onnxruntime"]
     vs_ort = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
-    table.add_row("ONNX Runtime", _fmt_ms(lat["onnxruntime"]), vs_ort)
+    table.add_row("ONNX Runtime (CPU)", _fmt_ms(lat["onnxruntime"]), vs_ort)
     out.print(table)
     out.print(
         f"tasks: {report['tasks']} ({report['tasks_from_db']} from the database, "
@@ -112,8 +116,10 @@ def _print_report(report: dict) -> None:
         f"{report['tuning_seconds']:.1f} s"
     )
     out.print(
-        f"verified against ONNX Runtime: max abs error {report['max_abs_error']:.3g}; loops: "
-        f"{report['loops']['parallel']} parallel, {report['loops']['vectorized']} vectorized"
+        f"verified against ONNX Runtime: max abs error {report['max_abs_error']:.3g} "
+        f"(tolerance {report['tolerance']['atol']:g} + {report['tolerance']['rtol']:g}*|ref|); loops: "
+        f"{report['loops']['parallel']} parallel, {report['loops']['threads']} thread-bound, "
+        f"{report['loops']['vectorized']} vectorized"
     )
     out.print(f"module: {report['artifact']['path']}  (sha256 {report['artifact']['sha256'][:16]}...)")
     out.print(f"report: {Path(report['artifact']['path']).with_name('report.json')}")

@@ -25,16 +25,15 @@ class Compiled:
 
 def lowering_passes(target: Target) -> list[tvm.transform.Pass]:
     """Relax lowering after scheduling, as TVM's default pipeline does it for the target."""
+    # tvm.relax.pipeline's dispatcher reaches these through the backend packages, which (TVM
+    # 0.27) do not export them: take them from the pipeline modules themselves.
     if target.kind.name == "llvm":
-        # tvm.relax.pipeline's dispatcher reaches these through the package, which (TVM 0.27)
-        # does not export them: take them from the module itself.
-        from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-        return [*cpu.dataflow_lower_passes(target), *cpu.finalize_passes(target)]
-    return [
-        *relax_pipeline.dataflow_lower_passes(target),
-        *relax_pipeline.finalize_passes(target),
-    ]
+        from tvm.relax.backend.cpu_generic import pipeline as backend
+    elif target.kind.name == "cuda":
+        from tvm.relax.backend.cuda import pipeline as backend
+    else:
+        return [*relax_pipeline.dataflow_lower_passes(target), *relax_pipeline.finalize_passes(target)]
+    return [*backend.dataflow_lower_passes(target), *backend.finalize_passes(target)]
 
 
 def compile_tuned(fused: IRModule, target: Target, database: Database) -> Compiled:

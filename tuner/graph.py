@@ -6,6 +6,10 @@ match: both go through `fuse_for_tuning`.
 
 from __future__ import annotations
 
+import copy
+import re
+
+import onnx
 import tvm
 from tvm import relax
 from tvm.ir import IRModule
@@ -15,19 +19,66 @@ from tvm.target import Target
 from .errors import TunerError
 from .model_io import LoadedModel
 
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-def import_onnx(model: LoadedModel) -> IRModule:
-    """Relax module with weights bound as constants, constants folded, dead code removed."""
+
+PRECISIONS = ("fp32", "fp16")
+
+
+def safe_names(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy whose value and node names are C identifiers, and the old-to-new map.
+
+    TVM turns ONNX names into kernel parameter names; CUDA code generation breaks on names such
+    as resnet50's ``gpu_0/data_0``. Inputs stay positional, so renaming changes nothing else.
+    """
+    proto = copy.deepcopy(proto)
+    graph = proto.graph
+    names: list[str] = [v.name for v in [*graph.input, *graph.output, *graph.value_info]]
+    names += [t.name for t in graph.initializer]
+    names += [x for node in graph.node for x in [*node.input, *node.output] if x]
+    mapping: dict[str, str] = {}
+    taken = {n for n in names if _IDENT.fullmatch(n)}
+    for name in dict.fromkeys(names):
+        if _IDENT.fullmatch(name):
+            continue
+        base = re.sub(r"\W", "_", name)
+        base = base if base and not base[0].isdigit() else f"t_{base}"
+        new, i = base, 1
+        while new in taken:
+            new, i = f"{base}_{i}", i + 1
+        taken.add(new)
+        mapping[name] = new
+    if not mapping:
+        return proto, {}
+    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        value.name = mapping.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [mapping.get(x, x) for x in node.input]
+        node.output[:] = [mapping.get(x, x) for x in node.output]
+        node.name = re.sub(r"\W", "_", node.name)
+    return proto, mapping
+
+
+def import_onnx(model: LoadedModel, precision: str = "fp32") -> IRModule:
+    """Relax module with weights bound as constants, constants folded, dead code removed.
+
+    ``fp16``: Relax mixed precision, fp16 compute with fp32 accumulation in convolutions and
+    matmuls; inputs and outputs keep their fp32 types.
+    """
     from tvm.relax.frontend.onnx import from_onnx
 
+    proto, renamed = safe_names(model.proto)
+    shapes = {renamed.get(k, k): v for k, v in model.input_shapes.items()}
     try:
-        mod = from_onnx(model.proto, shape_dict=dict(model.input_shapes), keep_params_in_input=False)
+        mod = from_onnx(proto, shape_dict=shapes, keep_params_in_input=False)
     except Exception as exc:  # the importer raises many types; users need its message
         text = str(exc).strip().splitlines()
         raise TunerError(f"TVM could not import {model.name}: {text[-1] if text else type(exc).__name__}") from None
-    return tvm.transform.Sequential(
-        [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
-    )(mod)
+    passes = [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
+    if precision == "fp16":
+        # Weights are cast once here (FoldConstant), not at every inference.
+        passes += [relax.transform.ToMixedPrecision(out_dtype="float32"), relax.transform.FoldConstant()]
+    return tvm.transform.Sequential(passes)(mod)
 
 
 def fusion_passes(target: Target) -> list[tvm.transform.Pass]:

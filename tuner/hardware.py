@@ -87,7 +87,48 @@ def cpu_fingerprint(target: dict[str, Any]) -> Fingerprint:
     )
 
 
-def fingerprint_for(target: dict[str, Any]) -> Fingerprint:
+@dataclass(frozen=True)
+class GpuFingerprint:
+    """A CUDA GPU: its model and compute capability decide the code and its speed.
+
+    Memory size, driver, clocks and the host CPU do not enter the key (the host only launches
+    kernels); GPUs of one compute capability form a family whose records warm-start each other.
+    """
+
+    name: str
+    arch: str
+    compute_capability: str
+    kind: str = "cuda"
+
+    @property
+    def key(self) -> str:
+        return _digest(self.kind, asdict(self))
+
+    @property
+    def family(self) -> str:
+        return _digest(f"{self.kind}-family", {"kind": self.kind, "arch": self.arch})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "family": self.family, **asdict(self)}
+
+
+def gpu_fingerprint(target: dict[str, Any]) -> GpuFingerprint:
+    """The local GPU a CUDA target runs on: the first one of the target's arch."""
+    from .errors import TunerError
+    from .gpus import local_gpus
+
+    gpus = local_gpus()
+    arch = str(target.get("arch", ""))
+    for gpu in gpus:
+        if gpu.arch == arch:
+            return GpuFingerprint(name=gpu.name, arch=gpu.arch, compute_capability=gpu.compute_capability)
+    found = ", ".join(f"{g.name} ({g.arch})" for g in gpus) or "no NVIDIA GPU"
+    raise TunerError(f"CUDA target for {arch or 'no arch'} needs a local GPU of that arch; this machine has {found}")
+
+
+def fingerprint_for(target: dict[str, Any]) -> Fingerprint | GpuFingerprint:
     if target.get("kind") == "llvm":
         return cpu_fingerprint(target)
+    if target.get("kind") == "cuda":
+        return gpu_fingerprint(target)
     raise ValueError(f"no hardware fingerprint for target kind {target.get('kind')!r}")

@@ -32,12 +32,12 @@ from . import __version__
 from .compile import compile_tuned, compile_untuned
 from .config import Settings
 from .errors import TunerError
-from .graph import fuse_for_tuning, import_onnx
+from .graph import PRECISIONS, fuse_for_tuning, import_onnx
 from .hardware import fingerprint_for
-from .measure import ORTModel, TVMModel, compare, median_ms, random_inputs
+from .measure import ORTModel, TVMModel, compare, device_for, median_ms, random_inputs
 from .model_io import LoadedModel, load_model
 from .progress import Progress, SilentProgress
-from .tuning import Workers, ray_workers, tune
+from .tuning import Workers, ray_workers, tune, tuning_cores
 
 
 @dataclass
@@ -55,6 +55,7 @@ class RunRequest:
     measure_untuned: bool = True
     ray_address: str | None = None  # set: use Ray ("local" starts one here); None: the config
     workers: int | None = None  # caps the builders
+    precision: str = "fp32"  # "fp16": mixed precision, verified against fp32 ONNX Runtime
 
 
 def open_database(url: str, target: dict[str, Any], team: str | None = None,
@@ -85,7 +86,7 @@ def _tuning_workers(request: RunRequest, settings: Settings, target: Target,
         return
     from tuner.cluster import ray_backend as rb
 
-    cores = int(target.attrs.get("num-cores", 1))
+    cores = tuning_cores(target)
     remote = address not in ("", "local")
     try:
         connected = rb.connect(address if remote else None, {rb.hardware_resource(hardware_key): 1})
@@ -118,6 +119,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def run(request: RunRequest, settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
     """Everything `tuner run` does; returns the report (also written to DIR/report.json)."""
     progress = progress or SilentProgress()
+    if request.precision not in PRECISIONS:
+        raise TunerError(f"unknown precision {request.precision!r}: expected one of {', '.join(PRECISIONS)}")
     t_start = time.perf_counter()
     model: LoadedModel = load_model(request.model, request.input_shapes)
     out_dir = request.out_dir or Path("tuner-out") / model.name
@@ -133,10 +136,10 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
     target = Target(dict(request.target))
 
     progress.message(f"importing {model.name} ({model.source})")
-    relax_mod = import_onnx(model)  # passes return new modules: reused for the untuned baseline
+    relax_mod = import_onnx(model, request.precision)  # passes return new modules: reused for the untuned baseline
     fused = fuse_for_tuning(relax_mod, target)
     tasks = ms.relax_integration.extract_tasks(fused, target)
-    cached = [database.best(t.dispatched[0]) for t in tasks]
+    cached = [database.best(t.dispatched[0], searched_only=True) for t in tasks]
     to_tune = [i for i, best in enumerate(cached) if best is None]
     from_other_teams = sum(1 for best in cached if best is not None and best.team != team)
     warm = [i for i in to_tune if settings.warm_start and database.warm_start_records(tasks[i].dispatched[0])]
@@ -147,7 +150,7 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
     )
 
     t_tune = time.perf_counter()
-    trials_done = 0
+    trials_done = defaults_measured = 0
     cluster: dict[str, Any] = {"backend": "none"}
     if request.trials > 0 and to_tune:
         if request.workers:
@@ -159,6 +162,7 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
                 request.seed, out_dir / "logs", progress, workers=workers,
             )
         trials_done = result.trials
+        defaults_measured = result.defaults_measured
         cluster = result.cluster
         spent = cluster.setdefault("seconds", {})
         spent["database"] = round(database.commit_seconds, 3)
@@ -174,25 +178,27 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
         compiled.executable.export_library(str(lib_path))
         names = list(model.input_shapes)
         inputs = random_inputs(model.input_shapes, model.input_dtypes, request.seed)
-        tvm_model = TVMModel(lib_path, names)
+        device = device_for(target.kind.name)
+        tvm_model = TVMModel(lib_path, names, device)
         args = tvm_model.prepare(inputs)
         ort_model = ORTModel(model.proto)
         reference = ort_model.run(inputs)
         out_names = [o.name for o in model.proto.graph.output]
         dtype = str(reference[0].dtype) if reference else "float32"
         v = settings.verify
-        atol, rtol = (v.fp16_atol, v.fp16_rtol) if dtype == "float16" else (v.fp32_atol, v.fp32_rtol)
+        fp16 = dtype == "float16" or request.precision == "fp16"
+        atol, rtol = (v.fp16_atol, v.fp16_rtol) if fp16 else (v.fp32_atol, v.fp32_rtol)
         comparison = compare(tvm_model.run(args), reference, out_names, atol, rtol)
 
         progress.message("timing tuned, untuned and ONNX Runtime")
         m = settings.measure
-        tuned_ms = median_ms(lambda: tvm_model.run(args), m.model_runs, m.model_min_seconds)
+        tuned_ms = median_ms(lambda: tvm_model.call(args), m.model_runs, m.model_min_seconds)
         ort_ms = median_ms(lambda: ort_model.run(inputs), m.model_runs, m.model_min_seconds)
         untuned_ms = None
         if request.measure_untuned:
-            untuned = TVMModel(compile_untuned(relax_mod, target), names)
+            untuned = TVMModel(compile_untuned(relax_mod, target), names, device)
             untuned_args = untuned.prepare(inputs)
-            untuned_ms = median_ms(lambda: untuned.run(untuned_args), m.model_runs, m.model_min_seconds)
+            untuned_ms = median_ms(lambda: untuned.call(untuned_args), m.model_runs, m.model_min_seconds)
         data = lib_path.read_bytes()
     artifact = out_dir / "model.so"
     _write_atomic(artifact, data)
@@ -211,6 +217,9 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
         "tasks_warm_started": len(warm) if trials_done else 0,
         "tasks_tuned": tuned_now,
         "tasks_default_schedule": compiled.defaults.total,
+        # CUDA: tasks whose dlight schedule was measured beside the search (tuning keeps it
+        # where nothing it found was faster).
+        "tasks_default_measured": defaults_measured,
         "cluster": cluster,
         "default_schedules": compiled.defaults.as_dict(),
         "tuning_seconds": round(tuning_seconds, 3),
@@ -221,7 +230,9 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
             "vs_onnxruntime": ort_ms / tuned_ms,
         },
         "max_abs_error": comparison.max_abs_error,
-        "tolerance": {"atol": atol, "rtol": rtol},
+        "precision": request.precision,
+        # fp16 is checked against ONNX Runtime in fp32, with the looser fp16 tolerance.
+        "tolerance": {"atol": atol, "rtol": rtol, "reference": "onnxruntime fp32"},
         "verified": comparison.verified,
         "loops": compiled.loops,
         "artifact": {

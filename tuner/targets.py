@@ -8,6 +8,7 @@ from typing import Any
 import psutil
 
 from .errors import TunerError
+from .gpus import DEFAULT_LIMITS, cuda_target, device_limits, local_gpus
 
 
 def host_cpu_target() -> dict[str, Any]:
@@ -18,13 +19,36 @@ def host_cpu_target() -> dict[str, Any]:
     return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": int(cores)}
 
 
+def local_cuda_target() -> dict[str, Any]:
+    """The first GPU CUDA numbers (pick another with CUDA_VISIBLE_DEVICES)."""
+    gpus = local_gpus()
+    if not gpus:
+        raise TunerError("--target cuda: no NVIDIA GPU found on this machine (NVML and the CUDA runtime see none)")
+    return cuda_target(gpus[0].arch, device_limits(gpus[0].index), host_cpu_target())
+
+
+def complete_cuda_target(target: dict[str, Any]) -> dict[str, Any]:
+    """A user's CUDA dict with what MetaSchedule needs filled in: the local GPU's arch and limits
+    where the user gave none, the host CPU as the host. The user's own values win."""
+    given = dict(target)
+    gpus = local_gpus()
+    arch = given.get("arch") or (gpus[0].arch if gpus else None)
+    if not arch:
+        raise TunerError('a CUDA target needs "arch" (e.g. "sm_90") when this machine has no GPU')
+    match = next((g for g in gpus if g.arch == arch), None)
+    full = cuda_target(str(arch), device_limits(match.index) if match else dict(DEFAULT_LIMITS), host_cpu_target())
+    full.update(given)
+    full["arch"] = arch
+    return full
+
+
 def parse_target(spec: str) -> dict[str, Any]:
     """``cpu`` or a JSON dict such as ``{"kind": "llvm", "num-cores": 2}``."""
     text = spec.strip()
     if text == "cpu":
         return host_cpu_target()
     if text == "cuda":
-        raise TunerError("target 'cuda' is not supported yet: GPU tuning is planned; use --target cpu")
+        return local_cuda_target()
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -32,9 +56,9 @@ def parse_target(spec: str) -> dict[str, Any]:
     if not isinstance(value, dict) or not isinstance(value.get("kind"), str):
         raise TunerError(f'invalid target {spec!r}: a JSON dict with a "kind" key is expected')
     if value["kind"] == "cuda":
-        raise TunerError("CUDA targets are not supported yet: GPU tuning is planned; use an llvm target")
-    if value["kind"] != "llvm":
-        raise TunerError(f"unsupported target kind {value['kind']!r}: only 'llvm' (CPU) is supported")
+        value = complete_cuda_target(value)
+    elif value["kind"] != "llvm":
+        raise TunerError(f"unsupported target kind {value['kind']!r}: 'llvm' (CPU) and 'cuda' are supported")
     validate_target(value)
     return value
 

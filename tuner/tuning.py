@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
 from tvm.s_tir.meta_schedule.utils import fork_seed
 from tvm.target import Target
 
 from tuner.cluster.local import LocalBuilder, LocalRunner
+from tuner.schedules.defaults import dlight_schedule
 from tuner.schedules.space import SearchConfig, cost_model, search_strategy, space_generator
 
 from .config import Settings
@@ -28,6 +32,7 @@ class TuneResult:
     trials: int
     per_task_trials: list[int]
     cluster: dict[str, Any] = field(default_factory=dict)
+    defaults_measured: int = 0  # CUDA: tasks whose dlight schedule was measured and stored
 
 
 @dataclass
@@ -90,6 +95,40 @@ def ray_workers(settings: Settings, cores: int, hardware_key: str) -> Workers:
     }, failure=lambda: runner.failure or builder.failure)
 
 
+def measure_default_schedules(tasks: list[ms.ExtractedTask], target: Target, database: ms.Database,
+                              workers: Workers) -> list[float | None]:
+    """Measure each task's default GPU schedule (dlight) and store it as an ordinary record.
+
+    Compilation then takes a tuned schedule only where it beat the default, so tuning never
+    makes a kernel slower than the untuned module's, and the search starts from a population
+    that already holds a valid schedule. Returns each task's default time in seconds (None where
+    the default did not build or run). Not counted as trials.
+    """
+    picked = []
+    for i, task in enumerate(tasks):
+        mod = task.dispatched[0]
+        sch = dlight_schedule(mod["main"], target)
+        if sch is not None:
+            picked.append((i, mod, sch, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+    times: list[float | None] = [None] * len(tasks)
+    if not picked:
+        return times
+    built = workers.builder.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch, _ in picked])
+    ok = [(p, b) for p, b in zip(picked, built) if b.error_msg is None]
+    device_type = "cuda" if target.kind.name == "cuda" else "cpu"
+    futures = workers.runner.run([ms.runner.RunnerInput(b.artifact_path, device_type, p[3]) for p, b in ok])
+    for ((i, mod, sch, args_info), b), future in zip(ok, futures):
+        result = future.result()
+        shutil.rmtree(os.path.dirname(str(b.artifact_path)), ignore_errors=True)
+        if result.error_msg is not None or not result.run_secs:
+            continue
+        run_secs = [float(x) for x in result.run_secs]
+        database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, database.commit_workload(mod), run_secs, target, args_info))
+        times[i] = sum(run_secs) / len(run_secs)
+    return times
+
+
 def _quiet_metaschedule_logs() -> None:
     """MetaSchedule logs each task to files under work_dir; keep its chatter off stdout."""
     logger = logging.getLogger("tvm.s_tir.meta_schedule")
@@ -97,6 +136,14 @@ def _quiet_metaschedule_logs() -> None:
     for handler in list(logger.handlers):
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             logger.removeHandler(handler)
+
+
+def tuning_cores(target: Target) -> int:
+    """CPU cores for builders and the search: the CPU target's own, or (GPU) the host's."""
+    cpu = target if target.kind.name == "llvm" else target.host
+    if cpu is not None and "num-cores" in cpu.attrs:
+        return int(cpu.attrs["num-cores"])
+    return psutil.cpu_count(logical=False) or 1
 
 
 def trials_per_iter(trials: int, tasks: int, cap: int) -> int:
@@ -118,7 +165,7 @@ def tune(
 ) -> TuneResult:
     """Spend `trials` measurements over `tasks`; every record lands in `database` as measured."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    cores = int(target.attrs.get("num-cores", 1))
+    cores = tuning_cores(target)
     with contextlib.redirect_stdout(sys.stderr):  # its set-up logs one line to the console
         loggers = get_loggers_from_work_dir(str(work_dir), [t.task_name for t in tasks])
     _quiet_metaschedule_logs()
@@ -131,7 +178,7 @@ def tune(
         ms.TuneContext(
             mod=task.dispatched[0],
             target=task.target,
-            space_generator=space_generator(target),
+            space_generator=space_generator(target, task.dispatched[0]),
             search_strategy=search_strategy(cfg),
             task_name=task.task_name,
             logger=logger,
@@ -141,11 +188,16 @@ def tune(
         for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks)))
     ]
     weights = [float(t.weight) for t in tasks]
-    callback = ProgressCallback(weights, known_best_s or [None] * len(tasks), progress.advance)
     owned = workers is None  # ours to close; a caller's workers are the caller's
     workers = workers or local_workers(settings, cores)
-    progress.start(trials, len(tasks))
+    defaults: list[float | None] = [None] * len(tasks)
     try:
+        if target.kind.name == "cuda":
+            progress.message(f"measuring the default GPU schedules of {len(tasks)} task(s)")
+            defaults = measure_default_schedules(tasks, target, database, workers)
+        known = [k if k is not None else d for k, d in zip(known_best_s or defaults, defaults)]
+        callback = ProgressCallback(weights, known, progress.advance)
+        progress.start(trials, len(tasks))
         ms.tune_tasks(
             tasks=contexts,
             task_weights=weights,
@@ -164,4 +216,5 @@ def tune(
         progress.stop()
         if owned:
             workers.close()
-    return TuneResult(trials=callback.trials, per_task_trials=callback.per_task_trials, cluster=cluster)
+    return TuneResult(trials=callback.trials, per_task_trials=callback.per_task_trials, cluster=cluster,
+                      defaults_measured=sum(d is not None for d in defaults))

@@ -1,0 +1,198 @@
+"""CUDA: targets and hardware keys, the CUDA search space, dlight defaults and code generation
+(no GPU needed), then tuning and running on a GPU (marked `gpu`, skipped without one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from tests import onnx_models
+from tests.tir_helpers import matmul
+from tuner import gpus, hardware, targets
+from tuner.compile import compile_tuned
+from tuner.config import Settings
+from tuner.errors import TunerError
+from tuner.graph import fuse_for_tuning, import_onnx, safe_names
+from tuner.model_io import load_model
+from tuner.pipeline import RunRequest, open_database, run
+from tuner.schedules.defaults import count_loops, dlight_schedule
+from tuner.schedules.space import space_generator
+
+H100 = gpus.Gpu(0, "NVIDIA H100 80GB HBM3", 9, 0, 80 << 30)
+H200 = gpus.Gpu(1, "NVIDIA H200", 9, 0, 141 << 30)
+L4 = gpus.Gpu(2, "NVIDIA L4", 8, 9, 24 << 30)
+SM90 = {"kind": "cuda", "arch": "sm_90"}
+has_gpu = bool(gpus.local_gpus())
+gpu = pytest.mark.gpu
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    def use(*found: gpus.Gpu) -> None:
+        monkeypatch.setattr(gpus, "local_gpus", lambda: found)
+        monkeypatch.setattr(targets, "local_gpus", lambda: found)
+
+    return use
+
+
+def test_cuda_target_takes_the_local_gpus_arch_and_limits(fake_gpus) -> None:  # noqa: ANN001
+    fake_gpus(H100)
+    target = targets.parse_target("cuda")
+    assert target["kind"] == "cuda" and target["arch"] == "sm_90"
+    for attr in ("max_threads_per_block", "max_shared_memory_per_block", "thread_warp_size", "registers_per_block"):
+        assert target[attr] > 0
+    assert target["host"]["kind"] == "llvm"
+    Target(target)  # TVM accepts it as is
+
+
+def test_user_values_win_and_missing_ones_are_filled(fake_gpus) -> None:  # noqa: ANN001
+    fake_gpus()
+    target = targets.parse_target('{"kind": "cuda", "arch": "sm_89", "max_threads_per_block": 512}')
+    assert target["arch"] == "sm_89" and target["max_threads_per_block"] == 512
+    assert target["thread_warp_size"] == 32
+    with pytest.raises(TunerError, match='needs "arch"'):
+        targets.parse_target('{"kind": "cuda"}')
+    with pytest.raises(TunerError, match="no NVIDIA GPU found"):
+        targets.parse_target("cuda")
+    with pytest.raises(TunerError, match="unsupported target kind 'rocm'"):
+        targets.parse_target('{"kind": "rocm"}')
+
+
+def test_gpu_hardware_keys_hold_the_gpu_name_and_compute_capability(fake_gpus) -> None:  # noqa: ANN001
+    fake_gpus(H100)
+    h100 = hardware.fingerprint_for(SM90)
+    assert h100.kind == "cuda" and h100.name == H100.name and h100.compute_capability == "9.0"
+    assert h100.as_dict()["key"] == h100.key
+    fake_gpus(H200)
+    h200 = hardware.fingerprint_for(SM90)
+    assert h200.key != h100.key  # other GPU model: records are not served across
+    assert h200.family == h100.family  # same compute capability: warm start
+    fake_gpus(L4)
+    with pytest.raises(TunerError, match=r"needs a local GPU of that arch; this machine has NVIDIA L4 \(sm_89\)"):
+        hardware.fingerprint_for(SM90)
+    assert hardware.fingerprint_for({"kind": "cuda", "arch": "sm_89"}).family != h100.family
+    cpu = hardware.fingerprint_for({"kind": "llvm", "num-cores": 2})
+    assert cpu.key.startswith("cpu-") and h100.key.startswith("cuda-")
+
+
+def test_cuda_visible_devices_renumbers_nvml_gpus() -> None:
+    found = [H100, H200, L4]
+    assert gpus._visible(found, None) == found
+    picked = gpus._visible(found, "2,0")
+    assert [(g.index, g.name) for g in picked] == [(0, L4.name), (1, H100.name)]
+    assert gpus._visible(found, "") == []
+    assert gpus._visible(found, "GPU-1234abcd") is None  # UUIDs: ask CUDA itself
+
+
+def test_cuda_search_space_binds_threads_and_uses_tensor_cores_for_fp16() -> None:
+    target = Target(targets.complete_cuda_target(SM90))
+    for dtype, rules in (("float32", "cuda"), ("float16", "cuda-tensorcore")):
+        mod = matmul(64, dtype=dtype)
+        generator = space_generator(target, mod)
+        expected = ms.ScheduleRule.create(rules)
+        assert len(generator.sch_rules) == len(expected)
+        ctx = ms.TuneContext(mod=mod, target=target, space_generator=generator,
+                             search_strategy="replay-trace", num_threads=1)
+        spaces = ctx.generate_design_space()
+        assert spaces
+        assert any(count_loops(sch.mod)["threads"] > 0 for sch in spaces)
+
+
+@pytest.fixture(scope="module")
+def convnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return onnx_models.save(onnx_models.small_convnet(), tmp_path_factory.mktemp("cuda") / "conv.onnx")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_module_compiles_with_dlight_defaults_and_their_traces_replay(
+        convnet: Path, tmp_path: Path, precision: str, fake_gpus) -> None:  # noqa: ANN001
+    """Code generation needs no GPU: every kernel gets a dlight schedule, the module exports,
+    and dlight's schedules stored as records (what tuning measures first) replay from the SQL
+    database, IndexMaps of their layout transforms included."""
+    fake_gpus(H100)
+    target = Target(targets.complete_cuda_target(SM90))
+    fused = fuse_for_tuning(import_onnx(load_model(str(convnet)), precision), target)
+    tasks = ms.relax_integration.extract_tasks(fused, target)
+    compiled = compile_tuned(fused, target, ms.database.MemoryDatabase())
+    assert compiled.defaults.dlight == len(tasks) and compiled.defaults.unscheduled == 0
+    assert compiled.loops["threads"] > 0 and compiled.loops["parallel"] == 0
+    compiled.executable.export_library(str(tmp_path / "m.so"))
+    assert (tmp_path / "m.so").stat().st_size > 0
+
+    db = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}", targets.complete_cuda_target(SM90))
+    for task in tasks:
+        mod = task.dispatched[0]
+        sch = dlight_schedule(mod["main"], target)
+        db.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, db.commit_workload(mod), [1e-5], target, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+    replayed = compile_tuned(fused, target, db)
+    assert replayed.defaults.total == 0 and replayed.loops == compiled.loops
+    assert all(db.best(task.dispatched[0]) is not None for task in tasks)
+
+
+def test_onnx_names_with_slashes_are_renamed_consistently(tmp_path: Path, settings: Settings) -> None:
+    model = onnx_models.matmul_bias_relu()
+    renames = {v.name: f"gpu_0/{v.name}" for v in [*model.graph.input, *model.graph.output, *model.graph.initializer]}
+    for v in [*model.graph.input, *model.graph.output, *model.graph.initializer]:
+        v.name = renames[v.name]
+    for node in model.graph.node:
+        node.input[:] = [renames.get(x, f"gpu_0/{x}") for x in node.input]
+        node.output[:] = [renames.get(x, f"gpu_0/{x}") for x in node.output]
+    path = onnx_models.save(model, tmp_path / "slashes.onnx")
+    safe, mapping = safe_names(load_model(str(path)).proto)
+    onnx.checker.check_model(safe)
+    assert mapping and all("/" not in n for n in mapping.values())
+    assert not any("/" in x for node in safe.graph.node for x in [*node.input, *node.output])
+    report = run(RunRequest(model=str(path), target={"kind": "llvm", "num-cores": 2}, trials=0,
+                            out_dir=tmp_path / "out", db_url=f"sqlite:///{tmp_path / 'db.sqlite'}"), settings)
+    assert report["verified"]
+
+
+def test_fp16_precision_is_verified_against_fp32_with_fp16_tolerance(
+        convnet: Path, tmp_path: Path, settings: Settings) -> None:
+    report = run(RunRequest(model=str(convnet), target={"kind": "llvm", "num-cores": 2}, trials=0,
+                            out_dir=tmp_path / "out", db_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+                            precision="fp16"), settings)
+    assert report["precision"] == "fp16" and report["verified"]
+    assert report["tolerance"]["atol"] == settings.verify.fp16_atol
+    assert report["tolerance"]["reference"] == "onnxruntime fp32"
+    assert 0 < report["max_abs_error"] <= settings.verify.fp16_atol  # fp16 really ran: not bit-exact
+
+
+# --- on a GPU --------------------------------------------------------------------------------
+
+@gpu
+@pytest.mark.skipif(not has_gpu, reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tune_on_the_gpu_then_cache_hit(convnet: Path, tmp_path: Path, settings: Settings, precision: str) -> None:
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    target = targets.parse_target("cuda")
+
+    def go(out: str) -> dict:
+        return run(RunRequest(model=str(convnet), target=target, trials=16, out_dir=tmp_path / out,
+                              db_url=db, precision=precision), settings)
+
+    first = go("a")
+    assert first["verified"] and first["hardware"]["kind"] == "cuda"
+    assert first["hardware"]["name"] == gpus.local_gpus()[0].name
+    assert first["trials"] >= 1 and first["tasks_default_measured"] == first["tasks"]
+    assert first["tasks_tuned"] == first["tasks"]  # every task holds at least its dlight record
+    assert first["loops"]["threads"] > 0
+    # Tasks whose search found a valid schedule are cache hits now; a task that holds only its
+    # default (every candidate of its small budget failed on the GPU) is tuned again.
+    second = go("b")
+    assert second["tasks_from_db"] >= 1
+    assert second["tasks_default_measured"] == second["tasks"] - second["tasks_from_db"]
+    assert second["latency_ms"]["tuned"] > 0
+
+    lib = tvm.runtime.load_module(second["artifact"]["path"])
+    vm = tvm.relax.VirtualMachine(lib, tvm.cuda(0))
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 3, 16, 16)).astype("float32")
+    got = vm["main"](tvm.runtime.tensor(x, tvm.cuda(0))).numpy()
+    assert got.shape == (1, 10) and np.isfinite(got).all()
