@@ -1,0 +1,169 @@
+"""GPU benchmark: per model and precision, tuner's untuned (dlight) and tuned modules against
+PyTorch eager and torch.compile on the same GPU, all timed in this one process.
+
+The ONNX model goes to PyTorch through onnx2torch (after tuner's own constant folding: the zoo
+builds its weights with ConstantOfShape, which onnx2torch cannot read). Not a dependency of
+tuner: the benchmark alone needs torch and onnx2torch.
+
+    python3 bench/bench_gpu.py --models squeezenet resnet50 transformer --precisions fp32 fp16 \
+        --trials 500 --db sqlite:////tmp/gpu.sqlite --out bench/results/gpu.json
+
+Tuning records go to --db: a second invocation with the same database is a cache hit, so one
+model's tuning can be split over several invocations (each result row says how many trials it
+ran and how long they took).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transformer import encoder  # noqa: E402
+
+from tuner.config import get_settings  # noqa: E402
+from tuner.model_io import load_model  # noqa: E402
+from tuner.pipeline import RunRequest, run  # noqa: E402
+from tuner.progress import LogProgress  # noqa: E402
+from tuner.targets import local_cuda_target  # noqa: E402
+
+
+def model_spec(name: str, work: Path) -> str:
+    if name == "transformer":
+        path = work / "transformer.onnx"
+        onnx.save(encoder(), path)
+        return str(path)
+    return f"zoo:{name}"
+
+
+def torch_ms(fn: Any, runs: int = 50, min_seconds: float = 1.0) -> float:
+    """Median of synchronised calls after warm-up, as tuner's own timing does it."""
+    import torch
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(max(5, min(runs, int(min_seconds / max(first, 1e-6))))):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def without_dropout(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Dropout is the identity at inference, and onnx2torch has no converter for opset-7 Dropout
+    (squeezenet): rewire its consumers to its input."""
+    alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Dropout"}
+    if not alias:
+        return model
+    model = copy.deepcopy(model)
+    kept = [n for n in model.graph.node if n.op_type != "Dropout"]
+    for node in kept:
+        node.input[:] = [alias.get(x, x) for x in node.input]
+    for out in model.graph.output:
+        if out.name in alias:
+            raise ValueError("a graph output comes from Dropout")
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
+def torch_peers(spec: str, precision: str, compile_modes: list[str]) -> dict[str, Any]:
+    """PyTorch eager and torch.compile latencies of the same ONNX model on the same GPU."""
+    import torch
+    from onnx2torch import convert
+
+    loaded = load_model(spec)
+    net = convert(without_dropout(loaded.proto)).eval().cuda()
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    net = net.to(dtype)
+    rng = np.random.default_rng(0)
+    inputs = [torch.from_numpy(rng.uniform(-1, 1, size=s).astype(np.float32)).cuda().to(dtype)
+              for s in loaded.input_shapes.values()]
+    out: dict[str, Any] = {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                           "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+    with torch.inference_mode():
+        out["eager_ms"] = torch_ms(lambda: net(*inputs))
+        for mode in compile_modes:
+            try:
+                compiled = torch.compile(net, mode=mode)
+                t0 = time.perf_counter()
+                compiled(*inputs)
+                torch.cuda.synchronize()
+                out[f"compile_{mode}_seconds"] = round(time.perf_counter() - t0, 1)
+                out[f"compile_{mode}_ms"] = torch_ms(lambda: compiled(*inputs))
+            except Exception as exc:  # a failed compile is a result too
+                out[f"compile_{mode}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return out
+
+
+def bench_one(name: str, precision: str, trials: int, db: str, work: Path, compile_modes: list[str]) -> dict:
+    spec = model_spec(name, work)
+    target = local_cuda_target()
+    t0 = time.perf_counter()
+    report = run(RunRequest(model=spec, target=target, trials=trials, out_dir=work / f"{name}-{precision}",
+                            db_url=db, precision=precision), get_settings(), LogProgress(30))
+    row: dict[str, Any] = {
+        "model": name, "precision": precision, "trials_budget": trials, "trials": report["trials"],
+        "tasks": report["tasks"], "tasks_from_db": report["tasks_from_db"], "tasks_tuned": report["tasks_tuned"],
+        "tasks_default_measured": report["tasks_default_measured"],
+        "tuning_seconds": report["tuning_seconds"], "run_seconds": round(time.perf_counter() - t0, 1),
+        "latency_ms": {"untuned_dlight": report["latency_ms"]["untuned"], "tuned": report["latency_ms"]["tuned"],
+                       "onnxruntime_cpu": report["latency_ms"]["onnxruntime"]},
+        "max_abs_error": report["max_abs_error"], "tolerance": report["tolerance"],
+        "loops": report["loops"], "hardware": report["hardware"],
+    }
+    try:
+        row["torch"] = torch_peers(spec, precision, compile_modes)
+    except Exception:
+        row["torch"] = {"error": traceback.format_exc(limit=3)[-600:]}
+    tuned = row["latency_ms"]["tuned"]
+    peers = [v for k, v in row["torch"].items() if k.endswith("_ms")]
+    row["tuned_vs_best_torch"] = min(peers) / tuned if peers else None
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["squeezenet", "resnet50", "transformer"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16"])
+    parser.add_argument("--trials", type=int, default=500)
+    parser.add_argument("--db", required=True, help="tuning database URL (reuse it to split tuning over calls)")
+    parser.add_argument("--compile-modes", nargs="*", default=["default"], help="torch.compile modes to time")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tuner-gpu-bench-") as tmp:
+        for name in args.models:
+            for precision in args.precisions:
+                row = bench_one(name, precision, args.trials, args.db, Path(tmp), args.compile_modes)
+                rows.append(row)
+                lat, t = row["latency_ms"], row["torch"]
+                print(f"[bench] {name} {precision}: dlight {lat['untuned_dlight']:.3f} ms, tuned {lat['tuned']:.3f} ms "
+                      f"({row['trials']} trials, {row['tuning_seconds']:.0f} s), torch eager {t.get('eager_ms')}, "
+                      f"compile {t.get('compile_default_ms')}", flush=True)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps({"python": sys.version.split()[0], "results": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
