@@ -139,7 +139,10 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
     relax_mod = import_onnx(model, request.precision)  # passes return new modules: reused for the untuned baseline
     fused = fuse_for_tuning(relax_mod, target)
     tasks = ms.relax_integration.extract_tasks(fused, target)
-    cached = [database.best(t.dispatched[0], searched_only=True) for t in tasks]
+    # CUDA stores each task's default (dlight) schedule beside the search's records: a task that
+    # holds only that is still to tune. (On CPU a searched trace may have no sampling decision.)
+    cuda = target.kind.name == "cuda"
+    cached = [database.best(t.dispatched[0], searched_only=cuda) for t in tasks]
     to_tune = [i for i, best in enumerate(cached) if best is None]
     from_other_teams = sum(1 for best in cached if best is not None and best.team != team)
     warm = [i for i in to_tune if settings.warm_start and database.warm_start_records(tasks[i].dispatched[0])]
