@@ -21,14 +21,15 @@ class SearchConfig:
     init_min_unmeasured: int = 32
 
 
-def _rules_key(target: Target, mod: IRModule | None) -> str:
+def _rules_key(target: Target, mod: IRModule | None, tensor_cores: bool) -> str:
     kind = target.kind.name
     if kind == "llvm":
         return "llvm"
     if kind == "cuda":
         # Tensor-core tiling (wmma/mma intrinsics) only pays for fp16 kernels on sm_70 and later;
         # its space keeps the plain CUDA rules for everything it does not match.
-        return "cuda-tensorcore" if _tensor_cores(target) and mod is not None and _has_fp16(mod) else "cuda"
+        wanted = tensor_cores and _tensor_cores(target) and mod is not None and _has_fp16(mod)
+        return "cuda-tensorcore" if wanted else "cuda"
     raise ValueError(f"no search space for target kind {kind!r}")
 
 
@@ -42,17 +43,58 @@ def _has_fp16(mod: IRModule) -> bool:
     return any(isinstance(f, tirx.PrimFunc) and "float16" in f.script() for f in mod.functions.values())
 
 
-def space_generator(target: Target, mod: IRModule | None = None) -> ms.SpaceGenerator:
+def wants_tensor_cores(target: Target, mod: IRModule) -> bool:
+    """Whether `space_generator(target, mod)` is the tensor-core space."""
+    return _rules_key(target, mod, True) == "cuda-tensorcore"
+
+
+def space_generator(target: Target, mod: IRModule | None = None, tensor_cores: bool = True) -> ms.SpaceGenerator:
     """Post-order application of the target's schedule rules: on CPU tiling, inlining, parallel,
     vectorize, unroll and weight layout rewrite; on CUDA multi-level tiling bound to blocks and
-    threads with shared-memory staging (and tensor cores for fp16 kernels of `mod`)."""
-    key = _rules_key(target, mod)
+    threads with shared-memory staging (and tensor cores for fp16 kernels of `mod`, unless
+    `tensor_cores` is False)."""
+    key = _rules_key(target, mod, tensor_cores)
     if key == "cuda-tensorcore":
         # Registers the wmma/mma intrinsics its rules name (10-50 s the first time, once per process).
         import tvm.s_tir.tensor_intrin  # noqa: F401
     return ms.space_generator.PostOrderApply(
         sch_rules=key, postprocs=key, mutator_probs=key
     )
+
+
+def generates(context: ms.TuneContext) -> bool:
+    """Whether the task's design space can be generated at all.
+
+    TVM 0.27's tensor-core tiling raises a ScheduleError ("not a stage pipeline", in compute-at)
+    on some padded fp16 convolutions, depending on the task's random state, and that error ends
+    the whole tuning run. A clone draws the same random choices as the context itself, so probing
+    it (milliseconds) tells exactly what the task scheduler will meet."""
+    try:
+        context.clone().generate_design_space()
+    except Exception:  # noqa: BLE001 - TVM raises ScheduleError, TVMError, ...
+        return False
+    return True
+
+
+def sample_builds(context: ms.TuneContext) -> bool:
+    """Whether a schedule of the task's design space passes the postprocessors and compiles.
+
+    TVM 0.27's tensor-core tiling of fp16 convolutions and matmuls that accumulate in fp32 and
+    cast back to fp16 in a fused epilogue (what `--precision fp16` makes) yields candidates that
+    mostly fail to build ("tvm_access_ptr element type must match the source buffer"; on an H100
+    every searched one did): a search in that space spends its budget on build errors. One
+    compile of one sample (about a second) tells."""
+    import tvm
+
+    ctx = context.clone()
+    try:
+        for sch in ctx.generate_design_space():
+            if all(p.apply(sch) for p in ctx.space_generator.postprocs):
+                tvm.compile(sch.mod, target=ctx.target)
+                return True
+    except Exception:  # noqa: BLE001 - any build error
+        return False
+    return True  # no sample passed the postprocessors: leave it to the search
 
 
 def search_strategy(config: SearchConfig) -> ms.SearchStrategy:

@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,15 @@ from tvm.target import Target
 
 from tuner.cluster.local import LocalBuilder, LocalRunner
 from tuner.schedules.defaults import dlight_schedule
-from tuner.schedules.space import SearchConfig, cost_model, search_strategy, space_generator
+from tuner.schedules.space import (
+    SearchConfig,
+    cost_model,
+    generates,
+    sample_builds,
+    search_strategy,
+    space_generator,
+    wants_tensor_cores,
+)
 
 from .config import Settings
 from .progress import Progress, ProgressCallback
@@ -129,6 +138,16 @@ def measure_default_schedules(tasks: list[ms.ExtractedTask], target: Target, dat
     return times
 
 
+def _unnamed_handlers_dropped() -> None:
+    """MetaSchedule's logging set-up lists the names of the handlers its logger already has and
+    fails on one without a name ("'NoneType' object has no attribute 'format'"), which the second
+    tuning run of a process met on Python 3.12. Its own handlers all have names."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(logger.handlers):
+        if handler.get_name() is None:
+            logger.removeHandler(handler)
+
+
 def _quiet_metaschedule_logs() -> None:
     """MetaSchedule logs each task to files under work_dir; keep its chatter off stdout."""
     logger = logging.getLogger("tvm.s_tir.meta_schedule")
@@ -151,6 +170,42 @@ def trials_per_iter(trials: int, tasks: int, cap: int) -> int:
     return max(1, min(cap, trials // max(1, tasks)))
 
 
+def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list[logging.Logger], seed: int,
+                    cfg: SearchConfig, cores: int, progress: Progress) -> tuple[list[ms.TuneContext], list[int]]:
+    """One TuneContext per task whose design space can be generated, and those tasks' indices.
+
+    TVM's tensor-core rules fail on some fp16 kernels (see `generates`): those tasks are searched
+    in the plain CUDA space; a task with no usable space at all is left out (it keeps its default
+    schedule) instead of ending the run."""
+    def context(task: ms.ExtractedTask, logger: logging.Logger, rand_state: int, tensor_cores: bool = True) -> ms.TuneContext:
+        return ms.TuneContext(
+            mod=task.dispatched[0],
+            target=task.target,
+            space_generator=space_generator(target, task.dispatched[0], tensor_cores),
+            search_strategy=search_strategy(cfg),
+            task_name=task.task_name,
+            logger=logger,
+            rand_state=rand_state,
+            num_threads=cores,
+        ).clone()
+
+    contexts, kept = [], []
+    for i, (task, logger, rand_state) in enumerate(zip(tasks, loggers, fork_seed(seed, n=len(tasks)))):
+        ctx = context(task, logger, rand_state)
+        problem = None if generates(ctx) else "does not generate"
+        if problem is None and wants_tensor_cores(target, task.dispatched[0]) and not sample_builds(ctx):
+            problem = "does not build"
+        if problem is not None:
+            ctx = context(task, logger, rand_state, tensor_cores=False)
+            if not generates(ctx):
+                progress.message(f"{task.task_name}: no design space could be generated; it keeps its default schedule")
+                continue
+            progress.message(f"{task.task_name}: the tensor-core space {problem}; searching the plain CUDA space")
+        contexts.append(ctx)
+        kept.append(i)
+    return contexts, kept
+
+
 def tune(
     tasks: list[ms.ExtractedTask],
     target: Target,
@@ -166,6 +221,7 @@ def tune(
     """Spend `trials` measurements over `tasks`; every record lands in `database` as measured."""
     work_dir.mkdir(parents=True, exist_ok=True)
     cores = tuning_cores(target)
+    _unnamed_handlers_dropped()
     with contextlib.redirect_stdout(sys.stderr):  # its set-up logs one line to the console
         loggers = get_loggers_from_work_dir(str(work_dir), [t.task_name for t in tasks])
     _quiet_metaschedule_logs()
@@ -174,43 +230,35 @@ def tune(
         genetic_num_iters=settings.search.genetic_num_iters,
         init_min_unmeasured=settings.search.init_min_unmeasured,
     )
-    contexts = [
-        ms.TuneContext(
-            mod=task.dispatched[0],
-            target=task.target,
-            space_generator=space_generator(target, task.dispatched[0]),
-            search_strategy=search_strategy(cfg),
-            task_name=task.task_name,
-            logger=logger,
-            rand_state=rand_state,
-            num_threads=cores,
-        ).clone()
-        for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks)))
-    ]
-    weights = [float(t.weight) for t in tasks]
+    contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress)
+    weights = [float(tasks[i].weight) for i in kept]
     owned = workers is None  # ours to close; a caller's workers are the caller's
     workers = workers or local_workers(settings, cores)
     defaults: list[float | None] = [None] * len(tasks)
     try:
         if target.kind.name == "cuda":
             progress.message(f"measuring the default GPU schedules of {len(tasks)} task(s)")
+            t0 = time.perf_counter()
             defaults = measure_default_schedules(tasks, target, database, workers)
+            progress.message(f"{sum(d is not None for d in defaults)} default schedule(s) measured in "
+                             f"{time.perf_counter() - t0:.1f} s")
         known = [k if k is not None else d for k, d in zip(known_best_s or defaults, defaults)]
-        callback = ProgressCallback(weights, known, progress.advance)
-        progress.start(trials, len(tasks))
-        ms.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=str(work_dir),
-            max_trials_global=trials,
-            num_trials_per_iter=trials_per_iter(trials, len(tasks), settings.search.max_trials_per_iter),
-            builder=workers.builder,
-            runner=workers.runner,
-            database=database,
-            cost_model=cost_model(cores),
-            measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
-            task_scheduler=ms.task_scheduler.GradientBased(seed=seed),
-        )
+        callback = ProgressCallback(weights, [known[i] for i in kept], progress.advance)
+        progress.start(trials, len(kept))
+        if contexts:  # none when no task's design space could be generated
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(work_dir),
+                max_trials_global=trials,
+                num_trials_per_iter=trials_per_iter(trials, len(tasks), settings.search.max_trials_per_iter),
+                builder=workers.builder,
+                runner=workers.runner,
+                database=database,
+                cost_model=cost_model(cores),
+                measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
+                task_scheduler=ms.task_scheduler.GradientBased(seed=seed),
+            )
         cluster = workers.describe()
     finally:
         progress.stop()
