@@ -58,7 +58,7 @@ class NodeInfo:
     hardware_keys: list[str] = field(default_factory=list)
 
 
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """ray.init retries an unreachable GCS for minutes; a plain TCP connect answers in seconds."""
     hostport = address.split("://", 1)[-1]
     host, sep, port = hostport.rpartition(":")
@@ -80,7 +80,7 @@ def connect(address: str | None, local_resources: dict[str, float]) -> bool:
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING",
                   configure_logging=False)
     if address:
-        _check_reachable(address)
+        check_reachable(address)
         try:
             ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -106,3 +106,42 @@ def prune(engine: Engine, keep_top: int, dry_run: bool = False) -> PruneResult:
         if not dry_run:
             conn.execute(delete(r).where(doomed))
     return PruneResult(keep_top, before, count, failed, dry_run)
+
+
+def visible_records(engine: Engine, team: str, workload: int | None = None, hardware: str | None = None,
+                    limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Records a team may read (every shared one, its own private ones), best first per workload.
+
+    `workload` is MetaSchedule's structural hash (the number in its JSON database files)."""
+    r, w = models.TuningRecord, models.Workload
+    where = [or_(r.private.is_(False), r.team == team)]
+    if workload is not None:
+        signed = workload - (1 << 64) if workload >= (1 << 63) else workload
+        where.append(w.shash == signed)
+    if hardware:
+        where.append(r.hardware_key == hardware)
+    base = select(r, w.shash).join(w, w.id == r.workload_id).where(*where)
+    with engine.connect() as conn:
+        total = conn.scalar(select(func.count()).select_from(base.subquery())) or 0
+        rows = conn.execute(
+            base.order_by(r.workload_id, r.hardware_key, r.mean_run_secs.is_(None), r.mean_run_secs, r.id)
+            .limit(limit).offset(offset)
+        ).all()
+    out = []
+    for row in rows:
+        rec = row._mapping
+        out.append({
+            "id": rec["id"],
+            "workload": str(rec["shash"] + (1 << 64) if rec["shash"] < 0 else rec["shash"]),
+            "hardware_key": rec["hardware_key"],
+            "mean_run_secs": rec["mean_run_secs"],
+            "run_secs": json.loads(rec["run_secs_json"]) if rec["run_secs_json"] else None,
+            "target": json.loads(rec["target_json"]),
+            "trace": json.loads(rec["trace_json"]),
+            "args_info": json.loads(rec["args_info_json"]) if rec["args_info_json"] else None,
+            "team": rec["team"],
+            "private": bool(rec["private"]),
+            "job_id": rec["job_id"],
+            "created_at": rec["created_at"].isoformat() if rec["created_at"] else None,
+        })
+    return out, int(total)

@@ -45,11 +45,14 @@ def make_engine(url: str) -> Engine:
     shown = redact_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    sqlite = parsed.get_backend_name() == "sqlite"
     try:
-        engine = create_engine(parsed, pool_pre_ping=True)
+        # A server's connections can drop (restart, idle timeout): ping them before use. A SQLite
+        # file cannot, and the ping would double the queries of every service request.
+        engine = create_engine(parsed, pool_pre_ping=not sqlite)
     except (ArgumentError, ImportError) as exc:
         raise TunerError(f"cannot use database {shown}: {exc}") from None
-    if parsed.get_backend_name() == "sqlite":
+    if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         with engine.begin() as conn:

@@ -90,3 +90,62 @@ class TuningRecord(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     workload: Mapped[Workload] = relationship(back_populates="records")
+
+
+class ApiKey(Base):
+    """A team's key for `tuner serve`. Only its SHA-256 is stored: keys are 32 random bytes,
+    so a fast hash is as safe as a slow one and keeps every request's lookup one index probe."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    team: Mapped[str] = mapped_column(String(64), index=True)
+    # The key's first characters: names it in `tuner keys list|revoke` without revealing it.
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Job(Base):
+    """A tuning job of `tuner serve`. The queue is this table: a restarted service finds its jobs,
+    and a worker owns a running job only while it renews the lease."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("team", "idempotency_key", name="uq_job_idempotency"),
+        Index("ix_jobs_queue", "status", "created_at"),
+        Index("ix_jobs_team", "team", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    team: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    # queued | running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16))
+    target_json: Mapped[str] = mapped_column(Text)
+    trials: Mapped[int] = mapped_column(Integer)
+    # Also tune tasks the database already serves (`tuner run --refine`).
+    refine: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    input_shapes_json: Mapped[str] = mapped_column(Text)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    model_bytes: Mapped[int] = mapped_column(BigInteger)
+    # Hash of the model and every parameter: the same Idempotency-Key must come with the same request.
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    trials_done: Mapped[int] = mapped_column(Integer, default=0)
+    trials_total: Mapped[int] = mapped_column(Integer, default=0)
+    best_latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tasks: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tasks_from_db: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    report_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    artifact_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

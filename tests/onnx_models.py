@@ -77,6 +77,21 @@ def unsupported_op() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSET)
 
 
+def external_data_outside() -> onnx.ModelProto:
+    """A model whose weight points at a file outside any model folder (path traversal)."""
+    tensor = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    tensor.data_location = TensorProto.EXTERNAL
+    del tensor.float_data[:]
+    for key, value in (("location", "../../../../etc/passwd"), ("offset", "0"), ("length", "16")):
+        tensor.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [tensor])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def save(model: onnx.ModelProto, path: Path) -> Path:
     # onnx 1.23 stamps IR 14 by default; ONNX Runtime before 1.32 reads at most IR 13.
     model.ir_version = min(model.ir_version, 10)

@@ -57,6 +57,23 @@ def test_tune_then_cache_hit(tmp_path: Path, settings: Settings, sqlite_url: str
     assert second["tasks_default_schedule"] == 0
     _check_artifact(second, model)
 
+    # --refine spends a new budget on the cached tasks, the search starting from their records.
+    from sqlalchemy import func, select
+
+    from tuner.db.engine import make_engine
+    from tuner.db.models import TuningRecord
+
+    def records() -> int:
+        with make_engine(sqlite_url).connect() as conn:
+            return conn.scalar(select(func.count()).select_from(TuningRecord))
+
+    before = records()
+    third = run(RunRequest(model=str(model), target=TARGET, trials=8, out_dir=tmp_path / "c", db_url=sqlite_url,
+                           refine=True), settings)
+    assert third["trials"] >= 1 and third["tasks_from_db"] == 0 and third["tasks_refined"] == third["tasks"]
+    assert records() > before and third["verified"]
+    assert third["latency_ms"]["tuned"] > 0
+
 
 def test_budget_zero_uses_default_schedules(tmp_path: Path, settings: Settings, sqlite_url: str) -> None:
     model = onnx_models.save(onnx_models.small_convnet(), tmp_path / "conv.onnx")

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from .cli_cluster import cluster_app
 from .cli_db import db_app
+from .cli_serve import keys_app, serve, submit
 from .errors import Interrupted, TunerError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tune ONNX models with TVM MetaSchedule.")
@@ -23,6 +24,9 @@ err = Console(stderr=True)
 out = Console()
 app.add_typer(db_app, name="db")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(keys_app, name="keys")
+app.command()(serve)
+app.command()(submit)
 
 
 @app.command()
@@ -39,6 +43,7 @@ def run(
     workers: Annotated[Optional[int], typer.Option(min=1, help="At most this many builders (default: one per core of the cluster).")] = None,
     team: Annotated[Optional[str], typer.Option(help="Team the new records belong to (env TUNER_TEAM).")] = None,
     private: Annotated[Optional[bool], typer.Option("--private/--shared", help="Serve this run's records only to its team (default: shared, or TUNER_PRIVATE).")] = None,
+    refine: Annotated[bool, typer.Option("--refine", help="Also tune tasks the database already serves, starting from their best records (spend more budget on a model tuned before).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout, nothing else.")] = False,
 ) -> None:
     """Tune MODEL on this machine, compile, verify against ONNX Runtime, write model.so and report.json."""
@@ -63,6 +68,7 @@ def run(
         ray_address=ray_address,
         workers=workers,
         precision=precision,
+        refine=refine,
     )
     progress = RichProgress() if sys.stderr.isatty() else LogProgress()
     interrupted = threading.Event()

@@ -56,6 +56,29 @@ class VerifySettings(BaseModel):
     fp16_rtol: float = 2e-2
 
 
+class ServeSettings(BaseModel):
+    """`tuner serve`: limits per team, the job lease, polling."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # Jobs tuned at once by this process. SQLite: 1 (one writer); more with PostgreSQL.
+    workers: int = Field(1, ge=1)
+    max_upload_mb: float = Field(256.0, gt=0)
+    # A team's queued + running jobs, and the trials they may still spend; beyond: 429.
+    max_active_jobs_per_team: int = Field(4, ge=1)
+    max_active_trials_per_team: int = Field(20000, ge=1)
+    retry_after_s: int = Field(30, ge=1)
+    # A running job's worker renews its lease every heartbeat; a job whose lease ran out is
+    # requeued (or failed after max_attempts starts).
+    lease_s: float = Field(60.0, gt=0)
+    heartbeat_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(2, ge=1)
+    # Seconds between looks at the queue and between progress events.
+    poll_s: float = Field(1.0, gt=0)
+    # A cancelled job's process gets Ctrl-C, then this long to commit and stop, then SIGKILL.
+    cancel_grace_s: float = Field(20.0, gt=0)
+
+
 def _toml_files() -> list[Path]:
     files = [Path(str(resources.files("tuner.configs").joinpath("default.toml")))]
     extra = os.environ.get("TUNER_CONFIG")
@@ -79,6 +102,9 @@ class Settings(BaseSettings):
     workers: WorkerSettings = WorkerSettings()
     measure: MeasureSettings = MeasureSettings()
     verify: VerifySettings = VerifySettings()
+    # `tuner serve`: uploads and artifacts live here; empty = under the user data dir.
+    storage_dir: str = ""
+    serve: ServeSettings = ServeSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -98,6 +124,12 @@ class Settings(BaseSettings):
             return self.db_url
         cache = Path(platformdirs.user_cache_dir(APP_NAME))
         return f"sqlite:///{cache / 'tuning.sqlite'}"
+
+    def resolved_storage_dir(self) -> Path:
+        """Where `tuner serve` keeps uploads and artifacts."""
+        if self.storage_dir:
+            return Path(self.storage_dir).expanduser()
+        return Path(platformdirs.user_data_dir(APP_NAME)) / "service"
 
 
 @lru_cache(maxsize=1)

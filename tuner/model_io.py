@@ -51,7 +51,7 @@ def parse_input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
 def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
     """Refuse external tensors whose location escapes the model's folder (path traversal)."""
     base = base_dir.resolve()
-    for tensor in _all_tensors(model):
+    for tensor in all_tensors(model):
         if not uses_external_data(tensor):
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -65,7 +65,7 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
             raise TunerError(f"tensor {tensor.name!r}: external data file {location!r} not found")
 
 
-def _all_tensors(model: onnx.ModelProto) -> list[TensorProto]:
+def all_tensors(model: onnx.ModelProto) -> list[TensorProto]:
     tensors = list(model.graph.initializer)
     for node in model.graph.node:
         for attr in node.attribute:
@@ -176,7 +176,7 @@ def load_model(spec: str, input_shapes: dict[str, tuple[int, ...]] | None = None
     if not model.graph.node:
         raise TunerError(f"{spec} is not an ONNX model (no graph nodes)")
     _check_external_data(model, path.parent)
-    if any(uses_external_data(t) for t in _all_tensors(model)):
+    if any(uses_external_data(t) for t in all_tensors(model)):
         load_external_data_for_model(model, str(path.parent))
     try:
         onnx.checker.check_model(model, full_check=False)

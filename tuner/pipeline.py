@@ -56,6 +56,10 @@ class RunRequest:
     ray_address: str | None = None  # set: use Ray ("local" starts one here); None: the config
     workers: int | None = None  # caps the builders
     precision: str = "fp32"  # "fp16": mixed precision, verified against fp32 ONNX Runtime
+    name: str | None = None  # the model's name in the report (default: the file's stem)
+    # Also tune tasks that already have a searched record here, starting from the best records:
+    # spends more budget where the database has one (a second call goes on from the first).
+    refine: bool = False
 
 
 def open_database(url: str, target: dict[str, Any], team: str | None = None,
@@ -123,6 +127,8 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
         raise TunerError(f"unknown precision {request.precision!r}: expected one of {', '.join(PRECISIONS)}")
     t_start = time.perf_counter()
     model: LoadedModel = load_model(request.model, request.input_shapes)
+    if request.name:
+        model.name = request.name
     out_dir = request.out_dir or Path("tuner-out") / model.name
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,14 +149,12 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
     # holds only that is still to tune. (On CPU a searched trace may have no sampling decision.)
     cuda = target.kind.name == "cuda"
     cached = [database.best(t.dispatched[0], searched_only=cuda) for t in tasks]
-    to_tune = [i for i, best in enumerate(cached) if best is None]
-    from_other_teams = sum(1 for best in cached if best is not None and best.team != team)
+    to_tune = list(range(len(tasks))) if request.refine else [i for i, best in enumerate(cached) if best is None]
+    refined = sum(1 for i in to_tune if cached[i] is not None)
+    from_other_teams = sum(1 for i, best in enumerate(cached) if best is not None and best.team != team and i not in to_tune)
     warm = [i for i in to_tune if settings.warm_start and database.warm_start_records(tasks[i].dispatched[0])]
-    progress.message(
-        f"{len(tasks)} task(s): {len(tasks) - len(to_tune)} served from the database "
-        f"({from_other_teams} from other teams), {len(to_tune)} to tune ({len(warm)} warm-started "
-        "from compatible hardware)"
-    )
+    progress.plan(len(tasks), len(tasks) - len(to_tune), from_other_teams, len(to_tune), len(warm),
+                  request.trials if to_tune else 0)
 
     t_tune = time.perf_counter()
     trials_done = defaults_measured = 0
@@ -217,6 +221,7 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
         "tasks": len(tasks),
         "tasks_from_db": len(tasks) - len(to_tune),
         "tasks_from_other_teams": from_other_teams,
+        "tasks_refined": refined if trials_done else 0,
         "tasks_warm_started": len(warm) if trials_done else 0,
         "tasks_tuned": tuned_now,
         "tasks_default_schedule": compiled.defaults.total,

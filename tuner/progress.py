@@ -16,13 +16,24 @@ from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
 
 class Progress(Protocol):
+    def plan(self, tasks: int, from_db: int, from_other_teams: int, to_tune: int, warm: int,
+             trials: int) -> None: ...
     def start(self, total_trials: int, tasks: int) -> None: ...
     def advance(self, trials_done: int, best_ms: float | None) -> None: ...
     def message(self, text: str) -> None: ...
     def stop(self) -> None: ...
 
 
+def plan_text(tasks: int, from_db: int, from_other_teams: int, to_tune: int, warm: int) -> str:
+    return (f"{tasks} task(s): {from_db} served from the database ({from_other_teams} from other "
+            f"teams), {to_tune} to tune ({warm} warm-started from compatible hardware)")
+
+
 class SilentProgress:
+    def plan(self, tasks: int, from_db: int, from_other_teams: int, to_tune: int, warm: int,
+             trials: int) -> None:
+        pass
+
     def start(self, total_trials: int, tasks: int) -> None:
         pass
 
@@ -45,6 +56,10 @@ class LogProgress:
         self.total = 0
         self.t0 = time.monotonic()
         self.last = 0.0
+
+    def plan(self, tasks: int, from_db: int, from_other_teams: int, to_tune: int, warm: int,
+             trials: int) -> None:
+        self.message(plan_text(tasks, from_db, from_other_teams, to_tune, warm))
 
     def start(self, total_trials: int, tasks: int) -> None:
         self.total, self.t0 = total_trials, time.monotonic()
@@ -91,6 +106,10 @@ class RichProgress:
             transient=False,
         )
         self.task = None
+
+    def plan(self, tasks: int, from_db: int, from_other_teams: int, to_tune: int, warm: int,
+             trials: int) -> None:
+        self.message(plan_text(tasks, from_db, from_other_teams, to_tune, warm))
 
     def start(self, total_trials: int, tasks: int) -> None:
         self.bar.start()
