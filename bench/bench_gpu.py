@@ -102,25 +102,53 @@ def torch_peers(spec: str, precision: str, compile_modes: list[str]) -> dict[str
                            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
     with torch.inference_mode():
         out["eager_ms"] = torch_ms(lambda: net(*inputs))
-        for mode in compile_modes:
-            try:
-                compiled = torch.compile(net, mode=mode)
-                t0 = time.perf_counter()
-                compiled(*inputs)
-                torch.cuda.synchronize()
-                out[f"compile_{mode}_seconds"] = round(time.perf_counter() - t0, 1)
-                out[f"compile_{mode}_ms"] = torch_ms(lambda: compiled(*inputs))
-            except Exception as exc:  # a failed compile is a result too
-                out[f"compile_{mode}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        _time_compiled(net, inputs, compile_modes, out, "compile")
+    if spec == "zoo:resnet50":
+        out.update(torchvision_resnet50(precision, compile_modes))
     return out
 
 
-def bench_one(name: str, precision: str, trials: int, db: str, work: Path, compile_modes: list[str]) -> dict:
+def _time_compiled(net: Any, inputs: list, modes: list[str], out: dict[str, Any], prefix: str) -> None:
+    import torch
+
+    for mode in modes:
+        try:
+            compiled = torch.compile(net, mode=mode)
+            t0 = time.perf_counter()
+            compiled(*inputs)
+            torch.cuda.synchronize()
+            out[f"{prefix}_{mode}_seconds"] = round(time.perf_counter() - t0, 1)
+            out[f"{prefix}_{mode}_ms"] = torch_ms(lambda: compiled(*inputs))
+        except Exception as exc:  # a failed compile is a result too
+            out[f"{prefix}_{mode}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+
+def torchvision_resnet50(precision: str, compile_modes: list[str]) -> dict[str, Any]:
+    """torchvision's own resnet50 (random weights: only its speed counts), the peer that
+    torch.compile handles where the onnx2torch conversion does not compile."""
+    import torch
+
+    try:
+        import torchvision
+    except ImportError:
+        return {"torchvision_error": "torchvision is not installed"}
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    net = torchvision.models.resnet50().eval().cuda().to(dtype)
+    x = torch.randn(1, 3, 224, 224, device="cuda", dtype=dtype)
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        out["torchvision_eager_ms"] = torch_ms(lambda: net(x))
+        _time_compiled(net, [x], compile_modes, out, "torchvision_compile")
+    return out
+
+
+def bench_one(name: str, precision: str, trials: int, db: str, work: Path, compile_modes: list[str],
+              refine: bool = False) -> dict:
     spec = model_spec(name, work)
     target = local_cuda_target()
     t0 = time.perf_counter()
     report = run(RunRequest(model=spec, target=target, trials=trials, out_dir=work / f"{name}-{precision}",
-                            db_url=db, precision=precision), get_settings(), LogProgress(30))
+                            db_url=db, precision=precision, refine=refine), get_settings(), LogProgress(30))
     row: dict[str, Any] = {
         "model": name, "precision": precision, "trials_budget": trials, "trials": report["trials"],
         "tasks": report["tasks"], "tasks_from_db": report["tasks_from_db"], "tasks_tuned": report["tasks_tuned"],
@@ -149,17 +177,23 @@ def main() -> None:
     parser.add_argument("--db", required=True, help="tuning database URL (reuse it to split tuning over calls)")
     parser.add_argument("--compile-modes", nargs="*", default=["default"], help="torch.compile modes to time")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
+    parser.add_argument("--refine", action="store_true",
+                        help="search on from the records in --db (split a long tuning over several calls)")
+    parser.add_argument("--work", type=Path, help="keep models, modules and MetaSchedule's logs here")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tuner-gpu-bench-") as tmp:
+        if args.work:
+            args.work.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.work)
         for name in args.models:
             for precision in args.precisions:
-                row = bench_one(name, precision, args.trials, args.db, Path(tmp), args.compile_modes)
+                row = bench_one(name, precision, args.trials, args.db, Path(tmp), args.compile_modes, args.refine)
                 rows.append(row)
                 lat, t = row["latency_ms"], row["torch"]
+                peers = ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in t.items() if k.endswith("_ms"))
                 print(f"[bench] {name} {precision}: dlight {lat['untuned_dlight']:.3f} ms, tuned {lat['tuned']:.3f} ms "
-                      f"({row['trials']} trials, {row['tuning_seconds']:.0f} s), torch eager {t.get('eager_ms')}, "
-                      f"compile {t.get('compile_default_ms')}", flush=True)
+                      f"({row['trials']} trials, {row['tuning_seconds']:.0f} s); torch: {peers or 'none'}", flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps({"python": sys.version.split()[0], "results": rows}, indent=2))
     print(f"wrote {args.out}")
