@@ -1,8 +1,10 @@
 """Benchmark: tuning throughput on one machine with the in-process workers vs Ray (1 and 2
-builder actors), the same model, budget and seed, each on an empty database; plus the
-per-candidate cost that Ray dispatch adds to a build. Prints and writes JSON.
+builder actors, and 2 searcher actors that split the tasks), the same model, budget and seed,
+each on an empty database; plus the per-candidate cost that Ray dispatch adds to a build.
+Prints and writes JSON.
 
     python3 bench/bench_ray.py --model zoo:squeezenet --trials 64 --out bench/results/ray-2core.json
+    python3 bench/bench_ray.py --configs local,ray-2-searchers --no-dispatch --out ...
 """
 
 from __future__ import annotations
@@ -21,11 +23,20 @@ from tuner.progress import LogProgress
 from tuner.targets import host_cpu_target
 
 
-def tune_once(model: str, trials: int, work: Path, label: str, ray_address: str | None, workers: int | None) -> dict:
+CONFIGS = {  # label: (ray address, builders, searchers)
+    "local": (None, None, None),
+    "ray-1-builder": ("local", 1, None),
+    "ray-2-builders": ("local", 2, None),
+    "ray-2-searchers": ("local", 1, 2),
+}
+
+
+def tune_once(model: str, trials: int, work: Path, label: str, ray_address: str | None, workers: int | None,
+              searchers: int | None) -> dict:
     settings = get_settings()
     request = RunRequest(model=model, target=host_cpu_target(), trials=trials, out_dir=work / label,
                          db_url=f"sqlite:///{work / f'{label}.sqlite'}", ray_address=ray_address,
-                         workers=workers, measure_untuned=False)
+                         workers=workers, measure_untuned=False, searchers=searchers)
     report = run(request, settings, LogProgress(60))
     secs = report["cluster"]["seconds"]
     return {
@@ -90,20 +101,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="zoo:squeezenet")
     parser.add_argument("--trials", type=int, default=64)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of: {', '.join(CONFIGS)}")
+    parser.add_argument("--no-dispatch", action="store_true", help="skip the dispatch-overhead measurement")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    labels = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = sorted(set(labels) - set(CONFIGS))
+    if unknown:
+        parser.error(f"unknown config(s) {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
     results: dict = {"model": args.model, "cpu": machine(), "trials_budget": args.trials, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for label, address, workers in (("local", None, None), ("ray-1-builder", "local", 1),
-                                         ("ray-2-builders", "local", 2)):
-            row = tune_once(args.model, args.trials, work, label, address, workers)
+        for label in labels:
+            row = tune_once(args.model, args.trials, work, label, *CONFIGS[label])
             print(json.dumps(row), flush=True)
             results["runs"].append(row)
-    results["dispatch"] = dispatch_overhead(64)
-    print(json.dumps(results["dispatch"]), flush=True)
-    local = results["runs"][0]["trials_per_minute"]
-    results["ratio_vs_local"] = {r["config"]: r["trials_per_minute"] / local for r in results["runs"]}
+    if not args.no_dispatch:
+        results["dispatch"] = dispatch_overhead(64)
+        print(json.dumps(results["dispatch"]), flush=True)
+    first = results["runs"][0]
+    results[f"ratio_vs_{first['config']}"] = {r["config"]: r["trials_per_minute"] / first["trials_per_minute"]
+                                              for r in results["runs"]}
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

@@ -87,7 +87,9 @@ def connect(address: str | None, local_resources: dict[str, float]) -> bool:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ClusterError(f"cannot reach the Ray cluster at {address}: {first}") from None
         return True
-    ray.init(resources=local_resources, **common)  # every CPU of this machine
+    # address="local": always a new Ray of our own; with None, ray.init joins a cluster that
+    # `ray start` (or a test's cluster_utils) left running here, and refuses our resources.
+    ray.init(address="local", resources=local_resources, **common)  # every CPU of this machine
     return True
 
 
@@ -226,6 +228,46 @@ class ArtifactStore:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+@dataclass
+class ActorPool:
+    """Started actors and their nodes. Handles pickle: the searchers of one job share the pools
+    the driver started (a node's one hardware unit admits one runner), and only the owner kills."""
+
+    actors: list
+    nodes: list[str]
+    owned: bool = False
+
+    def shared(self) -> ActorPool:
+        return ActorPool(self.actors, self.nodes, owned=False)
+
+    def close(self) -> None:
+        if self.owned:
+            for actor in self.actors:
+                ray.kill(actor)
+
+
+def start_builders(workers: int, start_timeout_s: float = 120.0) -> ActorPool:
+    actors = [BuilderActor.remote() for _ in range(max(1, workers))]
+    return ActorPool(actors, _start(actors, "builder actors", start_timeout_s), owned=True)
+
+
+def start_runners(hardware_key: str, start_timeout_s: float = 120.0) -> ActorPool:
+    """One runner per node that advertises the key (each advertises 1 unit); a GPU runner also
+    holds a GPU."""
+    matching = matching_nodes(hardware_key)
+    if not matching:
+        known = sorted({k for n in nodes() if n.alive for k in n.hardware_keys}) or ["none"]
+        raise ClusterError(
+            f"no node of the Ray cluster has hardware {hardware_key} (resource "
+            f"{hardware_resource(hardware_key)}); nodes advertise: {', '.join(known)}"
+        )
+    options: dict[str, Any] = {"resources": {hardware_resource(hardware_key): 1}}
+    if hardware_key.startswith("gpu"):
+        options["num_gpus"] = 1
+    actors = [RunnerActor.options(**options).remote() for _ in matching]
+    return ActorPool(actors, _start(actors, f"runner actors for {hardware_key}", start_timeout_s), owned=True)
+
+
 def _start(actors: list, what: str, timeout_s: float) -> list[str]:
     try:
         return ray.get([a.ready.remote() for a in actors], timeout=timeout_s)
@@ -237,10 +279,11 @@ def _start(actors: list, what: str, timeout_s: float) -> list[str]:
 
 @derived_object
 class RayBuilder(PyBuilder):
-    def __init__(self, workers: int, timeout_s: float, store: ArtifactStore, start_timeout_s: float = 120.0) -> None:
+    def __init__(self, workers: int, timeout_s: float, store: ArtifactStore, start_timeout_s: float = 120.0,
+                 pool: ActorPool | None = None) -> None:
         super().__init__()
-        self.actors = [BuilderActor.remote() for _ in range(max(1, workers))]
-        self.nodes = _start(self.actors, "builder actors", start_timeout_s)
+        self.pool = pool or start_builders(workers, start_timeout_s)
+        self.actors, self.nodes = self.pool.actors, self.pool.nodes
         self.timeout_s = timeout_s
         self.store = store
         self._turn = itertools.count()
@@ -275,8 +318,7 @@ class RayBuilder(PyBuilder):
         return results
 
     def close(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
+        self.pool.close()
 
 
 @derived_object
@@ -317,21 +359,10 @@ class RayRunner(PyRunner):
     """One runner actor per node that advertises the hardware key; candidates spread over them."""
 
     def __init__(self, hardware_key: str, timeout_s: float, config: tuple, store: ArtifactStore,
-                 overlap: bool = False, start_timeout_s: float = 120.0) -> None:
+                 overlap: bool = False, start_timeout_s: float = 120.0, pool: ActorPool | None = None) -> None:
         super().__init__()
-        matching = matching_nodes(hardware_key)
-        if not matching:
-            known = sorted({k for n in nodes() if n.alive for k in n.hardware_keys}) or ["none"]
-            raise ClusterError(
-                f"no node of the Ray cluster has hardware {hardware_key} (resource "
-                f"{hardware_resource(hardware_key)}); nodes advertise: {', '.join(known)}"
-            )
-        # One runner per matching node (each advertises 1 unit); a GPU runner also holds a GPU.
-        options: dict[str, Any] = {"resources": {hardware_resource(hardware_key): 1}}
-        if hardware_key.startswith("gpu"):
-            options["num_gpus"] = 1
-        self.actors = [RunnerActor.options(**options).remote() for _ in matching]
-        self.nodes = _start(self.actors, f"runner actors for {hardware_key}", start_timeout_s)
+        self.pool = pool or start_runners(hardware_key, start_timeout_s)
+        self.actors, self.nodes = self.pool.actors, self.pool.nodes
         self.key = hardware_key
         self.timeout_s = timeout_s
         self.config = config
@@ -368,5 +399,4 @@ class RayRunner(PyRunner):
         return futures
 
     def close(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
+        self.pool.close()

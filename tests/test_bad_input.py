@@ -52,6 +52,13 @@ def test_invalid_target_json(tmp_path: Path) -> None:
     assert_clean_error(tuner_cli(["run", "m.onnx", "--target", "{kind: llvm"], tmp_path), "invalid target")
 
 
+def test_the_same_hardware_twice(tmp_path: Path) -> None:
+    onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "m.onnx")
+    two = '{"kind": "llvm", "num-cores": 2}'
+    assert_clean_error(tuner_cli(["run", "m.onnx", "--target", two, "--target", two], tmp_path),
+                       "two --target values name the same hardware")
+
+
 @pytest.mark.skipif(bool(local_gpus()), reason="this machine has a GPU")
 def test_cuda_target_without_a_gpu_is_one_clear_error(tmp_path: Path) -> None:
     onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "m.onnx")

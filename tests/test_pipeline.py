@@ -85,6 +85,23 @@ def test_budget_zero_uses_default_schedules(tmp_path: Path, settings: Settings, 
     _check_artifact(report, model)
 
 
+def test_one_job_on_two_targets_writes_a_folder_each(tmp_path: Path, settings: Settings, sqlite_url: str) -> None:
+    """Without Ray the targets are done one after the other, each verified on its own."""
+    model = onnx_models.save(onnx_models.small_convnet(), tmp_path / "conv.onnx")
+    one_core = {"kind": "llvm", "num-cores": 1}
+    report = run(RunRequest(model=str(model), target=TARGET, more_targets=[one_core], trials=0,
+                            out_dir=tmp_path / "out", db_url=sqlite_url, measure_untuned=False), settings)
+    assert [t["target"] for t in report["targets"]] == [TARGET, one_core] and report["verified"]
+    keys = [t["hardware"]["key"] for t in report["targets"]]
+    assert len(set(keys)) == 2
+    for one in report["targets"]:
+        folder = Path(one["artifact"]["path"]).parent
+        assert folder.parent == tmp_path / "out" and one["hardware"]["key"] in folder.name
+        assert json.loads((folder / "report.json").read_text()) == one
+        _check_artifact(one, model)
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
+
+
 def test_divergent_module_is_never_written(tmp_path: Path, settings: Settings, sqlite_url: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import tuner.pipeline as pipeline

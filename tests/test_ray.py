@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -92,7 +93,7 @@ def _kill_first(name: str, stop: threading.Event, killed: list) -> None:
     while not stop.is_set() and not killed:
         for proc in psutil.process_iter(["cmdline"]):
             cmd = " ".join(proc.info["cmdline"] or [])
-            if cmd.startswith(f"ray::{name}.") and proc.pid != os.getpid():
+            if cmd.startswith(f"ray::{name}") and proc.pid != os.getpid():
                 os.kill(proc.pid, signal.SIGKILL)
                 killed.append(cmd)
                 return
@@ -112,6 +113,74 @@ def test_an_actor_killed_mid_job_loses_no_record(cluster, tmp_path, ray_settings
     assert killed, f"no {actor} call was seen to kill"
     assert report["trials"] > 0 and report["verified"]
     assert len(open_database(db, TARGET)) == report["trials"]
+
+
+def _kill_a_searcher_once_records_land(db_file: Path, stop: threading.Event, killed: list) -> None:
+    while not stop.is_set():
+        try:
+            with sqlite3.connect(db_file) as conn:
+                landed = conn.execute("SELECT count(*) FROM tuning_records").fetchone()[0]
+        except sqlite3.OperationalError:
+            landed = 0
+        if landed:
+            break
+        time.sleep(0.1)
+    _kill_first("SearchActor.call", stop, killed)
+
+
+def test_searchers_share_the_tasks_and_survive_a_killed_searcher(cluster, tmp_path, ray_settings) -> None:  # noqa: ANN001
+    """Two searcher actors each search half the tasks into the one database; one is SIGKILLed
+    mid-search, Ray restarts it and its share goes on with the rest of its budget."""
+    stop, killed = threading.Event(), []
+    db_file = tmp_path / "db.sqlite"
+    killer = threading.Thread(target=_kill_a_searcher_once_records_land, args=(db_file, stop, killed), daemon=True)
+    killer.start()
+    model = onnx_models.save(onnx_models.small_convnet(), tmp_path / "conv.onnx")
+    db = f"sqlite:///{db_file}"
+    request = RunRequest(model=str(model), target=TARGET, trials=16, out_dir=tmp_path / "out", db_url=db,
+                         ray_address=cluster.address, measure_untuned=False, searchers=2)
+    try:
+        report = run(request, ray_settings)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed and killed[0].startswith("ray::SearchActor.call"), killed
+    info = report["cluster"]
+    assert info["searchers"] == 2  # (a restarted searcher may come back on another node)
+    assert all(t > 0 for t in info["trials_per_searcher"]) and sum(info["trials_per_searcher"]) == report["trials"]
+    assert report["tasks_tuned"] == report["tasks"] and report["verified"]
+    # Every trial a searcher reported is a record; a killed searcher may have committed a last
+    # batch it had no time to report.
+    records = len(open_database(db, TARGET))
+    assert report["trials"] <= records <= report["trials"] + ray_settings.search.max_trials_per_iter
+    assert set(info["trials_per_node"]) <= {cluster.node_ids["head"], cluster.node_ids["twin"]}
+
+
+def test_one_job_two_targets_each_measured_only_on_its_hardware(cluster, tmp_path, ray_settings) -> None:  # noqa: ANN001
+    """A second CPU target (1 core: another hardware key) gets its own node; both targets are
+    searched at the same time and each one's records carry its own hardware."""
+    one_core = {"kind": "llvm", "num-cores": 1}
+    key1 = fingerprint_for(one_core).key
+    node = cluster.add_node(num_cpus=1, resources={rb.hardware_resource(key1): 1})
+    cluster.wait_for_nodes()
+    try:
+        model = onnx_models.save(onnx_models.small_convnet(), tmp_path / "conv.onnx")
+        db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+        report = run(RunRequest(model=str(model), target=TARGET, more_targets=[one_core], trials=8,
+                                out_dir=tmp_path / "out", db_url=db, ray_address=cluster.address,
+                                measure_untuned=False), ray_settings)
+    finally:
+        cluster.remove_node(node)
+    first, second = report["targets"]
+    assert report["verified"] and first["verified"] and second["verified"]
+    assert set(first["cluster"]["trials_per_node"]) <= {cluster.node_ids["head"], cluster.node_ids["twin"]}
+    assert set(second["cluster"]["trials_per_node"]) == {node.node_id}
+    for one, target in ((first, TARGET), (second, one_core)):
+        assert one["trials"] > 0 and one["cluster"]["searchers"] == 1
+        assert len(open_database(db, target)) == one["trials"]  # records under that target's hardware only
+    assert report["trials"] == first["trials"] + second["trials"]
+    # The two targets' searchers (one each) were placed on two nodes.
+    assert first["cluster"]["searcher_nodes"] != second["cluster"]["searcher_nodes"]
 
 
 def _remove_when_runners_are_up(cluster, node, runners: int, done: list) -> None:  # noqa: ANN001

@@ -32,7 +32,7 @@ app.command()(submit)
 @app.command()
 def run(
     model: Annotated[str, typer.Argument(help="Path to an .onnx file, or zoo:NAME (see `tuner models`).")],
-    target: Annotated[str, typer.Option(help='"cpu" (the host), "cuda" (the local GPU) or a TVM target as a JSON dict.')] = "cpu",
+    target: Annotated[Optional[list[str]], typer.Option(help='"cpu" (the host), "cuda" (the local GPU) or a TVM target as a JSON dict; repeat for one job on several targets (default: cpu).')] = None,
     precision: Annotated[str, typer.Option(help='"fp32", or "fp16": fp16 compute with fp32 accumulation, checked against fp32 ONNX Runtime.')] = "fp32",
     trials: Annotated[Optional[int], typer.Option(min=0, help="Measured trials for the whole model; 0 = database and defaults only.")] = None,
     db: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL of the tuning database (env TUNER_DB_URL).")] = None,
@@ -41,6 +41,7 @@ def run(
     seed: Annotated[Optional[int], typer.Option(help="Seed for a reproducible search.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help='Tune on Ray: a cluster address ("auto", "ray://host:10001") or "local" to start one here for this run.')] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="At most this many builders (default: one per core of the cluster).")] = None,
+    searchers: Annotated[Optional[int], typer.Option(min=1, help="Ray: searcher actors, each searching a share of the tasks (default 1: this process searches all).")] = None,
     team: Annotated[Optional[str], typer.Option(help="Team the new records belong to (env TUNER_TEAM).")] = None,
     private: Annotated[Optional[bool], typer.Option("--private/--shared", help="Serve this run's records only to its team (default: shared, or TUNER_PRIVATE).")] = None,
     refine: Annotated[bool, typer.Option("--refine", help="Also tune tasks the database already serves, starting from their best records (spend more budget on a model tuned before).")] = False,
@@ -55,9 +56,11 @@ def run(
     from .targets import parse_target
 
     settings = get_settings()
+    targets = [parse_target(t) for t in (target or ["cpu"])]
     request = RunRequest(
         model=model,
-        target=parse_target(target),
+        target=targets[0],
+        more_targets=targets[1:],
         trials=settings.trials if trials is None else trials,
         out_dir=out_dir,
         db_url=db,
@@ -69,6 +72,7 @@ def run(
         workers=workers,
         precision=precision,
         refine=refine,
+        searchers=searchers,
     )
     progress = RichProgress() if sys.stderr.isatty() else LogProgress()
     interrupted = threading.Event()
@@ -92,7 +96,8 @@ def run(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    _print_report(report)
+    for one in report.get("targets", [report]):
+        _print_report(one)
 
 
 def _fmt_ms(value: float | None) -> str:

@@ -38,6 +38,9 @@ class WorkerSettings(BaseModel):
     # node's cores). True: builds go on during measurements (builder nodes != runner nodes).
     overlap_builds: bool = False
     actor_start_timeout_s: float = Field(120.0, gt=0)
+    # Ray: searcher actors per job, each searching a share of the tasks (1: the driver searches
+    # every task). The search is the bottleneck past a few nodes (docs/scaling.md).
+    searchers: int = Field(1, ge=1)
 
 
 class MeasureSettings(BaseModel):

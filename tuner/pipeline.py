@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -20,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import tvm
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
-from tuner.db.database import Provenance, SQLDatabase
-from tuner.db.engine import error_reason, make_engine, redact_url
-from tuner.db.migrate import upgrade
+from tuner.db.database import SQLDatabase
+from tuner.db.engine import redact_url
 
 from . import __version__
 from .compile import compile_tuned, compile_untuned
@@ -37,7 +37,9 @@ from .hardware import fingerprint_for
 from .measure import ORTModel, TVMModel, compare, device_for, median_ms, random_inputs
 from .model_io import LoadedModel, load_model
 from .progress import Progress, SilentProgress
-from .tuning import Workers, ray_workers, tune, tuning_cores
+from .search_shares import DatabaseSpec, ShareJob, tune_shares
+from .tuning import Workers, ray_builder_count, ray_workers, tune, tuning_cores
+from .tuning_database import open_database
 
 
 @dataclass
@@ -60,55 +62,56 @@ class RunRequest:
     # Also tune tasks that already have a searched record here, starting from the best records:
     # spends more budget where the database has one (a second call goes on from the first).
     refine: bool = False
-
-
-def open_database(url: str, target: dict[str, Any], team: str | None = None,
-                  job_id: str | None = None, private: bool = False,
-                  warm_start: bool = False) -> SQLDatabase:
-    """The tuning database for this target's hardware, migrated to the current schema."""
-    engine = make_engine(url)
-    upgrade(engine)
-    fp = fingerprint_for(target)
-    provenance = Provenance(
-        hardware_key=fp.key, hardware_kind=fp.kind, fingerprint=fp.as_dict(),
-        tuner_version=__version__, team=team, job_id=job_id, private=private,
-    )
-    try:
-        # Writes the hardware row: proves we can write before any work is done.
-        return SQLDatabase(engine, provenance, warm_start=warm_start)
-    except SQLAlchemyError as exc:
-        raise TunerError(f"cannot write to database {redact_url(url)}: {error_reason(exc)}") from None
+    # Ray: searcher actors that each search a share of the tasks (None: the config's; 1: the
+    # driver searches every task itself).
+    searchers: int | None = None
+    # More hardware targets for the same job (`--target cpu --target cuda`): each is tuned on the
+    # nodes with its hardware and gets its own folder under out_dir.
+    more_targets: list[dict[str, Any]] = field(default_factory=list)
 
 
 @contextmanager
-def _tuning_workers(request: RunRequest, settings: Settings, target: Target,
-                    hardware_key: str) -> Iterator[Workers | None]:
-    """Ray actors when asked for (joining a cluster or starting a local one), else None (local)."""
-    address = request.ray_address if request.ray_address is not None else settings.workers.ray_address
-    if settings.workers.backend != "ray" and request.ray_address is None:
+def _tuning_workers(request: RunRequest, settings: Settings, targets: list[Target],
+                    hardware_keys: list[str]) -> Iterator[list[Workers] | None]:
+    """Ray actors when asked for (joining a cluster or starting a local one), else None (local).
+
+    One Workers per target: the builders are shared (any node builds for any target), each
+    target has its own runners on the nodes with its hardware."""
+    if not _uses_ray(request, settings):
         yield None
         return
     from tuner.cluster import ray_backend as rb
 
-    cores = tuning_cores(target)
+    address = request.ray_address if request.ray_address is not None else settings.workers.ray_address
     remote = address not in ("", "local")
+    w = settings.workers
     try:
-        connected = rb.connect(address if remote else None, {rb.hardware_resource(hardware_key): 1})
+        connected = rb.connect(address if remote else None, {rb.hardware_resource(k): 1 for k in hardware_keys})
         try:
-            workers = ray_workers(settings, cores, hardware_key)
+            builders = rb.start_builders(ray_builder_count(settings), w.actor_start_timeout_s)
+            workers: list[Workers] = []
             try:
+                for target, key in zip(targets, hardware_keys):
+                    workers.append(ray_workers(settings, tuning_cores(target), key, (builders, None)))
                 yield workers
             except Exception:
-                if workers.failure() is not None:
-                    raise workers.failure() from None
+                failure = next((f for f in (wk.failure() for wk in workers) if f is not None), None)
+                if failure is not None:
+                    raise failure from None
                 raise
             finally:
-                workers.close()
+                for wk in workers:
+                    wk.close()
+                builders.close()
         finally:
             if connected:
                 rb.disconnect()
     except rb.ClusterError as exc:
         raise TunerError(str(exc)) from None
+
+
+def _uses_ray(request: RunRequest, settings: Settings) -> bool:
+    return settings.workers.backend == "ray" or request.ray_address is not None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -120,66 +123,178 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class _Plan:
+    """One target of a job: its database handle, tasks, and which of them are to tune."""
+
+    target_dict: dict[str, Any]
+    target: Target
+    database: SQLDatabase
+    fused: tvm.IRModule
+    tasks: list[ms.ExtractedTask]
+    to_tune: list[int]
+    refined: int
+    from_other_teams: int
+    warm: list[int]
+    out_dir: Path
+
+    @property
+    def key(self) -> str:
+        return self.database.provenance.hardware_key
+
+
+@dataclass
+class _Tuned:
+    trials: int = 0
+    defaults_measured: int = 0
+    cluster: dict[str, Any] = field(default_factory=lambda: {"backend": "none"})
+    seconds: float = 0.0
+
+
+@dataclass
+class _Job:
+    """What every target of a job shares: the model, its Relax import, the database settings."""
+
+    request: RunRequest
+    settings: Settings
+    progress: Progress
+    model: LoadedModel
+    relax_mod: tvm.IRModule
+    db_url: str
+    team: str
+    job_id: str
+    private: bool
+    t_start: float
+
+
 def run(request: RunRequest, settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
-    """Everything `tuner run` does; returns the report (also written to DIR/report.json)."""
+    """Everything `tuner run` does; returns the report (also written to DIR/report.json).
+
+    With ``request.more_targets`` the job tunes every target (at the same time, on Ray) and
+    writes one folder per target under DIR; the report then lists the targets' reports."""
     progress = progress or SilentProgress()
     if request.precision not in PRECISIONS:
         raise TunerError(f"unknown precision {request.precision!r}: expected one of {', '.join(PRECISIONS)}")
+    n_searchers = request.searchers or settings.workers.searchers
+    if n_searchers > 1 and not _uses_ray(request, settings):
+        raise TunerError(f"{n_searchers} searchers need Ray: add --ray-address local (or a cluster's address)")
+    targets = [request.target, *request.more_targets]
+    keys = [fingerprint_for(t).key for t in targets]
+    if len(set(keys)) < len(keys):
+        raise TunerError("two --target values name the same hardware (" + ", ".join(sorted(
+            {k for k in keys if keys.count(k) > 1})) + "): give each target once")
+
     t_start = time.perf_counter()
     model: LoadedModel = load_model(request.model, request.input_shapes)
     if request.name:
         model.name = request.name
     out_dir = request.out_dir or Path("tuner-out") / model.name
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TunerError(f"cannot create output folder {out_dir}: {exc.strerror}") from None
-    db_url = request.db_url or settings.resolved_db_url()
-    team = request.team or settings.team
-    job_id = request.job_id or uuid.uuid4().hex[:12]
-    private = settings.private if request.private is None else request.private
-    database = open_database(db_url, request.target, team, job_id, private, settings.warm_start)
-    target = Target(dict(request.target))
+    several = len(targets) > 1
+    folders = [out_dir / _folder_name(t, k) for t, k in zip(targets, keys)] if several else [out_dir]
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TunerError(f"cannot create output folder {folder}: {exc.strerror}") from None
+    job = _Job(request, settings, progress, model, None, request.db_url or settings.resolved_db_url(),
+               request.team or settings.team, request.job_id or uuid.uuid4().hex[:12],
+               settings.private if request.private is None else request.private, t_start)
+    databases = [open_database(job.db_url, t, job.team, job.job_id, job.private, settings.warm_start) for t in targets]
 
     progress.message(f"importing {model.name} ({model.source})")
-    relax_mod = import_onnx(model, request.precision)  # passes return new modules: reused for the untuned baseline
-    fused = fuse_for_tuning(relax_mod, target)
+    job.relax_mod = import_onnx(model, request.precision)  # passes return new modules: reused for the untuned baseline
+    plans = []
+    for n, (t, db, folder) in enumerate(zip(targets, databases, folders), 1):
+        if several:
+            progress.message(f"target {n}/{len(targets)}: {t.get('kind')} ({db.provenance.hardware_key})")
+        plans.append(_plan(job, t, db, folder))
+    tuned = _tune(job, plans)
+    reports = []
+    for n, (plan, result) in enumerate(zip(plans, tuned), 1):
+        if several:
+            progress.message(f"target {n}/{len(targets)}: {plan.target_dict.get('kind')} ({plan.key})")
+        reports.append(_finish(job, plan, result))
+    if not several:
+        return reports[0]
+    report = {
+        "model": model.name, "source": model.source, "job_id": job.job_id,
+        "targets": reports, "trials": sum(r["trials"] for r in reports),
+        "verified": all(r["verified"] for r in reports),
+        "total_seconds": round(time.perf_counter() - t_start, 3),
+    }
+    _write_atomic(out_dir / "report.json", json.dumps(report, indent=2).encode())
+    return report
+
+
+def _folder_name(target: dict[str, Any], key: str) -> str:
+    """A target's output folder in a multi-target job: its kind and hardware key, path-safe."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{target.get('kind')}-{key}")[:120]
+
+
+def _plan(job: _Job, target_dict: dict[str, Any], database: SQLDatabase, out_dir: Path) -> _Plan:
+    target = Target(dict(target_dict))
+    fused = fuse_for_tuning(job.relax_mod, target)
     tasks = ms.relax_integration.extract_tasks(fused, target)
     # CUDA stores each task's default (dlight) schedule beside the search's records: a task that
     # holds only that is still to tune. (On CPU a searched trace may have no sampling decision.)
     cuda = target.kind.name == "cuda"
     cached = [database.best(t.dispatched[0], searched_only=cuda) for t in tasks]
-    to_tune = list(range(len(tasks))) if request.refine else [i for i, best in enumerate(cached) if best is None]
+    to_tune = list(range(len(tasks))) if job.request.refine else [i for i, best in enumerate(cached) if best is None]
     refined = sum(1 for i in to_tune if cached[i] is not None)
-    from_other_teams = sum(1 for i, best in enumerate(cached) if best is not None and best.team != team and i not in to_tune)
-    warm = [i for i in to_tune if settings.warm_start and database.warm_start_records(tasks[i].dispatched[0])]
-    progress.plan(len(tasks), len(tasks) - len(to_tune), from_other_teams, len(to_tune), len(warm),
-                  request.trials if to_tune else 0)
+    from_other_teams = sum(1 for i, best in enumerate(cached) if best is not None and best.team != job.team and i not in to_tune)
+    warm = [i for i in to_tune if job.settings.warm_start and database.warm_start_records(tasks[i].dispatched[0])]
+    job.progress.plan(len(tasks), len(tasks) - len(to_tune), from_other_teams, len(to_tune), len(warm),
+                      job.request.trials if to_tune else 0)
+    return _Plan(target_dict, target, database, fused, tasks, to_tune, refined, from_other_teams, warm, out_dir)
 
+
+def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
+    """Spend the budget on every target's tasks to tune: one after the other in this process,
+    or, with searchers on Ray, every target's shares at the same time."""
+    request, settings = job.request, job.settings
+    tuned = [_Tuned() for _ in plans]
+    todo = [i for i, plan in enumerate(plans) if request.trials > 0 and plan.to_tune]
+    if not todo:
+        return tuned
+    if request.workers:
+        settings = settings.model_copy(update={"workers": settings.workers.model_copy(update={"builders": request.workers})})
+    n_searchers = request.searchers or settings.workers.searchers
     t_tune = time.perf_counter()
-    trials_done = defaults_measured = 0
-    cluster: dict[str, Any] = {"backend": "none"}
-    if request.trials > 0 and to_tune:
-        if request.workers:
-            settings = settings.model_copy(update={"workers": settings.workers.model_copy(update={"builders": request.workers})})
-        with _tuning_workers(request, settings, target, database.provenance.hardware_key) as workers:
-            startup_s = time.perf_counter() - t_tune
-            result = tune(
-                [tasks[i] for i in to_tune], target, database, request.trials, settings,
-                request.seed, out_dir / "logs", progress, workers=workers,
-            )
-        trials_done = result.trials
-        defaults_measured = result.defaults_measured
+    with _tuning_workers(request, settings, [plans[i].target for i in todo], [plans[i].key for i in todo]) as workers:
+        startup_s = time.perf_counter() - t_tune
+        if workers is not None and (n_searchers > 1 or len(todo) > 1):
+            spec = DatabaseSpec(job.db_url, job.team, job.job_id, job.private, settings.warm_start)
+            jobs = [ShareJob([plans[i].tasks[t] for t in plans[i].to_tune], plans[i].target, plans[i].key,
+                             request.trials, workers[n]) for n, i in enumerate(todo)]
+            results = tune_shares(jobs, spec, n_searchers, settings, request.seed, plans[todo[0]].out_dir / "logs",
+                                  job.progress, same_host_only=make_url(job.db_url).get_backend_name() == "sqlite")
+        else:
+            results = []
+            for n, i in enumerate(todo):
+                plan = plans[i]
+                result = tune([plan.tasks[t] for t in plan.to_tune], plan.target, plan.database, request.trials,
+                              settings, request.seed, plan.out_dir / "logs", job.progress,
+                              workers=workers[n] if workers else None)
+                results.append((result, plan.database.commit_seconds))
+    elapsed = time.perf_counter() - t_tune
+    for i, (result, commit_s) in zip(todo, results):
         cluster = result.cluster
         spent = cluster.setdefault("seconds", {})
-        spent["database"] = round(database.commit_seconds, 3)
+        spent["database"] = round(commit_s, 3)
         spent["startup"] = round(startup_s, 3)
-        spent["search"] = round(time.perf_counter() - t_tune - sum(spent.values()), 3)
-    tuning_seconds = time.perf_counter() - t_tune
-    tuned_now = sum(1 for i in to_tune if database.best(tasks[i].dispatched[0]) is not None)
+        spent["search"] = round(elapsed - sum(spent.values()), 3)
+        tuned[i] = _Tuned(result.trials, result.defaults_measured, cluster, elapsed)
+    return tuned
+
+
+def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
+    """Compile one target with the database, verify, time, write model.so and report.json."""
+    request, settings, progress, model = job.request, job.settings, job.progress, job.model
+    target, database, tasks, out_dir = plan.target, plan.database, plan.tasks, plan.out_dir
+    tuned_now = sum(1 for i in plan.to_tune if database.best(tasks[i].dispatched[0]) is not None)
 
     progress.message("compiling with the database and default schedules")
-    compiled = compile_tuned(fused, target, database)
+    compiled = compile_tuned(plan.fused, target, database)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
         lib_path = Path(tmp) / "model.so"
         compiled.executable.export_library(str(lib_path))
@@ -203,7 +318,7 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
         ort_ms = median_ms(lambda: ort_model.run(inputs), m.model_runs, m.model_min_seconds)
         untuned_ms = None
         if request.measure_untuned:
-            untuned = TVMModel(compile_untuned(relax_mod, target), names, device)
+            untuned = TVMModel(compile_untuned(job.relax_mod, target), names, device)
             untuned_args = untuned.prepare(inputs)
             untuned_ms = median_ms(lambda: untuned.call(untuned_args), m.model_runs, m.model_min_seconds)
         data = lib_path.read_bytes()
@@ -214,24 +329,24 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
         "model": model.name,
         "source": model.source,
         "input_shapes": {k: list(v) for k, v in model.input_shapes.items()},
-        "target": request.target,
+        "target": plan.target_dict,
         "hardware": database.provenance.fingerprint,
-        "db": redact_url(db_url),
-        "trials": trials_done,
+        "db": redact_url(job.db_url),
+        "trials": tuned.trials,
         "tasks": len(tasks),
-        "tasks_from_db": len(tasks) - len(to_tune),
-        "tasks_from_other_teams": from_other_teams,
-        "tasks_refined": refined if trials_done else 0,
-        "tasks_warm_started": len(warm) if trials_done else 0,
+        "tasks_from_db": len(tasks) - len(plan.to_tune),
+        "tasks_from_other_teams": plan.from_other_teams,
+        "tasks_refined": plan.refined if tuned.trials else 0,
+        "tasks_warm_started": len(plan.warm) if tuned.trials else 0,
         "tasks_tuned": tuned_now,
         "tasks_default_schedule": compiled.defaults.total,
         # CUDA: tasks whose dlight schedule was measured beside the search (tuning keeps it
         # where nothing it found was faster).
-        "tasks_default_measured": defaults_measured,
-        "cluster": cluster,
+        "tasks_default_measured": tuned.defaults_measured,
+        "cluster": tuned.cluster,
         "default_schedules": compiled.defaults.as_dict(),
-        "tuning_seconds": round(tuning_seconds, 3),
-        "total_seconds": round(time.perf_counter() - t_start, 3),
+        "tuning_seconds": round(tuned.seconds, 3),
+        "total_seconds": round(time.perf_counter() - job.t_start, 3),
         "latency_ms": {"untuned": untuned_ms, "tuned": tuned_ms, "onnxruntime": ort_ms},
         "speedup": {
             "vs_untuned": (untuned_ms / tuned_ms) if untuned_ms else None,
@@ -248,9 +363,9 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
             "sha256": hashlib.sha256(data).hexdigest(),
             "bytes": len(data),
         },
-        "team": team,
-        "private": private,
-        "job_id": job_id,
+        "team": job.team,
+        "private": job.private,
+        "job_id": job.job_id,
         "seed": request.seed,
         "tvm_version": tvm.__version__,
         "tuner_version": __version__,

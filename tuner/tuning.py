@@ -54,6 +54,8 @@ class Workers:
     describe: Callable[[], dict[str, Any]]
     # Why the cluster could not go on (e.g. its last matching node left), when it could not.
     failure: Callable[[], Exception | None] = lambda: None
+    # Ray: the builder and runner ActorPools, which the job's searchers share.
+    pools: tuple[Any, Any] | None = None
 
 
 def local_workers(settings: Settings, cores: int) -> Workers:
@@ -75,17 +77,30 @@ def local_workers(settings: Settings, cores: int) -> Workers:
     })
 
 
-def ray_workers(settings: Settings, cores: int, hardware_key: str) -> Workers:
-    """Builder and runner actors on the Ray cluster this process is connected to."""
+def ray_builder_count(settings: Settings) -> int:
+    """The configured builders, else one per CPU of the cluster but one (left to the driver)."""
+    from tuner.cluster import ray_backend as rb
+
+    return settings.workers.builders or max(1, int(sum(n.cpus for n in rb.nodes() if n.alive)) - 1)
+
+
+def ray_workers(settings: Settings, cores: int, hardware_key: str, pools: tuple[Any, Any] | None = None) -> Workers:
+    """Builder and runner actors on the Ray cluster this process is connected to.
+
+    ``pools`` (builder and runner ActorPools, either may be None): use actors that another
+    caller started and owns (the job's builders, shared by its targets; a searcher uses its
+    job's pools); None: start them here."""
     from tuner.cluster import ray_backend as rb
 
     store = rb.ArtifactStore()
     w, m = settings.workers, settings.measure
-    builders = w.builders or max(1, int(sum(n.cpus for n in rb.nodes() if n.alive)) - 1)
-    builder = rb.RayBuilder(builders, w.build_timeout_s, store, w.actor_start_timeout_s)
+    builder_pool, runner_pool = (p.shared() if p is not None else None for p in (pools or (None, None)))
+    builder = rb.RayBuilder(ray_builder_count(settings), w.build_timeout_s, store, w.actor_start_timeout_s,
+                            pool=builder_pool)
     try:
         runner = rb.RayRunner(hardware_key, w.run_timeout_s, (m.number, m.repeat, m.min_repeat_ms, m.cpu_cache_flush),
-                              store, overlap=w.overlap_builds, start_timeout_s=w.actor_start_timeout_s)
+                              store, overlap=w.overlap_builds, start_timeout_s=w.actor_start_timeout_s,
+                              pool=runner_pool)
     except BaseException:
         builder.close()
         store.close()
@@ -101,7 +116,7 @@ def ray_workers(settings: Settings, cores: int, hardware_key: str) -> Workers:
         "builders": len(builder.actors), "runners": len(runner.actors),
         "trials_per_node": dict(runner.counts),
         "seconds": {"build": round(builder.seconds, 3), "run": round(runner.seconds, 3)},
-    }, failure=lambda: runner.failure or builder.failure)
+    }, failure=lambda: runner.failure or builder.failure, pools=(builder.pool, runner.pool))
 
 
 def measure_default_schedules(tasks: list[ms.ExtractedTask], target: Target, database: ms.Database,
