@@ -56,6 +56,8 @@ class NodeInfo:
     cpus: float
     gpus: float
     hardware_keys: list[str] = field(default_factory=list)
+    # Units of each hardware key: 1 for a CPU node, the number of such GPUs for a GPU node.
+    hardware_units: dict[str, float] = field(default_factory=dict)
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -107,6 +109,7 @@ def nodes() -> list[NodeInfo]:
             node_id=n["NodeID"], address=n.get("NodeManagerAddress", "?"), alive=bool(n.get("Alive")),
             cpus=float(res.get("CPU", 0)), gpus=float(res.get("GPU", 0)),
             hardware_keys=sorted(k[len(RESOURCE_PREFIX):] for k in res if k.startswith(RESOURCE_PREFIX)),
+            hardware_units={k[len(RESOURCE_PREFIX):]: float(v) for k, v in res.items() if k.startswith(RESOURCE_PREFIX)},
         ))
     return found
 
@@ -184,11 +187,18 @@ class RunnerActor:
     def __init__(self) -> None:
         warm_up()
         self.node_id = ray.get_runtime_context().get_node_id()
+        # Which runner measured: the node, and on a GPU node the GPU Ray gave this actor (it is
+        # device 0 of the actor's CUDA_VISIBLE_DEVICES).
+        gpus = [str(g) for g in ray.get_gpu_ids()]
+        self.slot = f"{self.node_id}/gpu{','.join(gpus)}" if gpus else self.node_id
         self.dir = tempfile.mkdtemp(prefix="tuner-ray-run-")
         self._ids = itertools.count()
 
     def ready(self) -> str:
         return self.node_id
+
+    def where(self) -> str:
+        return self.slot
 
     def measure(self, data: bytes, device_type: str, args_info: list[Any], config: tuple) -> tuple:
         # A fresh name each time: rewriting a loaded library in place crashes the process.
@@ -196,9 +206,9 @@ class RunnerActor:
         with open(path, "wb") as fh:
             fh.write(data)
         try:
-            return self.node_id, measure_candidate(path, device_type, args_info, *config), None
+            return self.slot, measure_candidate(path, device_type, args_info, *config), None
         except Exception as exc:  # noqa: BLE001 - a failed candidate, reported as such
-            return self.node_id, None, _error_text(exc)
+            return self.slot, None, _error_text(exc)
         finally:
             os.unlink(path)
 
@@ -252,8 +262,9 @@ def start_builders(workers: int, start_timeout_s: float = 120.0) -> ActorPool:
 
 
 def start_runners(hardware_key: str, start_timeout_s: float = 120.0) -> ActorPool:
-    """One runner per node that advertises the key (each advertises 1 unit); a GPU runner also
-    holds a GPU."""
+    """One runner per unit of the key: a CPU node advertises 1 (its measurements must not
+    overlap), a GPU node one per GPU of that kind (`tuner cluster resources`), and each GPU
+    runner holds a GPU of its own, so a 2-GPU node measures two candidates at once."""
     matching = matching_nodes(hardware_key)
     if not matching:
         known = sorted({k for n in nodes() if n.alive for k in n.hardware_keys}) or ["none"]
@@ -264,7 +275,9 @@ def start_runners(hardware_key: str, start_timeout_s: float = 120.0) -> ActorPoo
     options: dict[str, Any] = {"resources": {hardware_resource(hardware_key): 1}}
     if hardware_key.startswith("gpu"):
         options["num_gpus"] = 1
-    actors = [RunnerActor.options(**options).remote() for _ in matching]
+    units = sum(max(1, int(n.hardware_units.get(hardware_key, 1))) if hardware_key.startswith("gpu") else 1
+                for n in matching)
+    actors = [RunnerActor.options(**options).remote() for _ in range(units)]
     return ActorPool(actors, _start(actors, f"runner actors for {hardware_key}", start_timeout_s), owned=True)
 
 

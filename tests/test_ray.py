@@ -88,6 +88,23 @@ def test_gpu_runners_take_a_gpu_on_the_matching_node(cluster) -> None:  # noqa: 
         runner.close()
 
 
+def test_a_two_gpu_node_gets_a_runner_per_gpu(cluster) -> None:  # noqa: ANN001
+    """A node that advertises 2 units of a GPU key (`tuner cluster resources` on a 2-GPU machine)
+    gets two runners, each holding one of its GPUs: one job measures on both at once."""
+    node = cluster.add_node(num_cpus=1, num_gpus=2, resources={rb.hardware_resource("gpu-fake2-sm90"): 2})
+    cluster.wait_for_nodes()
+    try:
+        pool = rb.start_runners("gpu-fake2-sm90", start_timeout_s=120)
+        try:
+            assert pool.nodes == [node.node_id, node.node_id]
+            slots = ray.get([a.where.remote() for a in pool.actors])
+            assert sorted(slots) == [f"{node.node_id}/gpu0", f"{node.node_id}/gpu1"]
+        finally:
+            pool.close()
+    finally:
+        cluster.remove_node(node)
+
+
 def _kill_first(name: str, stop: threading.Event, killed: list) -> None:
     """SIGKILL the first process whose title names `name` (a Ray actor mid-job)."""
     while not stop.is_set() and not killed:

@@ -32,6 +32,7 @@ from . import __version__
 from .compile import compile_tuned, compile_untuned
 from .config import Settings
 from .errors import TunerError
+from .clusters import hardware_units
 from .graph import PRECISIONS, fuse_for_tuning, import_onnx
 from .hardware import fingerprint_for
 from .measure import ORTModel, TVMModel, compare, device_for, median_ms, random_inputs
@@ -71,7 +72,7 @@ class RunRequest:
 
 
 @contextmanager
-def _tuning_workers(request: RunRequest, settings: Settings, targets: list[Target],
+def _tuning_workers(request: RunRequest, settings: Settings, targets: list[dict[str, Any]],
                     hardware_keys: list[str]) -> Iterator[list[Workers] | None]:
     """Ray actors when asked for (joining a cluster or starting a local one), else None (local).
 
@@ -86,13 +87,14 @@ def _tuning_workers(request: RunRequest, settings: Settings, targets: list[Targe
     remote = address not in ("", "local")
     w = settings.workers
     try:
-        connected = rb.connect(address if remote else None, {rb.hardware_resource(k): 1 for k in hardware_keys})
+        local = {rb.hardware_resource(k): hardware_units(t) for t, k in zip(targets, hardware_keys)}
+        connected = rb.connect(address if remote else None, local)
         try:
             builders = rb.start_builders(ray_builder_count(settings), w.actor_start_timeout_s)
             workers: list[Workers] = []
             try:
                 for target, key in zip(targets, hardware_keys):
-                    workers.append(ray_workers(settings, tuning_cores(target), key, (builders, None)))
+                    workers.append(ray_workers(settings, tuning_cores(Target(dict(target))), key, (builders, None)))
                 yield workers
             except Exception:
                 failure = next((f for f in (wk.failure() for wk in workers) if f is not None), None)
@@ -260,7 +262,7 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
         settings = settings.model_copy(update={"workers": settings.workers.model_copy(update={"builders": request.workers})})
     n_searchers = request.searchers or settings.workers.searchers
     t_tune = time.perf_counter()
-    with _tuning_workers(request, settings, [plans[i].target for i in todo], [plans[i].key for i in todo]) as workers:
+    with _tuning_workers(request, settings, [plans[i].target_dict for i in todo], [plans[i].key for i in todo]) as workers:
         startup_s = time.perf_counter() - t_tune
         if workers is not None and (n_searchers > 1 or len(todo) > 1):
             spec = DatabaseSpec(job.db_url, job.team, job.job_id, job.private, settings.warm_start)

@@ -23,7 +23,7 @@ from tuner.cluster.worker_tasks import dumps_target
 from .config import Settings
 from .errors import TunerError
 from .progress import Progress
-from .tuning import TuneResult, Workers, ray_workers, tune, tuning_cores
+from .tuning import TuneResult, Workers, per_node, ray_workers, tune, tuning_cores
 from .tuning_database import open_database
 
 
@@ -179,11 +179,12 @@ def tune_shares(jobs: list[ShareJob], database: DatabaseSpec, n_shares: int, set
 def _merge(job: ShareJob, results: list[dict[str, Any]]) -> tuple[TuneResult, float]:
     """One job's searcher results as one TuneResult; the cluster part names every searcher."""
     cluster = job.workers.describe()
-    per_node: dict[str, int] = {}
+    per_runner: dict[str, int] = {}
     for res in results:
-        for node, count in res["cluster"].get("trials_per_node", {}).items():
-            per_node[node] = per_node.get(node, 0) + count
-    cluster["trials_per_node"] = per_node
+        for slot, count in res["cluster"].get("trials_per_runner", {}).items():
+            per_runner[slot] = per_runner.get(slot, 0) + count
+    cluster["trials_per_runner"] = per_runner
+    cluster["trials_per_node"] = per_node(per_runner)
     cluster["searchers"] = len(results)
     cluster["searcher_nodes"] = [res.get("node") for res in results]
     cluster["trials_per_searcher"] = [res["trials"] for res in results]

@@ -114,9 +114,20 @@ def ray_workers(settings: Settings, cores: int, hardware_key: str, pools: tuple[
     return Workers(builder, runner, close, lambda: {
         "backend": "ray", "nodes": len(set(builder.nodes) | set(runner.nodes)),
         "builders": len(builder.actors), "runners": len(runner.actors),
-        "trials_per_node": dict(runner.counts),
+        "trials_per_node": per_node(runner.counts),
+        # Runner "node/gpuN" on GPU nodes: one per GPU.
+        "trials_per_runner": dict(runner.counts),
         "seconds": {"build": round(builder.seconds, 3), "run": round(runner.seconds, 3)},
     }, failure=lambda: runner.failure or builder.failure, pools=(builder.pool, runner.pool))
+
+
+def per_node(per_runner: dict[str, int]) -> dict[str, int]:
+    """Trials per node from trials per runner ("node" or "node/gpuN")."""
+    out: dict[str, int] = {}
+    for slot, count in per_runner.items():
+        node = slot.split("/", 1)[0]
+        out[node] = out.get(node, 0) + count
+    return out
 
 
 def measure_default_schedules(tasks: list[ms.ExtractedTask], target: Target, database: ms.Database,
