@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorUnschedulableError, GetTimeoutError, RayActorError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .ray_backend import ClusterError, _error_text, nodes
+from .ray_backend import ClusterError, _error_text, alive_node_ids, nodes
 
 
 @ray.remote(num_cpus=0, max_restarts=1, max_task_retries=1)
@@ -74,18 +74,24 @@ class Searchers:
     actors: list
     nodes: list[str]
     board: Any  # ProgressBoard handle
+    same_host_only: bool = False
+    quiet_keys: tuple[str, ...] = ()
 
     def close(self) -> None:
         for actor in [*self.actors, self.board]:
             ray.kill(actor)
 
 
-def placement(count: int, same_host_only: bool) -> list[str]:
+def placement(count: int, same_host_only: bool, quiet_keys: tuple[str, ...] = (),
+              exclude: tuple[str, ...] = ()) -> list[str]:
     """Node ids for ``count`` searchers, round robin over the alive nodes.
 
     ``same_host_only``: the job's database is a SQLite file, which only processes on the
-    driver's machine can open; searchers then stay on nodes with the driver's address."""
-    alive = [n for n in nodes() if n.alive]
+    driver's machine can open; searchers then stay on nodes with the driver's address.
+    ``quiet_keys``: CPU hardware keys the job measures on; a search beside a measurement on the
+    same cores disturbs it, so nodes without them are preferred while there are any.
+    ``exclude``: nodes known to be gone, which the cluster may still list as alive for a while."""
+    alive = [n for n in nodes() if n.alive and n.node_id not in exclude]
     if same_host_only:
         here = ray.util.get_node_ip_address()
         alive = [n for n in alive if n.address in (here, "127.0.0.1", "localhost")]
@@ -94,45 +100,64 @@ def placement(count: int, same_host_only: bool) -> list[str]:
                                "and no Ray node runs on this machine: use a PostgreSQL --db to search on other nodes")
     if not alive:
         raise ClusterError("no alive node in the Ray cluster")
-    return [alive[i % len(alive)].node_id for i in range(count)]
+    quiet = [n for n in alive if not set(quiet_keys) & set(n.hardware_keys)]
+    chosen = quiet or alive
+    return [chosen[i % len(chosen)].node_id for i in range(count)]
 
 
-def start_searchers(count: int, same_host_only: bool, start_timeout_s: float) -> Searchers:
-    targets = placement(count, same_host_only)
-    actors = [SearchActor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
-              for node in targets]
-    board = ProgressBoard.remote(count)
+def _start(node_ids: list[str], start_timeout_s: float) -> tuple[list, list[str]]:
+    # Pinned (soft affinity was seen to stack searchers on one node); a searcher whose node
+    # leaves is replaced by `run_shares` on another.
+    actors = [SearchActor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+              for node in node_ids]
     try:
-        started = ray.get([a.ready.remote() for a in actors], timeout=start_timeout_s)
+        return actors, ray.get([a.ready.remote() for a in actors], timeout=start_timeout_s)
     except GetTimeoutError:
         raise ClusterError(f"searcher actors did not start within {start_timeout_s:.0f} s") from None
     except RayError as exc:
         raise ClusterError(f"searcher actors cannot start: {_error_text(exc)} (can the node import TVM?)") from None
-    return Searchers(actors, started, board)
+
+
+def start_searchers(count: int, same_host_only: bool, start_timeout_s: float,
+                    quiet_keys: tuple[str, ...] = ()) -> Searchers:
+    actors, started = _start(placement(count, same_host_only, quiet_keys), start_timeout_s)
+    # The board lives on the driver's own node: it fate-shares with the job, not with a searcher.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    board = ProgressBoard.options(scheduling_strategy=here).remote(count)
+    return Searchers(actors, started, board, same_host_only, quiet_keys)
 
 
 def run_shares(searchers: Searchers, fn: Callable[..., Any], shares: list[tuple],
                on_progress: Callable[[list[int], list[float | None], list[str]], None],
-               poll_s: float = 0.5) -> list[Any]:
+               poll_s: float = 0.5, start_timeout_s: float = 300.0) -> list[Any]:
     """``fn(*share)`` on searcher i for share i, in parallel; returns their results in order.
 
-    A searcher whose process dies is restarted by Ray and its share searched again (records it
-    committed stay; the new search starts from them). An exception raised by ``fn`` ends the
-    job with its message."""
+    A searcher whose process dies is restarted by Ray on its node and the call retried; one
+    whose node left the cluster is replaced once by a searcher on another node. Either way the
+    share goes on from the records already committed (``fn`` reads what the board says was
+    done). An exception raised by ``fn`` ends the job with its message."""
     refs = [actor.call.remote(fn, *share) for actor, share in zip(searchers.actors, shares)]
-    pending = list(refs)
+    results: list[Any] = [None] * len(refs)
+    moved = [False] * len(refs)
+    pending = dict(enumerate(refs))
     while pending:
-        _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
+        ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=poll_s)
         on_progress(*ray.get(searchers.board.read.remote()))
-    results = []
-    for i, ref in enumerate(refs):
-        try:
-            results.append(ray.get(ref))
-        except RayTaskError as exc:
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            raise ClusterError(f"searcher {i} failed: {_error_text(cause)}") from None
-        except RayActorError as exc:
-            raise ClusterError(f"searcher {i} died twice: {_error_text(exc)}") from None
+        for i in [i for i, ref in pending.items() if ref in ready]:
+            try:
+                results[i] = ray.get(pending.pop(i))
+            except RayTaskError as exc:
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                raise ClusterError(f"searcher {i} failed: {_error_text(cause)}") from None
+            except (RayActorError, ActorUnschedulableError) as exc:  # the latter: pinned to a node that left
+                gone = isinstance(exc, ActorUnschedulableError) or searchers.nodes[i] not in alive_node_ids()
+                if moved[i] or not gone:
+                    raise ClusterError(f"searcher {i} died and could not go on: {_error_text(exc)}") from None
+                moved[i] = True
+                lost = (searchers.nodes[i],)
+                (actor,), (node,) = _start(placement(1, searchers.same_host_only, searchers.quiet_keys, lost),
+                                           start_timeout_s)
+                searchers.actors[i], searchers.nodes[i] = actor, node
+                pending[i] = actor.call.remote(fn, *shares[i])
     on_progress(*ray.get(searchers.board.read.remote()))
     return results
-

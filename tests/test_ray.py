@@ -173,6 +173,47 @@ def test_searchers_share_the_tasks_and_survive_a_killed_searcher(cluster, tmp_pa
     assert set(info["trials_per_node"]) <= {cluster.node_ids["head"], cluster.node_ids["twin"]}
 
 
+def test_a_searchers_node_that_leaves_mid_job(cluster, tmp_path, ray_settings, monkeypatch) -> None:  # noqa: ANN001
+    """Both searchers start on a node that then leaves: each share goes on in a new searcher on
+    another node from the records already committed, and the job completes."""
+    from tuner.cluster import searchers as rs
+
+    node = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    place = rs.placement
+    first = iter([True])
+    monkeypatch.setattr(rs, "placement", lambda count, *a: [node.node_id] * count if next(first, False) else place(count, *a))
+    db_file = tmp_path / "db.sqlite"
+    removed: list = []
+
+    def remove_once_records_land() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                with sqlite3.connect(db_file) as conn:
+                    if conn.execute("SELECT count(*) FROM tuning_records").fetchone()[0]:
+                        cluster.remove_node(node)
+                        removed.append(time.monotonic())
+                        return
+            except sqlite3.OperationalError:
+                pass
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=remove_once_records_land, daemon=True)
+    watcher.start()
+    model = onnx_models.save(onnx_models.small_convnet(), tmp_path / "conv.onnx")
+    report = run(RunRequest(model=str(model), target=TARGET, trials=16, out_dir=tmp_path / "out",
+                            db_url=f"sqlite:///{db_file}", ray_address=cluster.address, measure_untuned=False,
+                            searchers=2), ray_settings)
+    finished = time.monotonic()
+    watcher.join()
+    assert removed and removed[0] < finished, "the node must leave while the job runs"
+    info = report["cluster"]
+    assert node.node_id not in info["searcher_nodes"]  # both shares finished elsewhere
+    assert report["verified"] and report["tasks_tuned"] == report["tasks"]
+    assert len(open_database(f"sqlite:///{db_file}", TARGET)) >= report["trials"] > 0
+
+
 def test_one_job_two_targets_each_measured_only_on_its_hardware(cluster, tmp_path, ray_settings) -> None:  # noqa: ANN001
     """A second CPU target (1 core: another hardware key) gets its own node; both targets are
     searched at the same time and each one's records carry its own hardware."""
@@ -196,8 +237,11 @@ def test_one_job_two_targets_each_measured_only_on_its_hardware(cluster, tmp_pat
         assert one["trials"] > 0 and one["cluster"]["searchers"] == 1
         assert len(open_database(db, target)) == one["trials"]  # records under that target's hardware only
     assert report["trials"] == first["trials"] + second["trials"]
-    # The two targets' searchers (one each) were placed on two nodes.
-    assert first["cluster"]["searcher_nodes"] != second["cluster"]["searcher_nodes"]
+    # The two targets' searchers (one each) were placed on two nodes, neither of which measures
+    # for a CPU target of the job (a search there would disturb the measurements).
+    searcher_nodes = first["cluster"]["searcher_nodes"] + second["cluster"]["searcher_nodes"]
+    assert len(set(searcher_nodes)) == 2
+    assert not set(searcher_nodes) & {cluster.node_ids["head"], cluster.node_ids["twin"], node.node_id}
 
 
 def _remove_when_runners_are_up(cluster, node, runners: int, done: list) -> None:  # noqa: ANN001

@@ -152,7 +152,8 @@ def tune_shares(jobs: list[ShareJob], database: DatabaseSpec, n_shares: int, set
                 pools=job.workers.pools, board=None,
             ),))
             owner.append(j)
-    searchers = rs.start_searchers(len(payloads), same_host_only, settings.workers.actor_start_timeout_s)
+    cpu_keys = tuple(job.hardware_key for job in jobs if job.target.kind.name != "cuda")
+    searchers = rs.start_searchers(len(payloads), same_host_only, settings.workers.actor_start_timeout_s, cpu_keys)
     for (share,) in payloads:
         share.board = searchers.board
     progress.message(f"searching {sum(len(job.tasks) for job in jobs)} task(s) of {len(jobs)} target(s) in "
@@ -167,7 +168,8 @@ def tune_shares(jobs: list[ShareJob], database: DatabaseSpec, n_shares: int, set
         progress.advance(sum(done), sum(known) if known else None)
 
     try:
-        results = rs.run_shares(searchers, search_share, payloads, on_progress)
+        results = rs.run_shares(searchers, search_share, payloads, on_progress,
+                                start_timeout_s=settings.workers.actor_start_timeout_s)
     except rs.ClusterError as exc:
         raise TunerError(str(exc)) from None
     finally:
