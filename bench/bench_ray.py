@@ -24,7 +24,7 @@ from tuner.targets import host_cpu_target
 
 
 CONFIGS = {  # label: (ray address, builders, searchers)
-    "local": (None, None, None),
+    "local": ("off", None, None),
     "ray-1-builder": ("local", 1, None),
     "ray-2-builders": ("local", 2, None),
     "ray-2-searchers": ("local", 1, 2),

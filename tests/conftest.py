@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,11 +11,16 @@ import pytest
 
 from tests.pg import fresh_pg_schema
 
-from tuner.config import MeasureSettings, SearchSettings, Settings
+from tuner.config import MeasureSettings, SearchSettings, Settings, WorkerSettings
 
+# Tests tune with worker processes, not the default local Ray (a Ray start per test would double
+# the suite's time), in this process and in every `tuner` it starts; the Ray path has its own
+# tests (test_ray.py, test_ray_local.py: the default, no --ray-address).
+os.environ["TUNER_WORKERS__BACKEND"] = "local"
 TINY = dict(
     search=SearchSettings(population_size=16, genetic_num_iters=1, init_min_unmeasured=8, max_trials_per_iter=8),
     measure=MeasureSettings(number=2, repeat=1, min_repeat_ms=5, cpu_cache_flush=False, model_runs=5, model_min_seconds=0.0),
+    workers=WorkerSettings(backend="local"),
 )
 
 
@@ -40,10 +46,20 @@ def tiny_env(tmp_path: Path) -> dict[str, str]:
         TUNER_MEASURE__MIN_REPEAT_MS="5",
         TUNER_MEASURE__MODEL_RUNS="5",
         TUNER_MEASURE__MODEL_MIN_SECONDS="0",
+        TUNER_WORKERS__BACKEND="local",
         TUNER_DB_URL=f"sqlite:///{tmp_path / 'env.sqlite'}",
         XDG_CACHE_HOME=str(tmp_path / "cache"),
     )
     return env
+
+
+def sqlite_records(db_file: Path) -> int:
+    """Tuning records in a SQLite file that a running job may not have created yet."""
+    try:
+        with sqlite3.connect(db_file) as conn:
+            return conn.execute("SELECT count(*) FROM tuning_records").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

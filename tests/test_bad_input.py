@@ -18,10 +18,11 @@ from tuner.gpus import local_gpus
 from tuner.model_io import load_model, parse_input_shapes
 
 
-def tuner_cli(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def tuner_cli(args: list[str], tmp_path: Path, timeout: int = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tuner.cli", *args],
-        capture_output=True, text=True, env=tiny_env(tmp_path), timeout=timeout, cwd=tmp_path,
+        capture_output=True, text=True, env=env or tiny_env(tmp_path), timeout=timeout, cwd=tmp_path,
     )
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tests import onnx_models
-from tests.conftest import tiny_env
+from tests.conftest import sqlite_records, tiny_env
 from tests.test_bad_input import tuner_cli
 
 
@@ -55,20 +54,13 @@ def test_ctrl_c_keeps_measured_records(tmp_path: Path) -> None:
         cwd=tmp_path, env=tiny_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
-    def records() -> int:
-        try:
-            with sqlite3.connect(db) as conn:
-                return conn.execute("SELECT count(*) FROM tuning_records").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
-
     deadline = time.monotonic() + 300
-    while records() < 3 and time.monotonic() < deadline and proc.poll() is None:
+    while sqlite_records(db) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
-    seen = records()
+    seen = sqlite_records(db)
     assert seen >= 3, "no records were committed while tuning"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert records() >= seen
+    assert sqlite_records(db) >= seen

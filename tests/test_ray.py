@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from tests import onnx_models
+from tests.conftest import sqlite_records
 from tuner.cluster import ray_backend as rb
 from tuner.config import Settings, WorkerSettings
 from tuner.hardware import fingerprint_for
@@ -133,14 +133,7 @@ def test_an_actor_killed_mid_job_loses_no_record(cluster, tmp_path, ray_settings
 
 
 def _kill_a_searcher_once_records_land(db_file: Path, stop: threading.Event, killed: list) -> None:
-    while not stop.is_set():
-        try:
-            with sqlite3.connect(db_file) as conn:
-                landed = conn.execute("SELECT count(*) FROM tuning_records").fetchone()[0]
-        except sqlite3.OperationalError:
-            landed = 0
-        if landed:
-            break
+    while not stop.is_set() and not sqlite_records(db_file):
         time.sleep(0.1)
     _kill_first("SearchActor.call", stop, killed)
 
@@ -189,14 +182,10 @@ def test_a_searchers_node_that_leaves_mid_job(cluster, tmp_path, ray_settings, m
     def remove_once_records_land() -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            try:
-                with sqlite3.connect(db_file) as conn:
-                    if conn.execute("SELECT count(*) FROM tuning_records").fetchone()[0]:
-                        cluster.remove_node(node)
-                        removed.append(time.monotonic())
-                        return
-            except sqlite3.OperationalError:
-                pass
+            if sqlite_records(db_file):
+                cluster.remove_node(node)
+                removed.append(time.monotonic())
+                return
             time.sleep(0.1)
 
     watcher = threading.Thread(target=remove_once_records_land, daemon=True)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
 
 from tests import onnx_models
+from tests.conftest import sqlite_records, tiny_env
 from tests.test_bad_input import assert_clean_error, tuner_cli
 
 RAY_DAEMONS = ("raylet", "gcs_server", "ray::", "default_worker", "dashboard")
@@ -24,15 +29,18 @@ def _ray_processes_since(t0: float) -> list[str]:
 
 
 def test_local_ray_run_then_nothing_left(tmp_path: Path) -> None:
+    """The default: no --ray-address, a local Ray started for the run and stopped after."""
     model = onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "m.onnx")
     t0 = time.time() - 1
-    proc = tuner_cli(["run", str(model), "--trials", "8", "--ray-address", "local", "--workers", "1",
-                      "--searchers", "2", "--target", '{"kind": "llvm", "num-cores": 2}', "--json"],
-                     tmp_path, timeout=600)
+    env = tiny_env(tmp_path)
+    del env["TUNER_WORKERS__BACKEND"]  # the configured default, as users get it
+    proc = tuner_cli(["run", str(model), "--trials", "8", "--workers", "1", "--searchers", "2",
+                      "--target", '{"kind": "llvm", "num-cores": 2}', "--json"], tmp_path, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["cluster"]["backend"] == "ray" and report["cluster"]["builders"] == 1
-    assert report["tasks"] == 1 and report["cluster"]["searchers"] == 1  # never more searchers than tasks
+    # Never more searchers than tasks: the one task is searched by the run's own process.
+    assert report["tasks"] == 1 and "searchers" not in report["cluster"]
     assert sum(report["cluster"]["trials_per_node"].values()) == report["trials"] > 0
     deadline = time.time() + 30
     while _ray_processes_since(t0) and time.time() < deadline:
@@ -52,3 +60,32 @@ def test_searchers_without_ray_is_one_line(tmp_path: Path) -> None:
     model = onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "m.onnx")
     proc = tuner_cli(["run", str(model), "--trials", "4", "--searchers", "2"], tmp_path, timeout=300)
     assert_clean_error(proc, "2 searchers need Ray: add --ray-address local")
+
+
+def test_ctrl_c_on_the_default_local_ray_keeps_records_and_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal reaches the whole process group: tuner, its local Ray and searchers."""
+    onnx_models.save(onnx_models.small_convnet(channels=16, size=32), tmp_path / "conv.onnx")
+    db = tmp_path / "int.sqlite"
+    env = tiny_env(tmp_path)
+    del env["TUNER_WORKERS__BACKEND"]
+    t0 = time.time() - 1
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuner.cli", "run", "conv.onnx", "--trials", "2000", "--db", f"sqlite:///{db}",
+         "--searchers", "2", "--target", '{"kind": "llvm", "num-cores": 2}'],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+    deadline = time.monotonic() + 300
+    while sqlite_records(db) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    seen = sqlite_records(db)
+    assert seen >= 3, "no records were committed while tuning"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert sqlite_records(db) >= seen
+    deadline = time.time() + 30
+    while _ray_processes_since(t0) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _ray_processes_since(t0) == []

@@ -39,7 +39,7 @@ def run(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default ./tuner-out/<model>).")] = None,
     input_shape: Annotated[Optional[list[str]], typer.Option(help="NAME=1,3,224,224 for inputs with dynamic dimensions; repeatable.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for a reproducible search.")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help='Tune on Ray: a cluster address ("auto", "ray://host:10001") or "local" to start one here for this run.')] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help='Ray cluster to tune on ("auto", "ray://host:10001"); "local" (the default) starts one here for this run, when there is something to tune; "off": worker processes here, no Ray.')] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="At most this many builders (default: one per core of the cluster).")] = None,
     searchers: Annotated[Optional[int], typer.Option(min=1, help="Ray: searcher actors, each searching a share of the tasks (default 1: this process searches all).")] = None,
     team: Annotated[Optional[str], typer.Option(help="Team the new records belong to (env TUNER_TEAM).")] = None,

@@ -23,7 +23,7 @@ def serve(
     port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="Port (default 8000).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Jobs tuned at once by this process (SQLite: 1; 0 = API only).")] = None,
     db: DbOption = None,
-    ray_address: Annotated[Optional[str], typer.Option(help='Run the jobs\' builds and measurements on Ray ("local", "auto", "ray://host:10001").')] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help='Ray cluster for the jobs ("auto", "ray://host:10001"); default: a local Ray per job (the config\'s workers.backend); "off": worker processes, no Ray.')] = None,
     storage_dir: Annotated[Optional[Path], typer.Option(help="Uploads and artifacts (env TUNER_STORAGE_DIR; default under the user data dir).")] = None,
 ) -> None:
     """Run the HTTP service: teams submit jobs, follow them, and download compiled modules."""

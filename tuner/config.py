@@ -30,9 +30,9 @@ class WorkerSettings(BaseModel):
     builders: int = Field(0, ge=0)
     build_timeout_s: float = Field(120.0, gt=0)
     run_timeout_s: float = Field(60.0, gt=0)
-    # "local": worker processes on this machine; "ray": actors on a Ray cluster (a local Ray is
-    # started when no ray_address is given).
-    backend: str = Field("local", pattern="^(local|ray)$")
+    # "ray": actors on a Ray cluster (a local Ray is started, when there is something to tune,
+    # if no ray_address is given); "local": worker processes on this machine, no Ray.
+    backend: str = Field("ray", pattern="^(local|ray)$")
     ray_address: str = ""
     # False: a batch is measured before the next one is built (builds never share a measuring
     # node's cores). True: builds go on during measurements (builder nodes != runner nodes).

@@ -56,7 +56,9 @@ class RunRequest:
     private: bool | None = None
     job_id: str | None = None
     measure_untuned: bool = True
-    ray_address: str | None = None  # set: use Ray ("local" starts one here); None: the config
+    # Ray: "local" starts one here, else a cluster's address; "off": worker processes here, no
+    # Ray; None: the config (by default a local Ray, started when there is something to tune).
+    ray_address: str | None = None
     workers: int | None = None  # caps the builders
     precision: str = "fp32"  # "fp16": mixed precision, verified against fp32 ONNX Runtime
     name: str | None = None  # the model's name in the report (default: the file's stem)
@@ -113,7 +115,9 @@ def _tuning_workers(request: RunRequest, settings: Settings, targets: list[dict[
 
 
 def _uses_ray(request: RunRequest, settings: Settings) -> bool:
-    return settings.workers.backend == "ray" or request.ray_address is not None
+    if request.ray_address is not None:
+        return request.ray_address != "off"
+    return settings.workers.backend == "ray"
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -264,7 +268,10 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
     t_tune = time.perf_counter()
     with _tuning_workers(request, settings, [plans[i].target_dict for i in todo], [plans[i].key for i in todo]) as workers:
         startup_s = time.perf_counter() - t_tune
-        if workers is not None and (n_searchers > 1 or len(todo) > 1):
+        # Searcher actors when there is more than one share to search (several targets, or
+        # several tasks and trials for several searchers); one share is searched right here.
+        first = plans[todo[0]]
+        if workers is not None and (len(todo) > 1 or min(n_searchers, len(first.to_tune), request.trials) > 1):
             spec = DatabaseSpec(job.db_url, job.team, job.job_id, job.private, settings.warm_start)
             jobs = [ShareJob([plans[i].tasks[t] for t in plans[i].to_tune], plans[i].target, plans[i].key,
                              request.trials, workers[n]) for n, i in enumerate(todo)]

@@ -175,8 +175,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
             checks["database"] = "ok"
         except SQLAlchemyError as exc:
             checks["database"], ready = f"unreachable: {error_reason(exc)}", False
-        if config.ray_address in (None, "", "local"):
-            checks["ray"] = "local (started per job)" if config.ray_address else "not used"
+        if config.ray_address in (None, "", "local", "off"):
+            # Jobs without an address follow the config: by default a local Ray per job.
+            per_job = config.ray_address == "local" or (
+                not config.ray_address and config.settings.workers.backend == "ray")
+            checks["ray"] = "local (started per job)" if per_job else "not used"
         else:
             from tuner.cluster.ray_backend import ClusterError, check_reachable
 
