@@ -44,7 +44,6 @@ class Share:
 
     index: int
     tasks: list[tuple[str, str, float]]  # (task name, TIR module JSON, weight)
-    known_best_s: list[float | None]
     trials: int
     target: dict[str, Any]
     hardware_key: str
@@ -106,16 +105,16 @@ def search_share(share: Share) -> dict[str, Any]:
     left = share.trials - done_before
     if left <= 0:
         return {"trials": done_before, "cluster": {}, "defaults_measured": 0, "commit_seconds": 0.0,
-                "node": ray.get_runtime_context().get_node_id(), "tasks": len(tasks)}
+                "node": ray.get_runtime_context().get_node_id()}
     workers = ray_workers(share.settings, tuning_cores(target), share.hardware_key, share.pools)
     try:
         result = tune(tasks, target, database, left, share.settings, share.seed, Path(share.work_dir),
-                      BoardProgress(share.board, share.index, done_before), share.known_best_s, workers)
+                      BoardProgress(share.board, share.index, done_before), workers=workers)
     finally:
         workers.close()
     return {"trials": done_before + result.trials, "cluster": result.cluster,
             "defaults_measured": result.defaults_measured, "commit_seconds": database.commit_seconds,
-            "node": ray.get_runtime_context().get_node_id(), "tasks": len(tasks)}
+            "node": ray.get_runtime_context().get_node_id()}
 
 
 @dataclass
@@ -147,7 +146,7 @@ def tune_shares(jobs: list[ShareJob], database: DatabaseSpec, n_shares: int, set
                 index=index,
                 tasks=[(job.tasks[t].task_name, tvm.ir.save_json(job.tasks[t].dispatched[0]), float(job.tasks[t].weight))
                        for t in group],
-                known_best_s=[None] * len(group), trials=budget, target=target_dict, hardware_key=job.hardware_key,
+                trials=budget, target=target_dict, hardware_key=job.hardware_key,
                 database=database, settings=settings, seed=seed + index, work_dir=str(work_dir / f"searcher-{index}"),
                 pools=job.workers.pools, board=None,
             ),))
