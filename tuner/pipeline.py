@@ -74,8 +74,7 @@ class RunRequest:
 
 
 @contextmanager
-def _tuning_workers(request: RunRequest, settings: Settings, targets: list[dict[str, Any]],
-                    hardware_keys: list[str]) -> Iterator[list[Workers] | None]:
+def _tuning_workers(request: RunRequest, settings: Settings, plans: list[_Plan]) -> Iterator[list[Workers] | None]:
     """Ray actors when asked for (joining a cluster or starting a local one), else None (local).
 
     One Workers per target: the builders are shared (any node builds for any target), each
@@ -89,14 +88,14 @@ def _tuning_workers(request: RunRequest, settings: Settings, targets: list[dict[
     remote = address not in ("", "local")
     w = settings.workers
     try:
-        local = {rb.hardware_resource(k): hardware_units(t) for t, k in zip(targets, hardware_keys)}
+        local = {rb.hardware_resource(p.key): hardware_units(p.target_dict) for p in plans}
         connected = rb.connect(address if remote else None, local)
         try:
             builders = rb.start_builders(ray_builder_count(settings), w.actor_start_timeout_s)
             workers: list[Workers] = []
             try:
-                for target, key in zip(targets, hardware_keys):
-                    workers.append(ray_workers(settings, tuning_cores(Target(dict(target))), key, (builders, None)))
+                for plan in plans:
+                    workers.append(ray_workers(settings, tuning_cores(plan.target), plan.key, (builders, None)))
                 yield workers
             except Exception:
                 failure = next((f for f in (wk.failure() for wk in workers) if f is not None), None)
@@ -266,7 +265,7 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
         settings = settings.model_copy(update={"workers": settings.workers.model_copy(update={"builders": request.workers})})
     n_searchers = request.searchers or settings.workers.searchers
     t_tune = time.perf_counter()
-    with _tuning_workers(request, settings, [plans[i].target_dict for i in todo], [plans[i].key for i in todo]) as workers:
+    with _tuning_workers(request, settings, [plans[i] for i in todo]) as workers:
         startup_s = time.perf_counter() - t_tune
         # Searcher actors when there is more than one share to search (several targets, or
         # several tasks and trials for several searchers); one share is searched right here.
@@ -275,7 +274,7 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
             spec = DatabaseSpec(job.db_url, job.team, job.job_id, job.private, settings.warm_start)
             jobs = [ShareJob([plans[i].tasks[t] for t in plans[i].to_tune], plans[i].target, plans[i].key,
                              request.trials, workers[n]) for n, i in enumerate(todo)]
-            results = tune_shares(jobs, spec, n_searchers, settings, request.seed, plans[todo[0]].out_dir / "logs",
+            results = tune_shares(jobs, spec, n_searchers, settings, request.seed, first.out_dir / "logs",
                                   job.progress, same_host_only=make_url(job.db_url).get_backend_name() == "sqlite")
         else:
             results = []

@@ -22,7 +22,7 @@ from tuner.cluster.worker_tasks import dumps_target
 
 from .config import Settings
 from .errors import TunerError
-from .progress import Progress
+from .progress import Progress, SilentProgress
 from .tuning import TuneResult, Workers, per_node, ray_workers, tune, tuning_cores
 from .tuning_database import open_database
 
@@ -67,8 +67,8 @@ def split(count: int, trials: int, n_shares: int) -> list[tuple[list[int], int]]
     return list(zip(groups, budgets))
 
 
-class BoardProgress:
-    """A searcher's Progress: posts to the job's board instead of drawing a bar.
+class BoardProgress(SilentProgress):
+    """A searcher's Progress: posts trials and messages to the job's board instead of drawing a bar.
 
     ``offset``: trials a previous attempt of this share already measured (a searcher that died
     and was restarted goes on with what is left of its budget)."""
@@ -76,20 +76,11 @@ class BoardProgress:
     def __init__(self, board: Any, index: int, offset: int) -> None:
         self.board, self.index, self.offset = board, index, offset
 
-    def plan(self, tasks: int, from_db: int, from_other_teams: int, to_tune: int, warm: int, trials: int) -> None:
-        pass
-
-    def start(self, total_trials: int, tasks: int) -> None:
-        pass
-
     def advance(self, trials_done: int, best_ms: float | None) -> None:
         self.board.update.remote(self.index, self.offset + trials_done, best_ms)
 
     def message(self, text: str) -> None:
         self.board.message.remote(self.index, text)
-
-    def stop(self) -> None:
-        pass
 
 
 def search_share(share: Share) -> dict[str, Any]:
@@ -99,13 +90,13 @@ def search_share(share: Share) -> dict[str, Any]:
     for name, mod_json, weight in share.tasks:
         mod = tvm.ir.load_json(mod_json)
         tasks.append(ms.ExtractedTask(name, mod, target, [mod], int(weight)))
-    spec = share.database
-    database = open_database(spec.url, share.target, spec.team, spec.job_id, spec.private, spec.warm_start)
     done_before = ray.get(share.board.trials_of.remote(share.index))
     left = share.trials - done_before
     if left <= 0:
         return {"trials": done_before, "cluster": {}, "defaults_measured": 0, "commit_seconds": 0.0,
                 "node": ray.get_runtime_context().get_node_id()}
+    spec = share.database
+    database = open_database(spec.url, share.target, spec.team, spec.job_id, spec.private, spec.warm_start)
     workers = ray_workers(share.settings, tuning_cores(target), share.hardware_key, share.pools)
     try:
         result = tune(tasks, target, database, left, share.settings, share.seed, Path(share.work_dir),
