@@ -13,6 +13,8 @@ from tvm.ir import IRModule
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
+from .intrinsics import load_tensor_intrinsics
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -54,9 +56,9 @@ def space_generator(target: Target, mod: IRModule | None = None, tensor_cores: b
     threads with shared-memory staging (and tensor cores for fp16 kernels of `mod`, unless
     `tensor_cores` is False)."""
     key = _rules_key(target, mod, tensor_cores)
-    if key == "cuda-tensorcore":
-        # Registers the wmma/mma intrinsics its rules name (10-50 s the first time, once per process).
-        import tvm.s_tir.tensor_intrin  # noqa: F401
+    # MetaSchedule's TuneContext imports the tensor intrinsics (its rules name them) the slow
+    # way: import them first, once per process, in seconds.
+    load_tensor_intrinsics()
     return ms.space_generator.PostOrderApply(
         sch_rules=key, postprocs=key, mutator_probs=key
     )
