@@ -1,5 +1,5 @@
-"""Benchmark: tuning throughput on one machine with the in-process workers vs Ray (1 and 2
-builder actors, and 2 searcher actors that split the tasks), the same model, budget and seed,
+"""Benchmark: tuning throughput on one machine with the in-process workers vs Ray (the default
+builders, 1 and 2 builder actors, and 2 searcher actors that split the tasks), the same model, budget and seed,
 each on an empty database; plus the per-candidate cost that Ray dispatch adds to a build.
 Prints and writes JSON.
 
@@ -25,6 +25,7 @@ from tuner.targets import host_cpu_target
 
 CONFIGS = {  # label: (ray address, builders, searchers)
     "local": ("off", None, None),
+    "ray": ("local", None, None),  # what `tuner run` does by default: one builder per CPU
     "ray-1-builder": ("local", 1, None),
     "ray-2-builders": ("local", 2, None),
     "ray-2-searchers": ("local", 1, 2),
@@ -41,6 +42,7 @@ def tune_once(model: str, trials: int, work: Path, label: str, ray_address: str 
     secs = report["cluster"]["seconds"]
     return {
         "config": label, "trials": report["trials"], "tuning_seconds": report["tuning_seconds"],
+        "total_seconds": report["total_seconds"],
         "trials_per_minute": 60 * report["trials"] / report["tuning_seconds"],
         "per_trial_ms": {k: 1000 * v / max(1, report["trials"]) for k, v in secs.items()},
         "seconds": secs, "cluster": report["cluster"], "tuned_ms": report["latency_ms"]["tuned"],

@@ -14,9 +14,11 @@ go on during measurements: use it when builder nodes are not runner nodes.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -91,6 +93,9 @@ def connect(address: str | None, local_resources: dict[str, float]) -> bool:
         return True
     # address="local": always a new Ray of our own; with None, ray.init joins a cluster that
     # `ray start` (or a test's cluster_utils) left running here, and refuses our resources.
+    # Ray 2.60 turns token authentication on for a new local cluster (good) and warns about it
+    # on stderr at every start (noise in every `tuner run`).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", resources=local_resources, **common)  # every CPU of this machine
     return True
 
@@ -258,7 +263,7 @@ class ActorPool:
 
 def start_builders(workers: int, start_timeout_s: float = 120.0) -> ActorPool:
     actors = [BuilderActor.remote() for _ in range(max(1, workers))]
-    return ActorPool(actors, _start(actors, "builder actors", start_timeout_s), owned=True)
+    return ActorPool(actors, await_started(actors, "builder actors", start_timeout_s), owned=True)
 
 
 def start_runners(hardware_key: str, start_timeout_s: float = 120.0) -> ActorPool:
@@ -278,16 +283,22 @@ def start_runners(hardware_key: str, start_timeout_s: float = 120.0) -> ActorPoo
     units = sum(max(1, int(n.hardware_units.get(hardware_key, 1))) if hardware_key.startswith("gpu") else 1
                 for n in matching)
     actors = [RunnerActor.options(**options).remote() for _ in range(units)]
-    return ActorPool(actors, _start(actors, f"runner actors for {hardware_key}", start_timeout_s), owned=True)
+    return ActorPool(actors, await_started(actors, f"runner actors for {hardware_key}", start_timeout_s), owned=True)
 
 
-def _start(actors: list, what: str, timeout_s: float) -> list[str]:
+def await_started(actors: list, what: str, timeout_s: float) -> list[str]:
+    """The node of each actor once its constructor (the TVM import) has run; a ClusterError
+    naming the node that cannot import TVM, or saying that none started in time."""
     try:
         return ray.get([a.ready.remote() for a in actors], timeout=timeout_s)
     except GetTimeoutError:
         raise ClusterError(f"{what} did not start within {timeout_s:.0f} s (no free resources?)") from None
     except RayError as exc:
-        raise ClusterError(f"{what} cannot start: {_error_text(exc)} (can the node import TVM?)") from None
+        # An actor that failed to start (most often: its node's Python cannot import TVM) is
+        # named by Ray as "(pid=..., ip=...)"; say which machine to fix.
+        where = re.search(r"\bip=([0-9A-Za-z.:-]+)", str(exc))
+        node = f" on node {where.group(1)}" if where else ""
+        raise ClusterError(f"{what} cannot start{node}: {_error_text(exc)} (can that node import TVM?)") from None
 
 
 @derived_object

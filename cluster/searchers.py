@@ -18,23 +18,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnschedulableError, GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .ray_backend import ClusterError, _error_text, alive_node_ids, nodes
+from .ray_backend import ClusterError, _error_text, alive_node_ids, await_started, nodes
 
 
 @ray.remote(num_cpus=0, max_restarts=1, max_task_retries=1)
 class SearchActor:
-    """Pays MetaSchedule's import (tensor intrinsics: 10-50 s) once, then searches shares.
+    """Pays MetaSchedule's import (with the tensor intrinsics) once, then searches shares.
 
     ``num_cpus=0``: builders hold the cluster's CPUs; a searcher's rounds alternate with its
     builds and measurements rather than competing with them for long."""
 
     def __init__(self) -> None:
         import tvm.s_tir.meta_schedule  # noqa: F401
-        import tvm.s_tir.tensor_intrin  # noqa: F401
 
+        from tuner.schedules.intrinsics import load_tensor_intrinsics
+
+        load_tensor_intrinsics()
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def ready(self) -> str:
@@ -110,12 +112,7 @@ def _start(node_ids: list[str], start_timeout_s: float) -> tuple[list, list[str]
     # leaves is replaced by `run_shares` on another.
     actors = [SearchActor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
               for node in node_ids]
-    try:
-        return actors, ray.get([a.ready.remote() for a in actors], timeout=start_timeout_s)
-    except GetTimeoutError:
-        raise ClusterError(f"searcher actors did not start within {start_timeout_s:.0f} s") from None
-    except RayError as exc:
-        raise ClusterError(f"searcher actors cannot start: {_error_text(exc)} (can the node import TVM?)") from None
+    return actors, await_started(actors, "searcher actors", start_timeout_s)
 
 
 def start_searchers(count: int, same_host_only: bool, start_timeout_s: float,

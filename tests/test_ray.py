@@ -16,6 +16,7 @@ import psutil
 import pytest
 import ray
 from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tests import onnx_models
 from tests.conftest import sqlite_records
@@ -270,3 +271,21 @@ def test_a_job_whose_hardware_is_all_gone_ends_with_a_clear_error(cluster) -> No
     with pytest.raises(RuntimeError, match="no node with hardware cpu-kindb is left"):
         runner.run([])  # through MetaSchedule's FFI: a RuntimeError, the ClusterError is kept
     assert isinstance(runner.failure, rb.ClusterError)
+
+
+def test_a_node_that_cannot_import_tvm_is_named(cluster, tmp_path) -> None:  # noqa: ANN001
+    """A worker whose Python has a broken TVM: the error says which node and why, in one line."""
+    broken = tmp_path / "broken" / "tvm"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('libtvm.so: cannot open shared object file')\n")
+    node = cluster.node_ids["kind_a"]
+    actor = rb.RunnerActor.options(
+        runtime_env={"env_vars": {"PYTHONPATH": str(broken.parent)}},
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+    ).remote()
+    with pytest.raises(rb.ClusterError) as info:
+        rb.await_started([actor], "runner actors for cpu-kinda", 120)
+    text = str(info.value)
+    address = next(n.address for n in rb.nodes() if n.node_id == node)
+    assert "\n" not in text and f"runner actors for cpu-kinda cannot start on node {address}: " in text
+    assert "ImportError: libtvm.so: cannot open shared object file (can that node import TVM?)" in text

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from tvm.target import Target
 
 from tuner.db.database import SQLDatabase
 from tuner.db.engine import redact_url
+from tuner.schedules.intrinsics import load_tensor_intrinsics
 
 from . import __version__
 from .compile import compile_tuned, compile_untuned
@@ -264,13 +266,18 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
     if request.workers:
         settings = settings.model_copy(update={"workers": settings.workers.model_copy(update={"builders": request.workers})})
     n_searchers = request.searchers or settings.workers.searchers
+    first = plans[todo[0]]
+    # Searcher actors when there is more than one share to search (several targets, or several
+    # tasks and trials for several searchers) on Ray; one share is searched right here.
+    in_shares = _uses_ray(request, settings) and (len(todo) > 1 or min(n_searchers, len(first.to_tune), request.trials) > 1)
+    if not in_shares:
+        # This process searches: import the tensor intrinsics its search needs while Ray or the
+        # worker processes start (seconds of CPU beside seconds of waiting).
+        threading.Thread(target=load_tensor_intrinsics, name="tensor-intrinsics", daemon=True).start()
     t_tune = time.perf_counter()
     with _tuning_workers(request, settings, [plans[i] for i in todo]) as workers:
         startup_s = time.perf_counter() - t_tune
-        # Searcher actors when there is more than one share to search (several targets, or
-        # several tasks and trials for several searchers); one share is searched right here.
-        first = plans[todo[0]]
-        if workers is not None and (len(todo) > 1 or min(n_searchers, len(first.to_tune), request.trials) > 1):
+        if in_shares:
             spec = DatabaseSpec(job.db_url, job.team, job.job_id, job.private, settings.warm_start)
             jobs = [ShareJob([plans[i].tasks[t] for t in plans[i].to_tune], plans[i].target, plans[i].key,
                              request.trials, workers[n]) for n, i in enumerate(todo)]

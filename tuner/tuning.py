@@ -78,10 +78,12 @@ def local_workers(settings: Settings, cores: int) -> Workers:
 
 
 def ray_builder_count(settings: Settings) -> int:
-    """The configured builders, else one per CPU of the cluster but one (left to the driver)."""
+    """The configured builders, else one per CPU of the cluster, as the in-process path has one
+    per core: a driver that searches alone never searches while its batch builds (leaving it a
+    CPU made one local Ray on 2 cores build with half the in-process path's workers)."""
     from tuner.cluster import ray_backend as rb
 
-    return settings.workers.builders or max(1, int(sum(n.cpus for n in rb.nodes() if n.alive)) - 1)
+    return settings.workers.builders or max(1, int(sum(n.cpus for n in rb.nodes() if n.alive)))
 
 
 def ray_workers(settings: Settings, cores: int, hardware_key: str, pools: tuple[Any, Any] | None = None) -> Workers:
@@ -241,7 +243,6 @@ def tune(
     seed: int,
     work_dir: Path,
     progress: Progress,
-    known_best_s: list[float | None] | None = None,
     workers: Workers | None = None,
 ) -> TuneResult:
     """Spend `trials` measurements over `tasks`; every record lands in `database` as measured."""
@@ -256,20 +257,20 @@ def tune(
         genetic_num_iters=settings.search.genetic_num_iters,
         init_min_unmeasured=settings.search.init_min_unmeasured,
     )
-    contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress)
-    weights = [float(tasks[i].weight) for i in kept]
     owned = workers is None  # ours to close; a caller's workers are the caller's
+    # Worker processes start (import TVM) in the background while the contexts are made.
     workers = workers or local_workers(settings, cores)
     defaults: list[float | None] = [None] * len(tasks)
     try:
+        contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress)
+        weights = [float(tasks[i].weight) for i in kept]
         if target.kind.name == "cuda":
             progress.message(f"measuring the default GPU schedules of {len(tasks)} task(s)")
             t0 = time.perf_counter()
             defaults = measure_default_schedules(tasks, target, database, workers)
             progress.message(f"{sum(d is not None for d in defaults)} default schedule(s) measured in "
                              f"{time.perf_counter() - t0:.1f} s")
-        known = [k if k is not None else d for k, d in zip(known_best_s or defaults, defaults)]
-        callback = ProgressCallback(weights, [known[i] for i in kept], progress.advance)
+        callback = ProgressCallback(weights, [defaults[i] for i in kept], progress.advance)
         progress.start(trials, len(kept))
         if contexts:  # none when no task's design space could be generated
             ms.tune_tasks(
