@@ -28,7 +28,7 @@ CONFIGS = {  # label: (ray address, builders, searchers)
     "ray": ("local", None, None),  # what `tuner run` does by default: one builder per CPU
     "ray-1-builder": ("local", 1, None),
     "ray-2-builders": ("local", 2, None),
-    "ray-2-searchers": ("local", 1, 2),
+    "ray-2-searchers": ("local", None, 2),
 }
 
 

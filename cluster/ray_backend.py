@@ -261,9 +261,19 @@ class ActorPool:
                 ray.kill(actor)
 
 
+def launch_builders(workers: int) -> ActorPool:
+    """Builder actors that start (import TVM) in the background, so that the runners can start
+    meanwhile; ``await_pool`` waits for them."""
+    return ActorPool([BuilderActor.remote() for _ in range(max(1, workers))], [], owned=True)
+
+
 def start_builders(workers: int, start_timeout_s: float = 120.0) -> ActorPool:
-    actors = [BuilderActor.remote() for _ in range(max(1, workers))]
-    return ActorPool(actors, await_started(actors, "builder actors", start_timeout_s), owned=True)
+    return await_pool(launch_builders(workers), "builder actors", start_timeout_s)
+
+
+def await_pool(pool: ActorPool, what: str, timeout_s: float) -> ActorPool:
+    pool.nodes = await_started(pool.actors, what, timeout_s)
+    return pool
 
 
 def start_runners(hardware_key: str, start_timeout_s: float = 120.0) -> ActorPool:

@@ -80,7 +80,8 @@ def _tuning_workers(request: RunRequest, settings: Settings, plans: list[_Plan])
     """Ray actors when asked for (joining a cluster or starting a local one), else None (local).
 
     One Workers per target: the builders are shared (any node builds for any target), each
-    target has its own runners on the nodes with its hardware."""
+    target has its own runners on the nodes with its hardware. The actors are this job's: they
+    are killed when it ends."""
     if not _uses_ray(request, settings):
         yield None
         return
@@ -93,11 +94,16 @@ def _tuning_workers(request: RunRequest, settings: Settings, plans: list[_Plan])
         local = {rb.hardware_resource(p.key): hardware_units(p.target_dict) for p in plans}
         connected = rb.connect(address if remote else None, local)
         try:
-            builders = rb.start_builders(ray_builder_count(settings), w.actor_start_timeout_s)
+            # The builders start (import TVM) while each target's runners do.
+            builders = rb.launch_builders(ray_builder_count(settings))
+            runners: list[rb.ActorPool] = []
             workers: list[Workers] = []
             try:
                 for plan in plans:
-                    workers.append(ray_workers(settings, tuning_cores(plan.target), plan.key, (builders, None)))
+                    runners.append(rb.start_runners(plan.key, w.actor_start_timeout_s))
+                rb.await_pool(builders, "builder actors", w.actor_start_timeout_s)
+                for plan, pool in zip(plans, runners):
+                    workers.append(ray_workers(settings, tuning_cores(plan.target), plan.key, (builders, pool)))
                 yield workers
             except Exception:
                 failure = next((f for f in (wk.failure() for wk in workers) if f is not None), None)
@@ -107,7 +113,8 @@ def _tuning_workers(request: RunRequest, settings: Settings, plans: list[_Plan])
             finally:
                 for wk in workers:
                     wk.close()
-                builders.close()
+                for pool in [*runners, builders]:
+                    pool.close()
         finally:
             if connected:
                 rb.disconnect()
