@@ -105,25 +105,33 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=64)
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of: {', '.join(CONFIGS)}")
     parser.add_argument("--no-dispatch", action="store_true", help="skip the dispatch-overhead measurement")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the configs this many times, interleaved (a shared VM's speed drifts "
+                             "by 20-30%% between minutes); ratios compare medians")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    labels = [c.strip() for c in args.configs.split(",") if c.strip()]
+    labels = list(dict.fromkeys(c.strip() for c in args.configs.split(",") if c.strip()))
     unknown = sorted(set(labels) - set(CONFIGS))
     if unknown:
         parser.error(f"unknown config(s) {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
     results: dict = {"model": args.model, "cpu": machine(), "trials_budget": args.trials, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for label in labels:
-            row = tune_once(args.model, args.trials, work, label, *CONFIGS[label])
-            print(json.dumps(row), flush=True)
-            results["runs"].append(row)
+        for r in range(args.rounds):
+            work = Path(tmp) / f"round-{r}"  # every run on an empty database of its own
+            work.mkdir()
+            for label in labels:
+                row = tune_once(args.model, args.trials, work, label, *CONFIGS[label])
+                row["round"] = r
+                print(json.dumps(row), flush=True)
+                results["runs"].append(row)
     if not args.no_dispatch:
         results["dispatch"] = dispatch_overhead(64)
         print(json.dumps(results["dispatch"]), flush=True)
-    first = results["runs"][0]
-    results[f"ratio_vs_{first['config']}"] = {r["config"]: r["trials_per_minute"] / first["trials_per_minute"]
-                                              for r in results["runs"]}
+    median = {label: {key: statistics.median(run[key] for run in results["runs"] if run["config"] == label)
+                      for key in ("trials_per_minute", "tuning_seconds", "total_seconds")} for label in labels}
+    results["median"] = median
+    results[f"ratio_vs_{labels[0]}"] = {label: m["trials_per_minute"] / median[labels[0]]["trials_per_minute"]
+                                        for label, m in median.items()}
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:
