@@ -122,6 +122,20 @@ def _tuning_workers(request: RunRequest, settings: Settings, plans: list[_Plan])
         raise TunerError(str(exc)) from None
 
 
+@contextmanager
+def _intrinsics_preloaded(wanted: bool) -> Iterator[None]:
+    """TVM's tensor intrinsics imported in a thread while the caller goes on; the thread is
+    joined on the way out, so an early error never leaves it importing into the shutdown."""
+    thread = threading.Thread(target=load_tensor_intrinsics, name="tensor-intrinsics", daemon=True)
+    if wanted:
+        thread.start()
+    try:
+        yield
+    finally:
+        if wanted:
+            thread.join()
+
+
 def _uses_ray(request: RunRequest, settings: Settings) -> bool:
     if request.ray_address is not None:
         return request.ray_address != "off"
@@ -277,12 +291,10 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
     # Searcher actors when there is more than one share to search (several targets, or several
     # tasks and trials for several searchers) on Ray; one share is searched right here.
     in_shares = _uses_ray(request, settings) and (len(todo) > 1 or min(n_searchers, len(first.to_tune), request.trials) > 1)
-    if not in_shares:
-        # This process searches: import the tensor intrinsics its search needs while Ray or the
-        # worker processes start (seconds of CPU beside seconds of waiting).
-        threading.Thread(target=load_tensor_intrinsics, name="tensor-intrinsics", daemon=True).start()
     t_tune = time.perf_counter()
-    with _tuning_workers(request, settings, [plans[i] for i in todo]) as workers:
+    # When this process searches, it imports the tensor intrinsics its search needs while Ray or
+    # the worker processes start (seconds of CPU beside seconds of waiting).
+    with _intrinsics_preloaded(not in_shares), _tuning_workers(request, settings, [plans[i] for i in todo]) as workers:
         startup_s = time.perf_counter() - t_tune
         if in_shares:
             spec = DatabaseSpec(job.db_url, job.team, job.job_id, job.private, settings.warm_start)
