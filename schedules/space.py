@@ -8,12 +8,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import tvm
 from tvm import tirx
 from tvm.ir import IRModule
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from .intrinsics import load_tensor_intrinsics
+
+# Relax legalizes pooling into kernels annotated `schedule_rule = "meta_schedule.pool_max"`
+# (and these others), asking MetaSchedule for a custom rule that TVM 0.27 does not ship.
+# MetaSchedule then logs "Unknown schedule rule" on stderr, about a dozen times per zoo model,
+# drops the annotation and schedules the kernel with the target's ordinary rules.
+POOL_RULES = ("pool_max", "pool_avg", "adaptive_pool_max", "adaptive_pool_avg")
+
+
+def _ordinary_rules(sch: tvm.s_tir.Schedule, block: tvm.s_tir.schedule.SBlockRV) -> list:
+    """What MetaSchedule does for an unknown custom rule, without the warning."""
+    sch.unannotate(block, "schedule_rule")
+    return [sch]
+
+
+def register_pool_rules() -> None:
+    """Register the pooling rules as `_ordinary_rules` for CPU and CUDA where none exists."""
+    for key in ("cpu", "cuda"):
+        for name in POOL_RULES:
+            full = f"s_tir.meta_schedule.{key}.meta_schedule.{name}"
+            if tvm.get_global_func(full, allow_missing=True) is None:
+                tvm.register_global_func(full, _ordinary_rules)
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,7 @@ def space_generator(target: Target, mod: IRModule | None = None, tensor_cores: b
     # MetaSchedule's TuneContext imports the tensor intrinsics (its rules name them) the slow
     # way: import them first, once per process, in seconds.
     load_tensor_intrinsics()
+    register_pool_rules()
     return ms.space_generator.PostOrderApply(
         sch_rules=key, postprocs=key, mutator_probs=key
     )

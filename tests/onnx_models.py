@@ -97,3 +97,17 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     model.ir_version = min(model.ir_version, 10)
     onnx.save(model, str(path))
     return path
+
+
+def pools(channels: int = 4, size: int = 8) -> onnx.ModelProto:
+    """MaxPool and GlobalAveragePool: kernels Relax annotates with MetaSchedule pooling rules."""
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["p"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "pools",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 1, 1])],
+    )
+    return helper.make_model(graph, opset_imports=OPSET)
