@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--no-dispatch", action="store_true", help="skip the dispatch-overhead measurement")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the configs this many times, interleaved (a shared VM's speed drifts "
-                             "by 20-30%% between minutes); ratios compare medians")
+                             "by 15-30%% between runs); ratios compare medians")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     labels = list(dict.fromkeys(c.strip() for c in args.configs.split(",") if c.strip()))

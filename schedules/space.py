@@ -6,6 +6,7 @@ so a better space (layouts, micro-kernels) changes here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import tvm
@@ -29,8 +30,10 @@ def _ordinary_rules(sch: tvm.s_tir.Schedule, block: tvm.s_tir.schedule.SBlockRV)
     return [sch]
 
 
+@functools.cache
 def register_pool_rules() -> None:
-    """Register the pooling rules as `_ordinary_rules` for CPU and CUDA where none exists."""
+    """Register the pooling rules as `_ordinary_rules` for CPU and CUDA where none exists
+    (once per process; every design space calls this)."""
     for key in ("cpu", "cuda"):
         for name in POOL_RULES:
             full = f"s_tir.meta_schedule.{key}.meta_schedule.{name}"

@@ -126,14 +126,15 @@ def _tuning_workers(request: RunRequest, settings: Settings, plans: list[_Plan])
 def _intrinsics_preloaded(wanted: bool) -> Iterator[None]:
     """TVM's tensor intrinsics imported in a thread while the caller goes on; the thread is
     joined on the way out, so an early error never leaves it importing into the shutdown."""
+    if not wanted:
+        yield
+        return
     thread = threading.Thread(target=load_tensor_intrinsics, name="tensor-intrinsics", daemon=True)
-    if wanted:
-        thread.start()
+    thread.start()
     try:
         yield
     finally:
-        if wanted:
-            thread.join()
+        thread.join()
 
 
 def _uses_ray(request: RunRequest, settings: Settings) -> bool:
