@@ -170,3 +170,15 @@ def test_other_teams_records_and_warm_start_from_compatible_hardware(
     assert speech["tasks_from_db"] == speech["tasks_from_other_teams"] == vision["tasks_tuned"]
     own = run_as("vision", TARGET, 0, "again")
     assert own["tasks_from_db"] == vision["tasks_tuned"] and own["tasks_from_other_teams"] == 0
+
+
+def test_the_pipeline_and_cli_load_ray_only_when_a_run_uses_it() -> None:
+    """A run without Ray (`--ray-address off`, a GPU box with TVM carried but no Ray) must not
+    need Ray installed: the pipeline and CLI modules import it only on the Ray paths."""
+    import subprocess
+    import sys
+
+    probe = "import sys, tuner.pipeline, tuner.cli, tuner.service.app; print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

@@ -40,7 +40,6 @@ from .hardware import fingerprint_for
 from .measure import ORTModel, TVMModel, compare, device_for, median_ms, random_inputs
 from .model_io import LoadedModel, load_model
 from .progress import Progress, SilentProgress
-from .search_shares import DatabaseSpec, ShareJob, tune_shares
 from .tuning import Workers, ray_builder_count, ray_workers, tune, tuning_cores
 from .tuning_database import open_database
 
@@ -298,6 +297,9 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
     with _intrinsics_preloaded(not in_shares), _tuning_workers(request, settings, [plans[i] for i in todo]) as workers:
         startup_s = time.perf_counter() - t_tune
         if in_shares:
+            # Imported here: a run without Ray (`--ray-address off`, a GPU box) never loads Ray.
+            from .search_shares import DatabaseSpec, ShareJob, tune_shares
+
             spec = DatabaseSpec(job.db_url, job.team, job.job_id, job.private, settings.warm_start)
             jobs = [ShareJob([plans[i].tasks[t] for t in plans[i].to_tune], plans[i].target, plans[i].key,
                              request.trials, workers[n]) for n, i in enumerate(todo)]
