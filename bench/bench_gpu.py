@@ -32,6 +32,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from transformer import encoder  # noqa: E402
+from weights import he_weights  # noqa: E402
 
 from tuner.config import get_settings  # noqa: E402
 from tuner.model_io import load_model  # noqa: E402
@@ -40,10 +41,16 @@ from tuner.progress import LogProgress  # noqa: E402
 from tuner.targets import local_cuda_target  # noqa: E402
 
 
-def model_spec(name: str, work: Path) -> str:
+def model_spec(name: str, work: Path, weights: str = "zoo") -> str:
+    """The model to tune: the transformer built here, or a zoo net with its own placeholder
+    weights (`zoo`) or the same graph with well-scaled random weights (`he`, see weights.py)."""
     if name == "transformer":
         path = work / "transformer.onnx"
         onnx.save(encoder(), path)
+        return str(path)
+    if weights == "he":
+        path = work / f"{name}-he.onnx"
+        onnx.save(he_weights(load_model(f"zoo:{name}").proto), path)
         return str(path)
     return f"zoo:{name}"
 
@@ -86,13 +93,52 @@ def without_dropout(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def static_reshapes(net: Any) -> int:
+    """Give onnx2torch's Reshape modules their constant target shape as Python ints.
+
+    onnx2torch reshapes with `torch.Size(shape_tensor)`, which dynamo cannot trace (a FakeTensor
+    is not an int), so torch.compile failed on every converted model with a Reshape. Where the
+    shape is a constant of the graph (an initializer: all models here after constant folding),
+    the module is swapped for one that holds the shape; ONNX's 0 (copy that input dimension)
+    keeps its meaning. Returns how many were swapped."""
+    import torch
+    from onnx2torch.node_converters.reshape import OnnxReshape
+
+    class StaticReshape(torch.nn.Module):
+        def __init__(self, shape: list[int]) -> None:
+            super().__init__()
+            self.shape = tuple(int(d) for d in shape)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.reshape(x, tuple(x.shape[i] if d == 0 else d for i, d in enumerate(self.shape)))
+
+    swapped = 0
+    for node in list(net.graph.nodes):
+        if node.op != "call_module" or not isinstance(net.get_submodule(node.target), OnnxReshape):
+            continue
+        shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("shape")
+        if not isinstance(shape, torch.fx.Node) or shape.op != "get_attr":
+            continue
+        value = net
+        for part in shape.target.split("."):
+            value = getattr(value, part)
+        net.add_submodule(node.target, StaticReshape(value.tolist()))
+        node.args, node.kwargs = (node.args[0],), {}
+        swapped += 1
+    net.graph.eliminate_dead_code()
+    net.recompile()
+    return swapped
+
+
 def torch_peers(spec: str, precision: str, compile_modes: list[str]) -> dict[str, Any]:
     """PyTorch eager and torch.compile latencies of the same ONNX model on the same GPU."""
     import torch
     from onnx2torch import convert
 
     loaded = load_model(spec)
-    net = convert(without_dropout(loaded.proto)).eval().cuda()
+    net = convert(without_dropout(loaded.proto))
+    static_reshapes(net)
+    net = net.eval().cuda()
     dtype = torch.float16 if precision == "fp16" else torch.float32
     net = net.to(dtype)
     rng = np.random.default_rng(0)
@@ -103,7 +149,7 @@ def torch_peers(spec: str, precision: str, compile_modes: list[str]) -> dict[str
     with torch.inference_mode():
         out["eager_ms"] = torch_ms(lambda: net(*inputs))
         _time_compiled(net, inputs, compile_modes, out, "compile")
-    if spec == "zoo:resnet50":
+    if "resnet50" in spec:
         out.update(torchvision_resnet50(precision, compile_modes))
     return out
 
@@ -143,14 +189,15 @@ def torchvision_resnet50(precision: str, compile_modes: list[str]) -> dict[str, 
 
 
 def bench_one(name: str, precision: str, trials: int, db: str, work: Path, compile_modes: list[str],
-              refine: bool = False) -> dict:
-    spec = model_spec(name, work)
+              refine: bool = False, weights: str = "zoo") -> dict:
+    spec = model_spec(name, work, weights)
     target = local_cuda_target()
     t0 = time.perf_counter()
     report = run(RunRequest(model=spec, target=target, trials=trials, out_dir=work / f"{name}-{precision}",
                             db_url=db, precision=precision, refine=refine), get_settings(), LogProgress(30))
     row: dict[str, Any] = {
-        "model": name, "precision": precision, "trials_budget": trials, "trials": report["trials"],
+        "model": name, "weights": "built here" if name == "transformer" else weights,
+        "precision": precision, "trials_budget": trials, "trials": report["trials"],
         "tasks": report["tasks"], "tasks_from_db": report["tasks_from_db"], "tasks_tuned": report["tasks_tuned"],
         "tasks_default_measured": report["tasks_default_measured"],
         "tuning_seconds": report["tuning_seconds"], "run_seconds": round(time.perf_counter() - t0, 1),
@@ -179,6 +226,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
     parser.add_argument("--refine", action="store_true",
                         help="search on from the records in --db (split a long tuning over several calls)")
+    parser.add_argument("--weights", choices=["zoo", "he"], default="zoo",
+                        help="zoo nets with their placeholder weights (fp16 overflows them) or He-initialized ones")
     parser.add_argument("--work", type=Path, help="keep models, modules and MetaSchedule's logs here")
     args = parser.parse_args()
     rows = []
@@ -188,7 +237,7 @@ def main() -> None:
             tmp = str(args.work)
         for name in args.models:
             for precision in args.precisions:
-                row = bench_one(name, precision, args.trials, args.db, Path(tmp), args.compile_modes, args.refine)
+                row = bench_one(name, precision, args.trials, args.db, Path(tmp), args.compile_modes, args.refine, args.weights)
                 rows.append(row)
                 lat, t = row["latency_ms"], row["torch"]
                 peers = ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in t.items() if k.endswith("_ms"))
