@@ -7,6 +7,7 @@ so a better space (layouts, micro-kernels) changes here and nowhere else.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tvm
@@ -16,6 +17,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from .intrinsics import load_tensor_intrinsics
+from .strategy import ContainedSearch
 
 # Relax legalizes pooling into kernels annotated `schedule_rule = "meta_schedule.pool_max"`
 # (and these others), asking MetaSchedule for a custom rule that TVM 0.27 does not ship.
@@ -90,47 +92,58 @@ def space_generator(target: Target, mod: IRModule | None = None, tensor_cores: b
     )
 
 
-def generates(context: ms.TuneContext) -> bool:
-    """Whether the task's design space can be generated at all.
+def design_spaces(context: ms.TuneContext) -> list[tvm.s_tir.Schedule] | None:
+    """The task's design spaces, drawn once with the context's own random state; None when
+    they cannot be generated.
 
     TVM 0.27's tensor-core tiling raises a ScheduleError ("not a stage pipeline", in compute-at)
-    on some padded fp16 convolutions, depending on the task's random state, and that error ends
-    the whole tuning run. A clone draws the same random choices as the context itself, so probing
-    it (milliseconds) tells exactly what the task scheduler will meet."""
+    on some padded fp16 convolutions, depending on the random draw, and raised inside the task
+    scheduler that error ends the whole tuning run. Probing a clone is not enough: a clone draws
+    other random choices than the context the scheduler uses (seen on an H100: resnet50 fp16
+    passed the probe and then failed). So the spaces are drawn here, checked, and handed to the
+    scheduler as they are (`fixed_space`)."""
     try:
-        context.clone().generate_design_space()
+        return list(context.generate_design_space())
     except Exception:  # noqa: BLE001 - TVM raises ScheduleError, TVMError, ...
-        return False
-    return True
+        return None
 
 
-def sample_builds(context: ms.TuneContext) -> bool:
-    """Whether a schedule of the task's design space passes the postprocessors and compiles.
+def fixed_space(spaces: list[tvm.s_tir.Schedule], target: Target, mod: IRModule, tensor_cores: bool) -> ms.SpaceGenerator:
+    """A space generator that returns `spaces` (drawn by `space_generator(target, mod,
+    tensor_cores)`) with that generator's postprocessors and mutators, so the search explores
+    exactly the spaces that were checked."""
+    key = _rules_key(target, mod, tensor_cores)
+    return ms.space_generator.ScheduleFn(lambda _sch: [sch.copy() for sch in spaces],
+                                         sch_rules=[], postprocs=key, mutator_probs=key)
+
+
+def sample_builds(spaces: list[tvm.s_tir.Schedule], context: ms.TuneContext) -> bool:
+    """Whether a schedule of the design spaces passes the postprocessors and compiles.
 
     TVM 0.27's tensor-core tiling of fp16 convolutions and matmuls that accumulate in fp32 and
     cast back to fp16 in a fused epilogue (what `--precision fp16` makes) yields candidates that
     mostly fail to build ("tvm_access_ptr element type must match the source buffer"; on an H100
     every searched one did): a search in that space spends its budget on build errors. One
     compile of one sample (about a second) tells."""
-    import tvm
-
-    ctx = context.clone()
     try:
-        for sch in ctx.generate_design_space():
-            if all(p.apply(sch) for p in ctx.space_generator.postprocs):
-                tvm.compile(sch.mod, target=ctx.target)
+        for space in spaces:
+            sch = space.copy()
+            if all(p.apply(sch) for p in context.space_generator.postprocs):
+                tvm.compile(sch.mod, target=context.target)
                 return True
     except Exception:  # noqa: BLE001 - any build error
         return False
     return True  # no sample passed the postprocessors: leave it to the search
 
 
-def search_strategy(config: SearchConfig) -> ms.SearchStrategy:
-    return ms.search_strategy.EvolutionarySearch(
+def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | None = None) -> ms.SearchStrategy:
+    """Evolutionary search whose errors end its own task only (see strategy.py); `report`
+    hears of each task so ended."""
+    return ContainedSearch(lambda: ms.search_strategy.EvolutionarySearch(
         population_size=config.population_size,
         init_min_unmeasured=min(config.init_min_unmeasured, config.population_size),
         genetic_num_iters=config.genetic_num_iters,
-    )
+    ), report)
 
 
 def cost_model(num_cores: int) -> ms.CostModel:

@@ -25,7 +25,8 @@ from tuner.schedules.defaults import dlight_schedule
 from tuner.schedules.space import (
     SearchConfig,
     cost_model,
-    generates,
+    design_spaces,
+    fixed_space,
     sample_builds,
     search_strategy,
     space_generator,
@@ -202,34 +203,36 @@ def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list
                     cfg: SearchConfig, cores: int, progress: Progress) -> tuple[list[ms.TuneContext], list[int]]:
     """One TuneContext per task whose design space can be generated, and those tasks' indices.
 
-    TVM's tensor-core rules fail on some fp16 kernels (see `generates`): those tasks are searched
+    Each task's design spaces are drawn here, once, and the context searches exactly those (see
+    `design_spaces`). TVM's tensor-core rules fail on some fp16 kernels: those tasks are searched
     in the plain CUDA space; a task with no usable space at all is left out (it keeps its default
     schedule) instead of ending the run."""
-    def context(task: ms.ExtractedTask, logger: logging.Logger, rand_state: int, tensor_cores: bool = True) -> ms.TuneContext:
-        return ms.TuneContext(
-            mod=task.dispatched[0],
-            target=task.target,
-            space_generator=space_generator(target, task.dispatched[0], tensor_cores),
-            search_strategy=search_strategy(cfg),
-            task_name=task.task_name,
-            logger=logger,
-            rand_state=rand_state,
-            num_threads=cores,
-        ).clone()
+    def context(task: ms.ExtractedTask, logger: logging.Logger, rand_state: int,
+                space: ms.SpaceGenerator) -> ms.TuneContext:
+        return ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space,
+                              search_strategy=search_strategy(cfg, ended), task_name=task.task_name, logger=logger,
+                              rand_state=rand_state, num_threads=cores)
+
+    def ended(task_name: str, error: str) -> None:
+        progress.message(f"{task_name}: its search failed ({error}); the task keeps the best schedule measured so far")
 
     contexts, kept = [], []
     for i, (task, logger, rand_state) in enumerate(zip(tasks, loggers, fork_seed(seed, n=len(tasks)))):
-        ctx = context(task, logger, rand_state)
-        problem = None if generates(ctx) else "does not generate"
-        if problem is None and wants_tensor_cores(target, task.dispatched[0]) and not sample_builds(ctx):
+        mod = task.dispatched[0]
+        tensor_cores = wants_tensor_cores(target, mod)
+        probe = context(task, logger, rand_state, space_generator(target, mod))
+        spaces = design_spaces(probe)
+        problem = "does not generate" if spaces is None else None
+        if spaces is not None and tensor_cores and not sample_builds(spaces, probe):
             problem = "does not build"
         if problem is not None:
-            ctx = context(task, logger, rand_state, tensor_cores=False)
-            if not generates(ctx):
+            tensor_cores = False
+            spaces = design_spaces(context(task, logger, rand_state, space_generator(target, mod, tensor_cores=False)))
+            if spaces is None:
                 progress.message(f"{task.task_name}: no design space could be generated; it keeps its default schedule")
                 continue
             progress.message(f"{task.task_name}: the tensor-core space {problem}; searching the plain CUDA space")
-        contexts.append(ctx)
+        contexts.append(context(task, logger, rand_state, fixed_space(spaces, target, mod, tensor_cores)))
         kept.append(i)
     return contexts, kept
 
