@@ -28,6 +28,8 @@ from tvm.s_tir.meta_schedule import _ffi_api as _ms_ffi
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
 from tvm.target import Target
 
+from tuner.schedules.intrinsics import load_tensor_intrinsics
+
 from . import models
 
 # A trace without sampling decisions ("[insts, []]", as record_row writes it) was not found by
@@ -66,6 +68,23 @@ def unsigned_shash(shash: int) -> int:
 def workload_of(shash: int, mod_json: str) -> Workload:
     """A MetaSchedule Workload from its stored columns."""
     return Workload.from_json([str(unsigned_shash(shash)), mod_json])
+
+
+def record_from_json(payload: list[Any], workload: Workload) -> TuningRecord:
+    """``TuningRecord.from_json``, importing TVM's tensor intrinsics when the trace needs them.
+
+    A tensor-core schedule's trace names intrinsics (``wmma_load_16x16x16_f16_a_shared_dyn``,
+    ...) that exist only once ``tvm.s_tir.tensor_intrin`` is imported, which a process that only
+    compiles from the database (``--trials 0``, a cache hit) never needed before: on an H100 such
+    a run ended with "TensorIntrin ... is not registered". They are imported (seconds, once per
+    process) only when a record asks for them."""
+    try:
+        return TuningRecord.from_json(payload, workload)
+    except ValueError as exc:
+        if "TensorIntrin" not in str(exc):
+            raise
+    load_tensor_intrinsics()
+    return TuningRecord.from_json(payload, workload)
 
 
 def workload_row(mod: IRModule) -> dict[str, Any]:
@@ -305,7 +324,7 @@ class SQLDatabase(PyDatabase):
 
     @staticmethod
     def _to_tvm(row: models.TuningRecord, workload: Workload) -> TuningRecord:
-        return TuningRecord.from_json(record_payload(row), workload)
+        return record_from_json(record_payload(row), workload)
 
     def _ids(self, mod: IRModule) -> list[int]:
         with self._lock:

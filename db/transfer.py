@@ -21,7 +21,7 @@ from typing import Any
 import tvm_ffi
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
-from tvm.s_tir.meta_schedule.database import TuningRecord, Workload
+from tvm.s_tir.meta_schedule.database import Workload
 from tvm.target import Target
 
 from tuner.errors import TunerError
@@ -29,6 +29,7 @@ from tuner.errors import TunerError
 from . import models
 from .database import (
     insert_for,
+    record_from_json,
     record_payload,
     record_row,
     signed_shash,
@@ -259,7 +260,7 @@ def _parse_records(
             raise TunerError(f"{where}: target does not parse ({_first_line(exc)})") from None
         _check_target(number, target, key, *hw_info[key])
         try:
-            TuningRecord.from_json(payload, workloads[widx])  # the trace must replay into records
+            record_from_json(payload, workloads[widx])  # the trace must replay into records
         except Exception as exc:  # noqa: BLE001
             raise TunerError(f"{where}: not a MetaSchedule tuning record ({_first_line(exc)})") from None
         records.append(_Record(

@@ -239,3 +239,53 @@ def test_tune_on_the_gpu_then_cache_hit(convnet: Path, tmp_path: Path, settings:
     x = np.random.default_rng(3).uniform(-1, 1, (1, 3, 16, 16)).astype("float32")
     got = vm["main"](tvm.runtime.tensor(x, tvm.cuda(0))).numpy()
     assert got.shape == (1, 10) and np.isfinite(got).all()
+
+
+DECODE_IN_A_FRESH_PROCESS = """
+import json, sys
+from tvm.s_tir.meta_schedule.database import TuningRecord, Workload
+from tuner.db.database import record_from_json, record_json
+assert "tvm.s_tir.tensor_intrin" not in sys.modules
+workload_json, payload = json.load(open(sys.argv[1]))
+workload = Workload.from_json(workload_json)
+try:
+    TuningRecord.from_json(payload, workload)
+    print("plain decode worked")
+except ValueError as exc:
+    print("plain decode failed:", str(exc).splitlines()[-1])
+print(json.dumps(record_json(record_from_json(payload, workload))) == json.dumps(payload))
+"""
+
+
+def test_tensor_core_records_decode_in_a_process_that_never_tuned(tmp_path: Path) -> None:
+    """A run that only compiles from the database (`--trials 0`, a cache hit) had not imported
+    TVM's tensor intrinsics, so a tensor-core record ended it ("TensorIntrin
+    'wmma_load_16x16x16_f16_a_shared_dyn' is not registered", on an H100)."""
+    import json
+    import subprocess
+    import sys
+
+    from tuner.db.database import record_json
+
+    target = Target(targets.complete_cuda_target(SM90))
+    mod = matmul(64, dtype="float16")
+    ctx = ms.TuneContext(mod=mod, target=target, space_generator=space_generator(target, mod),
+                         search_strategy="replay-trace", num_threads=1, rand_state=1)
+    for _ in range(20):  # a draw that passes the postprocessors, which tensorize (as measured ones are)
+        sch = ctx.generate_design_space()[0]
+        if all(p.apply(sch) for p in ctx.space_generator.postprocs):
+            break
+    else:
+        raise AssertionError("no tensor-core schedule passed the postprocessors")
+    record = ms.database.TuningRecord(sch.trace, ms.database.Workload(mod), [1e-4], target,
+                                      ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+    payload = record_json(record)
+    assert "wmma_" in json.dumps(payload)  # the trace names tensor intrinsics
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps([ms.database.Workload(mod).as_json(), payload]))
+    proc = subprocess.run([sys.executable, "-c", DECODE_IN_A_FRESH_PROCESS, str(path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert "plain decode failed:" in lines[0] and "is not registered" in lines[0]  # what the fix is for
+    assert lines[-1] == "True"  # decoded, and it round-trips
