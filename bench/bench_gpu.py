@@ -3,7 +3,8 @@ PyTorch eager and torch.compile on the same GPU, all timed in this one process.
 
 The ONNX model goes to PyTorch through onnx2torch (after tuner's own constant folding: the zoo
 builds its weights with ConstantOfShape, which onnx2torch cannot read). Not a dependency of
-tuner: the benchmark alone needs torch and onnx2torch.
+tuner: the benchmark alone needs torch and onnx2torch. fp16 rows of zoo nets need
+`--weights he` (see weights.py): the zoo's own weights overflow fp16.
 
     python3 bench/bench_gpu.py --models squeezenet resnet50 transformer --precisions fp32 fp16 \
         --trials 500 --db sqlite:////tmp/gpu.sqlite --out bench/results/gpu.json
