@@ -1,11 +1,14 @@
 """The search strategy: MetaSchedule's evolutionary search, with its errors contained to a task.
 
 Inside the task scheduler, an exception raised by one task's search ends the whole tuning run,
-every other task's budget included. TVM 0.27 raises such errors from random draws: replaying a
-tensor-core design space with newly sampled decisions can fail in compute-at ("not a stage
-pipeline"; an H100 run of resnet50 in fp16 ended so after its 58 defaults were measured).
-Here a failing draw is retried, and a task whose search keeps failing is ended (it keeps the
-records it has: on CUDA at least its default schedule) while the others go on.
+every other task's budget included. TVM 0.27 raises ScheduleErrors from random draws of
+tensor-core spaces ("not a stage pipeline", in compute-at): an H100 run of resnet50 in fp16
+ended so after its 58 defaults were measured. That draw was the scheduler's own design-space
+generation, which `space.fixed_space` now does before tuning; replays of such spaces fail too
+(MetaSchedule catches those where it samples, with a warning). Whatever still escapes the
+search's own calls (pre-tuning, sampling, evolution, database picks) is retried here, and a task
+whose search keeps failing is ended (it keeps the records it has: on CUDA at least its default
+schedule) while the others go on.
 """
 
 from __future__ import annotations
