@@ -26,10 +26,13 @@ def build_candidate(mod_json: str, target: dict[str, Any], out_dir: str) -> str:
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
     from tvm.target import Target
 
+    from tuner.schedules.lowering import lowering_config
+
     mod = tvm.ir.load_json(mod_json)
     # Measure without the weight layout rewrite: at run time the weights are pre-packed once.
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    lib = tvm_build(mod, target=Target(target))
+    with tvm.transform.PassContext(config=lowering_config(mod_json)):
+        lib = tvm_build(mod, target=Target(target))
     # One folder per candidate: MetaSchedule's RemoveBuildArtifact deletes the artifact's folder.
     folder = os.path.join(out_dir, uuid.uuid4().hex)
     os.makedirs(folder)

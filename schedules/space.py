@@ -17,6 +17,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from .intrinsics import load_tensor_intrinsics
+from .lowering import lowering_config
 from .strategy import ContainedSearch
 
 # Relax legalizes pooling into kernels annotated `schedule_rule = "meta_schedule.pool_max"`
@@ -120,16 +121,16 @@ def fixed_space(spaces: list[tvm.s_tir.Schedule], target: Target, mod: IRModule,
 def sample_builds(spaces: list[tvm.s_tir.Schedule], context: ms.TuneContext) -> bool:
     """Whether a schedule of the design spaces passes the postprocessors and compiles.
 
-    TVM 0.27's tensor-core tiling of fp16 convolutions and matmuls that accumulate in fp32 and
-    cast back to fp16 in a fused epilogue (what `--precision fp16` makes) yields candidates that
-    mostly fail to build ("tvm_access_ptr element type must match the source buffer"; on an H100
-    every searched one did): a search in that space spends its budget on build errors. One
-    compile of one sample (about a second) tells."""
+    A space whose candidates do not build spends the search's budget on build errors: before
+    schedules/lowering.py, every tensor-core candidate of an fp16 kernel accumulating in fp32 did
+    ("tvm_access_ptr element type must match the source buffer", on an H100 and here). One
+    compile of one sample (about a second), lowered as the builders lower it, tells."""
     try:
         for space in spaces:
             sch = space.copy()
             if all(p.apply(sch) for p in context.space_generator.postprocs):
-                tvm.compile(sch.mod, target=context.target)
+                with tvm.transform.PassContext(config=lowering_config(sch.mod)):
+                    tvm.compile(sch.mod, target=context.target)
                 return True
     except Exception:  # noqa: BLE001 - any build error
         return False

@@ -14,6 +14,7 @@ from tvm.s_tir.meta_schedule import Database
 from tvm.target import Target
 
 from tuner.schedules.defaults import DefaultScheduleStats, apply_default_schedules, count_loops
+from tuner.schedules.lowering import lowering_config
 
 
 @dataclass
@@ -38,18 +39,14 @@ def lowering_passes(target: Target) -> list[tvm.transform.Pass]:
 
 def compile_tuned(fused: IRModule, target: Target, database: Database) -> Compiled:
     """Best records from `database`, default schedules for every kernel without one."""
-    seen: dict[str, Any] = {}
-
-    @tvm.transform.module_pass(opt_level=3)
-    def pipeline(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
-        mod = MetaScheduleApplyDatabase()(mod)
-        mod, seen["defaults"] = apply_default_schedules(mod, target)
-        seen["loops"] = count_loops(mod)
-        return tvm.transform.Sequential(lowering_passes(target))(mod)
-
     with target, database, tvm.transform.PassContext(opt_level=3):
-        ex = relax.build(fused, target=target, relax_pipeline=pipeline)
-    return Compiled(executable=ex, loops=seen["loops"], defaults=seen["defaults"])
+        scheduled = MetaScheduleApplyDatabase()(fused)
+        scheduled, defaults = apply_default_schedules(scheduled, target)
+    loops = count_loops(scheduled)
+    # Tensor-core kernels need their own lowering configuration (see schedules/lowering.py).
+    with target, tvm.transform.PassContext(opt_level=3, config=lowering_config(scheduled)):
+        ex = relax.build(scheduled, target=target, relax_pipeline=tvm.transform.Sequential(lowering_passes(target)))
+    return Compiled(executable=ex, loops=loops, defaults=defaults)
 
 
 def compile_untuned(mod: IRModule, target: Target) -> Any:
