@@ -182,3 +182,27 @@ def test_the_pipeline_and_cli_load_ray_only_when_a_run_uses_it() -> None:
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+def test_an_fp16_module_that_overflows_is_refused_with_the_reason(tmp_path: Path, settings: Settings) -> None:
+    """The light zoo's squeezenet reaches 6.5e9 inside (its placeholder weights): in fp16 that is
+    Inf, then NaN. The error says so, instead of "max abs error nan", and writes nothing."""
+    request = RunRequest(model="zoo:squeezenet", target=TARGET, trials=0, out_dir=tmp_path / "out",
+                         db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", precision="fp16")
+    with pytest.raises(VerificationError, match=r"holds 1000 NaN/Inf value\(s\) of 1000 where ONNX Runtime's are all "
+                                                r"finite \(in fp16, values somewhere in the model beyond fp16's range"):
+        run(request, settings)
+    assert not (tmp_path / "out" / "model.so").exists()
+
+
+def test_finite_divergence_is_still_reported_as_an_error_size() -> None:
+    from tuner.measure import compare
+
+    ref = [np.ones((2, 3), dtype="float32")]
+    assert compare([ref[0] + 1e-4], ref, ["y"], 1e-3, 1e-3).verified
+    with pytest.raises(VerificationError, match=r"output 'y' diverges from ONNX Runtime: max abs error 0.5"):
+        compare([ref[0] + 0.5], ref, ["y"], 1e-3, 1e-3)
+    nan = ref[0].copy()
+    nan[0, 0] = np.nan
+    with pytest.raises(VerificationError, match=r"output 'y' holds 1 NaN/Inf value\(s\) of 6 where"):
+        compare([nan], ref, ["y"], 1e-3, 1e-3)

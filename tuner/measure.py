@@ -102,14 +102,22 @@ class Comparison:
 
 
 def compare(outputs: list[np.ndarray], reference: list[np.ndarray], names: list[str],
-            atol: float, rtol: float) -> Comparison:
-    """Every output within atol + rtol*|ref|; raises VerificationError naming the first that is not."""
+            atol: float, rtol: float, overflow_hint: str = "") -> Comparison:
+    """Every output within atol + rtol*|ref|; raises VerificationError naming the first that is not.
+    An output with NaN or Inf where ONNX Runtime's is finite is named as such (`overflow_hint`
+    says what usually causes it, e.g. fp16's range), not as an error of "nan"."""
     if len(outputs) != len(reference):
         raise VerificationError(f"the compiled module returned {len(outputs)} outputs, ONNX Runtime {len(reference)}")
     worst = 0.0
     for name, out, ref in zip(names, outputs, reference):
         if out.shape != ref.shape:
             raise VerificationError(f"output {name!r} has shape {out.shape}, ONNX Runtime gives {ref.shape}")
+        bad = int(np.count_nonzero(~np.isfinite(out))) if np.issubdtype(out.dtype, np.floating) else 0
+        if bad and np.issubdtype(ref.dtype, np.floating) and np.isfinite(ref).all():
+            raise VerificationError(
+                f"output {name!r} holds {bad} NaN/Inf value(s) of {out.size} where ONNX Runtime's are all finite"
+                f"{overflow_hint}; the module was not written"
+            )
         diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
         err = float(diff.max()) if diff.size else 0.0
         worst = max(worst, err)

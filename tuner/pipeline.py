@@ -347,7 +347,9 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         v = settings.verify
         fp16 = dtype == "float16" or request.precision == "fp16"
         atol, rtol = (v.fp16_atol, v.fp16_rtol) if fp16 else (v.fp32_atol, v.fp32_rtol)
-        comparison = compare(tvm_model.run(args), reference, out_names, atol, rtol)
+        hint = (" (in fp16, values somewhere in the model beyond fp16's range, 65504: run it in fp32)"
+                if request.precision == "fp16" else "")
+        comparison = compare(tvm_model.run(args), reference, out_names, atol, rtol, hint)
 
         progress.message("timing tuned, untuned and ONNX Runtime")
         m = settings.measure
