@@ -43,8 +43,10 @@ def compile_tuned(fused: IRModule, target: Target, database: Database) -> Compil
         scheduled = MetaScheduleApplyDatabase()(fused)
         scheduled, defaults = apply_default_schedules(scheduled, target)
     loops = count_loops(scheduled)
-    # Tensor-core kernels need their own lowering configuration (see schedules/lowering.py).
-    with target, tvm.transform.PassContext(opt_level=3, config=lowering_config(scheduled)):
+    # Tensor-core kernels need their own lowering configuration (see schedules/lowering.py);
+    # only CUDA modules can hold them.
+    config = lowering_config(scheduled) if target.kind.name == "cuda" else {}
+    with target, tvm.transform.PassContext(opt_level=3, config=config):
         ex = relax.build(scheduled, target=target, relax_pipeline=tvm.transform.Sequential(lowering_passes(target)))
     return Compiled(executable=ex, loops=loops, defaults=defaults)
 
