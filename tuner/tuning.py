@@ -208,10 +208,11 @@ def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list
     in the plain CUDA space; a task with no usable space at all is left out (it keeps its default
     schedule) instead of ending the run."""
     def context(task: ms.ExtractedTask, logger: logging.Logger, rand_state: int,
-                space: ms.SpaceGenerator) -> ms.TuneContext:
+                space: ms.SpaceGenerator, searched: bool = False) -> ms.TuneContext:
+        """A probe (draws the design spaces) or, `searched`, the context the scheduler tunes."""
         return ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space,
-                              search_strategy=search_strategy(cfg, ended), task_name=task.task_name, logger=logger,
-                              rand_state=rand_state, num_threads=cores)
+                              search_strategy=search_strategy(cfg, ended) if searched else None,
+                              task_name=task.task_name, logger=logger, rand_state=rand_state, num_threads=cores)
 
     def ended(task_name: str, error: str) -> None:
         progress.message(f"{task_name}: its search failed ({error}); the task keeps the best schedule measured so far")
@@ -232,7 +233,7 @@ def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list
                 progress.message(f"{task.task_name}: no design space could be generated; it keeps its default schedule")
                 continue
             progress.message(f"{task.task_name}: the tensor-core space {problem}; searching the plain CUDA space")
-        contexts.append(context(task, logger, rand_state, fixed_space(spaces, target, mod, tensor_cores)))
+        contexts.append(context(task, logger, rand_state, fixed_space(spaces, target, mod, tensor_cores), searched=True))
         kept.append(i)
     return contexts, kept
 
