@@ -100,11 +100,13 @@ class LocalRunner(PyRunner):
         repeat: int,
         min_repeat_ms: int,
         cpu_cache_flush: bool,
+        threads: int = 0,
     ) -> None:
         super().__init__()
         self.pool = WorkerPool(1, "runner")
         self.timeout_s = timeout_s
-        self.config = (number, repeat, min_repeat_ms, cpu_cache_flush)
+        # `threads`: TVM runtime threads per CPU measurement (the target's cores).
+        self.config = (number, repeat, min_repeat_ms, cpu_cache_flush, threads)
         self.seconds = 0.0  # wall time the task scheduler waited on measurements
         self.measured = 0
 

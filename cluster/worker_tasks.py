@@ -49,10 +49,19 @@ def measure_candidate(
     repeat: int,
     min_repeat_ms: int,
     cpu_cache_flush: bool,
+    threads: int = 0,
 ) -> list[float]:
-    """Time one built candidate on random inputs; returns one time (seconds) per repeat."""
+    """Time one built candidate on random inputs; returns one time (seconds) per repeat.
+
+    `threads`: TVM runtime threads for a CPU candidate (the target's cores; 0 = TVM's own
+    default, which on x86 is half the logical CPUs even without hyper-threads)."""
     import numpy as np
     import tvm
+
+    from .threads import use_threads
+
+    if threads and device_type == "cpu":
+        use_threads(threads)
 
     dev = tvm.runtime.device(device_type, 0)
     lib = tvm.runtime.load_module(artifact_path)
