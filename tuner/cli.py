@@ -44,6 +44,7 @@ def run(
     searchers: Annotated[Optional[int], typer.Option(min=1, help="Ray: searcher actors, each searching a share of the tasks (default 1: this process searches all).")] = None,
     team: Annotated[Optional[str], typer.Option(help="Team the new records belong to (env TUNER_TEAM).")] = None,
     private: Annotated[Optional[bool], typer.Option("--private/--shared", help="Serve this run's records only to its team (default: shared, or TUNER_PRIVATE).")] = None,
+    precise_math: Annotated[bool, typer.Option("--precise-math", help="Keep erf/exp/tanh/softmax as libm calls instead of TVM's vectorizable polynomial forms (fast math, the default; verified within the tolerance either way).")] = False,
     refine: Annotated[bool, typer.Option("--refine", help="Also tune tasks the database already serves, starting from their best records (spend more budget on a model tuned before).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout, nothing else.")] = False,
 ) -> None:
@@ -73,6 +74,7 @@ def run(
         precision=precision,
         refine=refine,
         searchers=searchers,
+        fast_math=not precise_math,
     )
     progress = RichProgress() if sys.stderr.isatty() else LogProgress()
     interrupted = threading.Event()

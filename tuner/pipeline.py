@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
+from tuner.cluster.threads import current_threads, use_threads
 from tuner.db.database import SQLDatabase
 from tuner.db.engine import redact_url
 from tuner.schedules.intrinsics import load_tensor_intrinsics
@@ -69,6 +70,8 @@ class RunRequest:
     # Ray: searcher actors that each search a share of the tasks (None: the config's; 1: the
     # driver searches every task itself).
     searchers: int | None = None
+    # erf/exp/tanh/softmax as vectorizable polynomials (TVM's fast math); False: libm calls.
+    fast_math: bool = True
     # More hardware targets for the same job (`--target cpu --target cuda`): each is tuned on the
     # nodes with its hardware and gets its own folder under out_dir.
     more_targets: list[dict[str, Any]] = field(default_factory=list)
@@ -261,7 +264,7 @@ def _folder_name(target: dict[str, Any], key: str) -> str:
 
 def _plan(job: _Job, target_dict: dict[str, Any], database: SQLDatabase, out_dir: Path) -> _Plan:
     target = Target(dict(target_dict))
-    fused = fuse_for_tuning(job.relax_mod, target)
+    fused = fuse_for_tuning(job.relax_mod, target, job.request.fast_math)
     tasks = ms.relax_integration.extract_tasks(fused, target)
     # CUDA stores each task's default (dlight) schedule beside the search's records: a task that
     # holds only that is still to tune. (On CPU a searched trace may have no sampling decision.)
@@ -330,6 +333,10 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
     target, database, tasks, out_dir = plan.target, plan.database, plan.tasks, plan.out_dir
     tuned_now = sum(1 for i in plan.to_tune if database.best(tasks[i].dispatched[0]) is not None)
 
+    # The module is verified and timed on the target's cores, and so is ONNX Runtime.
+    threads = tuning_cores(target) if target.kind.name == "llvm" else 0
+    if threads:
+        use_threads(threads)
     progress.message("compiling with the database and default schedules")
     compiled = compile_tuned(plan.fused, target, database)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
@@ -340,7 +347,7 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         device = device_for(target.kind.name)
         tvm_model = TVMModel(lib_path, names, device)
         args = tvm_model.prepare(inputs)
-        ort_model = ORTModel(model.proto)
+        ort_model = ORTModel(model.proto, threads)
         reference = ort_model.run(inputs)
         out_names = [o.name for o in model.proto.graph.output]
         dtype = str(reference[0].dtype) if reference else "float32"
@@ -393,10 +400,14 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         },
         "max_abs_error": comparison.max_abs_error,
         "precision": request.precision,
+        "fast_math": request.fast_math,
         # fp16 is checked against ONNX Runtime in fp32, with the looser fp16 tolerance.
         "tolerance": {"atol": atol, "rtol": rtol, "reference": "onnxruntime fp32"},
         "verified": comparison.verified,
         "loops": compiled.loops,
+        # TVM runtime threads the module was timed with (CPU; set TVM_NUM_THREADS to the same
+        # when loading model.so: TVM's default on x86 is half the logical CPUs).
+        "threads": current_threads() if threads else None,
         "artifact": {
             "path": str(artifact.resolve()),
             "sha256": hashlib.sha256(data).hexdigest(),

@@ -1,0 +1,75 @@
+"""Graph passes and runtime settings that the CPU modules' speed depends on: fast math, weights
+marked layout-free (and records of unmarked kernels kept apart), TVM's thread count."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tvm_ffi
+from onnx import TensorProto, helper, numpy_helper
+from tvm import tirx
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from tests import onnx_models
+from tuner.graph import fuse_for_tuning, import_onnx
+from tuner.model_io import load_model
+
+CPU = Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2})
+
+
+def _gelu_model(path: Path) -> Path:
+    w = numpy_helper.from_array(np.full((16, 16), 0.1, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Erf", ["h"], ["e"]),
+         helper.make_node("Tanh", ["e"], ["y"])],
+        "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 16])], [w])
+    return onnx_models.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def _kernels(mod: object) -> str:
+    return "\n".join(f.script() for f in mod.functions.values() if isinstance(f, tirx.PrimFunc))  # type: ignore[attr-defined]
+
+
+def test_fast_math_replaces_libm_calls_and_precise_math_keeps_them(tmp_path: Path) -> None:
+    model = load_model(str(_gelu_model(tmp_path / "gelu.onnx")), {})
+    fast = _kernels(fuse_for_tuning(import_onnx(model), CPU))
+    precise = _kernels(fuse_for_tuning(import_onnx(model), CPU, fast_math=False))
+    assert "T.erf(" in precise and "T.tanh(" in precise
+    assert "T.erf(" not in fast and "T.tanh(" not in fast
+
+
+def test_weights_are_marked_layout_free_and_their_workloads_differ_from_unmarked_ones(tmp_path: Path) -> None:
+    model = load_model(str(onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "m.onnx")), {})
+    fused = fuse_for_tuning(import_onnx(model), CPU)
+    (task,) = ms.relax_integration.extract_tasks(fused, CPU)
+    func = task.dispatched[0]["main"]
+    assert [int(i) for i in func.attrs["layout_free_buffers"]] == [1, 2]  # the weight and the bias
+    # A record tuned for the kernel without the mark (an older tuner's) must never be served
+    # for the marked one: the database matches workloads by structural hash and equality.
+    unmarked = type(task.dispatched[0])({"main": func.without_attr("layout_free_buffers")})
+    assert tvm_ffi.structural_hash(unmarked) != tvm_ffi.structural_hash(task.dispatched[0])
+    assert not tvm_ffi.structural_equal(unmarked, task.dispatched[0])
+    # CUDA kernels keep their old workloads (no layout rewrite there).
+    cuda = Target({"kind": "cuda", "arch": "sm_80", "host": {"kind": "llvm"}})
+    assert "layout_free_buffers" not in fuse_for_tuning(import_onnx(model), cuda).script()
+
+
+def test_tvm_runs_on_the_requested_threads_without_pinning_the_caller() -> None:
+    code = (
+        "import os\n"
+        "from tuner.cluster.threads import use_threads, current_threads\n"
+        "before = os.sched_getaffinity(0)\n"
+        "use_threads(2)\n"
+        "assert current_threads() == 2, current_threads()\n"
+        "assert os.sched_getaffinity(0) == before, (os.sched_getaffinity(0), before)\n"
+        "assert os.environ['TVM_NUM_THREADS'] == '2'\n"
+        "use_threads(1)\n"
+        "assert current_threads() == 1\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
