@@ -69,7 +69,7 @@ def _sample_design_space(func: tirx.PrimFunc, target: Target) -> IRModule | None
         ctx = ms.TuneContext(
             mod=mod,
             target=target,
-            space_generator=space_generator(target),
+            space_generator=space_generator(target, default=True),
             search_strategy="replay-trace",
             rand_state=seed,
             num_threads=1,

@@ -18,6 +18,7 @@ from tvm.target import Target
 
 from .intrinsics import load_tensor_intrinsics
 from .lowering import lowering_config
+from .register_blocking import RegisterBlockedGemm
 from .strategy import ContainedSearch
 
 # Relax legalizes pooling into kernels annotated `schedule_rule = "meta_schedule.pool_max"`
@@ -78,18 +79,26 @@ def wants_tensor_cores(target: Target, mod: IRModule) -> bool:
     return _rules_key(target, mod, True) == "cuda-tensorcore"
 
 
-def space_generator(target: Target, mod: IRModule | None = None, tensor_cores: bool = True) -> ms.SpaceGenerator:
-    """Post-order application of the target's schedule rules: on CPU tiling, inlining, parallel,
-    vectorize, unroll and weight layout rewrite; on CUDA multi-level tiling bound to blocks and
-    threads with shared-memory staging (and tensor cores for fp16 kernels of `mod`, unless
-    `tensor_cores` is False)."""
+def space_generator(target: Target, mod: IRModule | None = None, tensor_cores: bool = True,
+                    default: bool = False) -> ms.SpaceGenerator:
+    """Post-order application of the target's schedule rules: on CPU register-blocked
+    micro-kernels for GEMM-like kernels (register_blocking.py) beside MetaSchedule's tiling,
+    inlining, parallel, vectorize, unroll and weight layout rewrite; on CUDA multi-level tiling
+    bound to blocks and threads with shared-memory staging (and tensor cores for fp16 kernels of
+    `mod`, unless `tensor_cores` is False).
+
+    ``default``: the space a task's default schedule is drawn from: on CPU a GEMM-like kernel
+    gets only its micro-kernel, with the analytic register block."""
     key = _rules_key(target, mod, tensor_cores)
     # MetaSchedule's TuneContext imports the tensor intrinsics (its rules name them) the slow
     # way: import them first, once per process, in seconds.
     load_tensor_intrinsics()
     register_pool_rules()
+    rules: str | list = key
+    if key == "llvm":
+        rules = [RegisterBlockedGemm(keep_stock=not default), *ms.ScheduleRule.create("llvm")]
     return ms.space_generator.PostOrderApply(
-        sch_rules=key, postprocs=key, mutator_probs=key
+        sch_rules=rules, postprocs=key, mutator_probs=key
     )
 
 

@@ -1,0 +1,44 @@
+"""What a CPU target's vector unit offers a register-blocked kernel: lanes and registers.
+
+Read from the LLVM target (its `mcpu` and `mattr`), not from the machine this runs on: a
+schedule is made for the target's hardware, which a remote node may have and this one not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.target import Target
+
+
+@dataclass(frozen=True)
+class VectorISA:
+    name: str
+    lanes: int  # fp32 elements per vector register
+    registers: int  # architectural vector registers
+    fma_units: int = 2  # FMA pipes per core (2 on every AVX2/AVX-512 x86 core this targets)
+    fma_latency: int = 4  # cycles; 4-5 on Zen 2-4 and Skylake-Ice Lake
+
+    @property
+    def vector_bits(self) -> int:
+        return self.lanes * 32
+
+
+def _has(feature: str, target: Target) -> bool:
+    from tvm.target import codegen
+
+    try:
+        return bool(codegen.target_has_features(feature, target))
+    except Exception:  # noqa: BLE001 - a target LLVM cannot describe has no such feature
+        return False
+
+
+def vector_isa(target: Target) -> VectorISA:
+    """The widest fp32 vector ISA the target has."""
+    if _has("avx512f", target):
+        return VectorISA("avx512", 16, 32)
+    if _has("avx2", target) or _has("avx", target):
+        return VectorISA("avx2" if _has("fma", target) else "avx", 8, 16)
+    if _has("neon", target):
+        return VectorISA("neon", 4, 32)
+    return VectorISA("sse", 4, 16)

@@ -1,0 +1,327 @@
+"""Register-blocked micro-kernels for GEMM-like reductions on CPU (dense, matmul, conv2d).
+
+MetaSchedule's stock CPU space (multi-level tiling with random tile sizes) left the matmuls of
+a tuned transformer at 13-22% of this CPU's FMA peak, and four times the trials bought nothing.
+What fast CPU kernels do instead (BLIS, oneDNN, and NeoCPU for TVM, USENIX ATC 2019) is a
+micro-kernel sized from the ISA: an `mr x (nv * lanes)` block of the output held in vector
+registers, one vector load of the packed weight per lane group and one broadcast of the other
+operand per row at every step of the reduction, the weight packed once so that those loads are
+contiguous.
+
+This rule finds blocks of the form ``C[s] += A[..] * B[..]`` (fp32) where one operand, B, is
+indexed by a spatial iterator `v` that A does not use (dense: the output column; conv2d NCHW:
+the output channel) and A by a spatial iterator `r` that B does not use (dense: the row;
+conv2d: the output column). It vectorizes `v` (B's loads; B is the layout-free weight, which
+RewriteLayout packs, or contiguous along `v`), register-blocks `r`, runs every reduction loop
+between the tile and the micro-kernel, parallelizes the outer tiles, and computes the block's
+elementwise epilogue (bias, activation) on the tile while it is in registers.
+
+The register block (`mr`, `nv`) and the loop order are sampled decisions, so the evolutionary
+search refines them; every sample has the analytic pick (the block that keeps the FMA pipes
+busiest for the ISA's registers) as its decision, so a task that is never tuned gets it as its
+default schedule.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import tvm
+from tvm import tirx
+from tvm.ir.expr import TensorLoad
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.schedule import SBlockRV, Schedule
+from tvm.target import Target
+
+from .isa import VectorISA, vector_isa
+
+# The block annotation that marks a block this rule scheduled: MetaSchedule's other rules skip
+# blocks that carry a `schedule_rule` annotation.
+RULE_NAME = "tuner.register_blocked"
+_ANNOTATION = "schedule_rule"
+
+
+def _keep(sch: Schedule, block: SBlockRV) -> list[Schedule]:
+    """MetaSchedule's custom-rule hook for the annotation: the block stays as this rule left it."""
+    return [sch]
+
+
+@functools.cache
+def register_annotation() -> None:
+    """Name the annotation as a custom rule (once per process), or MetaSchedule warns of an
+    unknown rule and drops the annotation, and its other rules re-tile the block."""
+    for key in ("cpu",):
+        name = f"s_tir.meta_schedule.{key}.{RULE_NAME}"
+        if tvm.get_global_func(name, allow_missing=True) is None:
+            tvm.register_global_func(name, _keep)
+
+
+@dataclass(frozen=True)
+class GemmLike:
+    """The roles of a matched block's iterators (indices into its iter_vars)."""
+
+    vector: int  # spatial, indexes B and C, not A: vectorized
+    rows: tuple[int, ...]  # spatial, index A and C, not B, adjacent loops: fused, register-blocked
+    b_index: int  # which read is B
+
+
+@dataclass(frozen=True)
+class MicroKernel:
+    mr: int  # rows of the register block
+    nv: int  # vectors per row
+
+    def registers(self) -> int:
+        """Accumulators, B's vectors and one broadcast."""
+        return self.mr * self.nv + self.nv + 1
+
+
+def _vars(expr: tirx.PrimExpr) -> set[str]:
+    return {v.name for v in tirx.analysis.undefined_vars(expr)}
+
+
+def _index_vars(region: tirx.stmt.TensorRegion) -> list[set[str]]:
+    return [_vars(r.min) for r in region.region]
+
+
+def _is_fp32_mac(block: tvm.s_tir.SBlock) -> bool:
+    """``C[..] = C[..] + X * Y`` in float32."""
+    store = block.body
+    if not isinstance(store, tirx.stmt.BufferStore) or block.init is None:
+        return False
+    value = store.value
+    if not isinstance(value, tirx.Add) or str(value.ty) != "float32":
+        return False
+    lhs, rhs = value.a, value.b
+    if isinstance(rhs, TensorLoad) and rhs.source.same_as(store.buffer):
+        lhs, rhs = rhs, lhs
+    return (isinstance(lhs, TensorLoad) and lhs.source.same_as(store.buffer)
+            and isinstance(rhs, tirx.Mul))
+
+
+def match(sch: Schedule, block_rv: SBlockRV, layout_free: set[str]) -> GemmLike | None:
+    """The block's roles if it is a GEMM-like fp32 reduction this rule can block, else None."""
+    block = sch.get(block_rv)
+    if len(block.reads) != 2 or len(block.writes) != 1 or not _is_fp32_mac(block):
+        return None
+    if any(str(r.source.dtype) != "float32" for r in block.reads):
+        return None
+    loops = sch.get_loops(block_rv)
+    if len(loops) != len(block.iter_vars):
+        return None
+    names = [iv.var.name for iv in block.iter_vars]
+    spatial = [iv.iter_type == tirx.IterVar.DataPar for iv in block.iter_vars]
+    if all(spatial):
+        return None
+    out_vars = set().union(*_index_vars(block.writes[0]))
+    for b_index in (1, 0):
+        a, b = block.reads[1 - b_index], block.reads[b_index]
+        a_vars, b_idx = set().union(*_index_vars(a)), _index_vars(b)
+        b_vars = set().union(*b_idx)
+        vec = [i for i, n in enumerate(names) if spatial[i] and n in b_vars and n in out_vars and n not in a_vars]
+        rows = [i for i, n in enumerate(names) if spatial[i] and n in a_vars and n in out_vars and n not in b_vars]
+        if not vec or not rows:
+            continue
+        v = vec[-1]
+        # Contiguous loads of B along v: B is packed at compile time, or already has v last.
+        packed = b.source.name in layout_free
+        if not packed and not (b_idx and b_idx[-1] == {names[v]} and len([s for s in b_idx if names[v] in s]) == 1):
+            continue
+        # The innermost run of adjacent row iterators (conv2d: the output's y and x, fused so
+        # that a register block need not divide a small width such as 7 or 13).
+        run = [rows[-1]]
+        while run[0] - 1 in rows:
+            run.insert(0, run[0] - 1)
+        return GemmLike(vector=v, rows=tuple(run), b_index=b_index)
+    return None
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def efficiency(kernel: MicroKernel, isa: VectorISA) -> float:
+    """Share of the FMA pipes' peak the micro-kernel's inner step can reach: its FMAs against
+    its loads (two per cycle) and the FMA latency each accumulator chain waits for."""
+    fmas = kernel.mr * kernel.nv
+    fma_cycles = fmas / isa.fma_units
+    load_cycles = (kernel.nv + kernel.mr) / 2
+    return fma_cycles / max(fma_cycles, load_cycles, isa.fma_latency)
+
+
+def candidates(rows_extent: int, vector_extent: int, isa: VectorISA) -> list[MicroKernel]:
+    """Register blocks that fit the ISA's registers and divide the loops (no remainder loops),
+    best first (then more accumulators, then fewer vectors per row)."""
+    found = []
+    for nv in (1, 2, 3, 4):
+        if vector_extent % (nv * isa.lanes):
+            continue
+        for mr in _divisors(rows_extent):
+            kernel = MicroKernel(mr, nv)
+            if mr <= 32 and kernel.registers() <= isa.registers:
+                found.append(kernel)
+    return sorted(found, key=lambda k: (-round(efficiency(k, isa), 3), -k.mr * k.nv, k.nv))
+
+
+def _param_names(sch: Schedule) -> list[str]:
+    """The kernel's parameters (TVM 0.27 names each after its buffer)."""
+    return [p.name for p in sch.mod["main"].params]
+
+
+def _layout_free(sch: Schedule) -> set[str]:
+    func = sch.mod["main"]
+    indices = func.attrs.get("layout_free_buffers", []) if func.attrs else []
+    names = _param_names(sch)
+    return {names[int(i)] for i in indices}
+
+
+def _epilogue(sch: Schedule, block_rv: SBlockRV) -> list[SBlockRV]:
+    """Elementwise consumers of the block, the chain inlined into its last blocks, in order.
+    Empty when the block writes a function output (nothing to fuse)."""
+    consumers = sch.get_consumers(block_rv)
+    if not consumers:
+        return []
+    later = []
+    root = sch.get_sblock("root") if _has_root(sch) else None
+    blocks = list(sch.get_child_blocks(root)) if root is not None else []
+    seen = False
+    for b in blocks:
+        if sch.get(b).same_as(sch.get(block_rv)):
+            seen = True
+            continue
+        if seen:
+            later.append(b)
+    kept = []
+    for b in later:
+        try:
+            sch.compute_inline(b)
+        except Exception:  # noqa: BLE001 - ScheduleError, InternalError: the block stays unblocked
+            kept.append(b)
+    return kept
+
+
+def _has_root(sch: Schedule) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001 - ScheduleError, InternalError: the block stays unblocked
+        return False
+
+
+def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA) -> Schedule | None:
+    """The micro-kernel schedule of the block, or None when the loops do not allow one."""
+    loops = sch.get_loops(block_rv)
+    extents = [sch.get(lp).extent for lp in loops]
+    if not all(isinstance(e, tirx.IntImm) for e in extents):
+        return None
+    extents = [int(e) for e in extents]
+    rows_extent = 1
+    for i in roles.rows:
+        rows_extent *= extents[i]
+    kernels = candidates(rows_extent, extents[roles.vector], isa)
+    if not kernels:
+        return None
+    block = sch.get(block_rv)
+    spatial = [iv.iter_type == tirx.IterVar.DataPar for iv in block.iter_vars]
+    # The register block's rows and vectors: sampled among the blocks that fit, the analytic
+    # pick as the decision (a trace cannot branch on a sample, so the two are sampled apart and
+    # the search may also try pairs that spill; the cost model learns those are slow).
+    best = kernels[0]
+    rows = sorted({k.mr for k in kernels})
+    widths = sorted({k.nv * isa.lanes for k in kernels})
+    mr = sch.sample_categorical(rows, [1.0 / len(rows)] * len(rows), decision=rows.index(best.mr))
+    nv_lanes = sch.sample_categorical(widths, [1.0 / len(widths)] * len(widths),
+                                      decision=widths.index(best.nv * isa.lanes))
+    row_loop = sch.fuse(*[loops[i] for i in roles.rows]) if len(roles.rows) > 1 else loops[roles.rows[0]]
+    r_outer, r_inner = sch.split(row_loop, [None, mr])
+    v_outer, v_inner = sch.split(loops[roles.vector], [None, nv_lanes])
+    others = [lp for i, lp in enumerate(loops) if spatial[i] and i not in (*roles.rows, roles.vector)]
+    reduce = [lp for i, lp in enumerate(loops) if not spatial[i]]
+    # B's packed panel (the reduction x one register block's vectors) stays in cache while
+    # every row block of A passes over it.
+    chosen = [v_outer, r_outer]
+    sch.reorder(*others, *chosen, *reduce, r_inner, v_inner)
+    tile = chosen[-1]
+    epilogue = _epilogue(sch, block_rv)
+    out = sch.get(block_rv).writes[0].source
+    if epilogue:
+        for b in epilogue:
+            sch.reverse_compute_at(b, tile)
+        sch.set_scope(block_rv, 0, "local")
+    elif _is_param(sch, out):
+        write = sch.cache_write(block_rv, 0, "local")
+        sch.reverse_compute_at(write, tile)
+        epilogue = [write]
+    else:
+        return None
+    for b in epilogue:
+        inner = sch.get_loops(b)[len(others) + 2:]
+        if inner:
+            sch.vectorize(inner[-1])
+        sch.annotate(b, _ANNOTATION, RULE_NAME)
+    fused = sch.fuse(*others, *chosen)
+    sch.parallel(fused)
+    sch.unroll(r_inner)
+    sch.vectorize(v_inner)
+    sch.decompose_reduction(block_rv, reduce[0])
+    sch.annotate(block_rv, _ANNOTATION, RULE_NAME)
+    _parallel_producers(sch, block_rv)
+    # MetaSchedule's parallelize/vectorize postprocessor would re-fuse and re-vectorize the
+    # kernel's loops (and fail on the vectorized ones): the root keeps none of its annotations.
+    sch.annotate(sch.get_sblock("root"), _ANNOTATION, RULE_NAME)
+    return sch
+
+
+def _parallel_producers(sch: Schedule, block_rv: SBlockRV) -> None:
+    """Producers computed at the root (conv2d's padding): outer loops parallel, inner
+    vectorized, as MetaSchedule's postprocessor would have made them."""
+    for producer in sch.get_producers(block_rv):
+        loops = sch.get_loops(producer)
+        if len(loops) < 2:
+            continue
+        try:
+            sch.parallel(sch.fuse(*loops[:2]))
+            sch.vectorize(loops[-1])
+        except Exception:  # noqa: BLE001 - a producer that cannot be parallel stays serial
+            continue
+
+
+def _is_param(sch: Schedule, buf: tirx.Buffer) -> bool:
+    return buf.name in _param_names(sch)
+
+
+@derived_object
+class RegisterBlockedGemm(ms.schedule_rule.PyScheduleRule):
+    """The micro-kernel schedule for GEMM-like blocks; `keep_stock` also keeps the unscheduled
+    block for MetaSchedule's own rules (the search space), otherwise only the micro-kernel (the
+    default schedule)."""
+
+    def __init__(self, keep_stock: bool = True) -> None:
+        super().__init__()
+        self.keep_stock = keep_stock
+        self.isa: VectorISA | None = None
+        register_annotation()
+
+    def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
+        self.isa = vector_isa(context.target)
+
+    def apply(self, sch: Schedule, block: SBlockRV) -> list[Schedule]:
+        if self.isa is None:
+            return [sch]
+        roles = match(sch, block, _layout_free(sch))
+        if roles is None:
+            return [sch]
+        blocked = sch.copy()
+        try:
+            result = _blocked(blocked, block, roles, self.isa)
+        except Exception:  # noqa: BLE001 - ScheduleError, InternalError: the block stays unblocked
+            result = None
+        if result is None:
+            return [sch]
+        return [result, sch] if self.keep_stock else [result]
+
+    def clone(self) -> ms.schedule_rule.ScheduleRule:
+        rule = RegisterBlockedGemm(self.keep_stock)
+        rule.isa = self.isa
+        return rule
