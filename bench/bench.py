@@ -1,7 +1,13 @@
-"""Benchmark: per zoo model, a cold tuning run on an empty database, then the same run again
-(every task a cache hit). Prints ratios measured in one process and writes them as JSON.
+"""Benchmark: per model, a cold tuning run on an empty database, then the same run again (every
+task a cache hit), and each kernel of the tuned module timed alone against this CPU's measured
+FMA peak. Prints ratios measured in one process and writes them as JSON.
 
-    python3 bench/bench.py --models squeezenet resnet50 --trials 256 --out bench/results/cpu.json
+    python3 bench/bench.py --models squeezenet resnet50 shufflenet transformer \\
+        --trials-per-task 64 --out bench/results/cpu.json
+    python3 bench/bench.py --trials 0        # default schedules only (a cache miss)
+
+`transformer` is bench/transformer.py's encoder (seq 128, hidden 256, 2 layers); the others
+are the onnx package's light zoo models.
 """
 
 from __future__ import annotations
@@ -14,31 +20,61 @@ import tempfile
 import time
 from pathlib import Path
 
+import onnx
 from rich.console import Console
 from rich.table import Table
+from tvm.target import Target
 
-from tuner.config import get_settings
-from tuner.pipeline import RunRequest, run
-from tuner.progress import LogProgress
-from tuner.targets import host_cpu_target
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernels import kernel_table  # noqa: E402
+from peak import fma_peak_gflops  # noqa: E402
+from transformer import encoder  # noqa: E402
+
+from tuner.config import get_settings  # noqa: E402
+from tuner.hardware import fingerprint_for  # noqa: E402
+from tuner.pipeline import RunRequest, run  # noqa: E402
+from tuner.progress import LogProgress  # noqa: E402
+from tuner.schedules.isa import vector_isa  # noqa: E402
+from tuner.targets import host_cpu_target  # noqa: E402
 
 
-def bench_model(name: str, trials: int, work: Path, seed: int) -> dict:
+def model_source(name: str, work: Path) -> str:
+    if name == "transformer":
+        path = work / "transformer.onnx"
+        onnx.save(encoder(), str(path))
+        return str(path)
+    return f"zoo:{name}"
+
+
+def task_count(source: str, target: dict) -> int:
+    from tvm.s_tir import meta_schedule as ms
+
+    from tuner.graph import fuse_for_tuning, import_onnx
+    from tuner.model_io import load_model
+
+    t = Target(dict(target))
+    return len(ms.relax_integration.extract_tasks(fuse_for_tuning(import_onnx(load_model(source, {})), t), t))
+
+
+def bench_model(name: str, trials: int | None, per_task: int, work: Path, seed: int, peak: float) -> dict:
+    source = model_source(name, work)
     db = f"sqlite:///{work / f'{name}.sqlite'}"
     target = host_cpu_target()
     settings = get_settings()
+    budget = trials if trials is not None else per_task * task_count(source, target)
     t0 = time.perf_counter()
-    cold = run(RunRequest(model=f"zoo:{name}", target=target, trials=trials, out_dir=work / name / "cold",
-                          db_url=db, seed=seed), settings, LogProgress(30))
+    cold = run(RunRequest(model=source, target=target, trials=budget, out_dir=work / name / "cold",
+                          db_url=db, seed=seed, name=name), settings, LogProgress(30))
     cold_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    warm = run(RunRequest(model=f"zoo:{name}", target=target, trials=trials, out_dir=work / name / "warm",
-                          db_url=db, seed=seed, measure_untuned=False), settings, LogProgress(30))
+    warm = run(RunRequest(model=source, target=target, trials=budget, out_dir=work / name / "warm",
+                          db_url=db, seed=seed, measure_untuned=False, name=name), settings, LogProgress(30))
     warm_s = time.perf_counter() - t0
     lat = cold["latency_ms"]
     return {
         "model": name,
-        "trials_budget": trials,
+        "trials_budget": budget,
         "trials": cold["trials"],
         "tasks": cold["tasks"],
         "tasks_tuned": cold["tasks_tuned"],
@@ -46,39 +82,66 @@ def bench_model(name: str, trials: int, work: Path, seed: int) -> dict:
         "tuning_seconds": cold["tuning_seconds"],
         "latency_ms": lat,
         "tuned_vs_untuned": lat["untuned"] / lat["tuned"],
-        "tuned_vs_onnxruntime": lat["onnxruntime"] / lat["tuned"],
+        "tuned_vs_onnxruntime": lat["tuned"] / lat["onnxruntime"],
+        "threads": cold["threads"],
+        "fast_math": cold["fast_math"],
+        "max_abs_error": cold["max_abs_error"],
+        "verified": cold["verified"],
         "cold_run_seconds": cold_s,
         "cache_hit_run_seconds": warm_s,
         "cache_hit_trials": warm["trials"],
         "cache_hit_tasks_from_db": warm["tasks_from_db"],
         "cache_hit_tuned_ms": warm["latency_ms"]["tuned"],
+        "kernels": kernel_table(source, target, db, peak),
         "hardware": cold["hardware"],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["squeezenet", "resnet50"])
-    parser.add_argument("--trials", type=int, default=256)
+    parser.add_argument("--models", nargs="+", default=["squeezenet", "resnet50", "shufflenet", "transformer"])
+    parser.add_argument("--trials", type=int, default=None, help="budget per model (overrides --trials-per-task)")
+    parser.add_argument("--trials-per-task", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kernels", type=int, default=6, help="slowest kernels shown per model")
     parser.add_argument("--out", type=Path, default=Path("bench/results/cpu.json"))
     args = parser.parse_args()
+    target = host_cpu_target()
+    isa = vector_isa(Target(dict(target)))
+    peak = fma_peak_gflops(Target(dict(target)), int(target["num-cores"]))
+    fp = fingerprint_for(target)
+    cpu = f"{fp.as_dict().get('cpu_model')} ({target['mcpu']}, {isa.name}, {target['num-cores']} cores)"
+    console = Console(width=170)
+    console.print(f"{cpu}: measured FP32 FMA peak {peak:.1f} GFLOP/s")
     rows = []
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         for name in args.models:
-            rows.append(bench_model(name, args.trials, Path(tmp), args.seed))
-    table = Table(title=f"tuner on {rows[0]['hardware']['cpu_model']} ({platform.machine()}), budget {args.trials} trials")
-    for col in ("model", "untuned ms", "tuned ms", "ORT ms", "tuned/untuned", "ORT/tuned",
+            rows.append(bench_model(name, args.trials, args.trials_per_task, Path(tmp), args.seed, peak))
+    budget = f"{args.trials} trials" if args.trials is not None else f"{args.trials_per_task} trials per task"
+    table = Table(title=f"tuner on {cpu}, {budget}, peak {peak:.0f} GFLOP/s")
+    for col in ("model", "trials", "untuned ms", "tuned ms", "ORT ms", "tuned/ORT", "tuned/untuned",
                 "tuning s", "cold run s", "cache-hit run s"):
         table.add_column(col, justify="right")
     for r in rows:
         lat = r["latency_ms"]
-        table.add_row(r["model"], f"{lat['untuned']:.2f}", f"{lat['tuned']:.2f}", f"{lat['onnxruntime']:.2f}",
-                      f"{r['tuned_vs_untuned']:.1f}x faster", f"{r['tuned_vs_onnxruntime']:.2f}",
-                      f"{r['tuning_seconds']:.0f}", f"{r['cold_run_seconds']:.0f}", f"{r['cache_hit_run_seconds']:.0f}")
-    Console(width=160).print(table)
+        table.add_row(r["model"], str(r["trials"]), f"{lat['untuned']:.2f}", f"{lat['tuned']:.2f}",
+                      f"{lat['onnxruntime']:.2f}", f"{r['tuned_vs_onnxruntime']:.2f}",
+                      f"{1 / r['tuned_vs_untuned']:.3f}", f"{r['tuning_seconds']:.0f}",
+                      f"{r['cold_run_seconds']:.0f}", f"{r['cache_hit_run_seconds']:.0f}")
+    console.print(table)
+    for r in rows:
+        kt = Table(title=f"{r['model']}: slowest kernels (each timed alone)")
+        for col in ("kernel", "calls", "GFLOP", "ms", "GFLOP/s", "% of peak", "micro-kernel"):
+            kt.add_column(col, justify="right")
+        for k in r["kernels"][:args.kernels]:
+            kt.add_row(k["kernel"], str(k["calls"]), f"{k['gflop']:.3f}", f"{k['ms']:.3f}",
+                       f"{k['gflops_per_s']:.1f}", f"{k['pct_of_peak']:.0f}", "yes" if k["register_blocked"] else "")
+        console.print(kt)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"trials": args.trials, "python": sys.version.split()[0], "results": rows}, indent=2))
+    args.out.write_text(json.dumps({
+        "budget": budget, "cpu": cpu, "isa": isa.name, "fma_peak_gflops": peak,
+        "python": sys.version.split()[0], "platform": platform.platform(), "results": rows,
+    }, indent=2))
     print(f"wrote {args.out}")
 
 

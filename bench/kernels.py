@@ -1,0 +1,72 @@
+"""Per-kernel figures of a compiled model: each scheduled kernel timed alone, its GFLOP, GFLOP/s
+and share of the CPU's measured FMA peak. Tells which kernels hold the time and how far each
+is from the hardware."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import tirx
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.analysis import estimate_tir_flops
+from tvm.target import Target
+
+from tuner.compile import schedule_module
+from tuner.graph import fuse_for_tuning, import_onnx
+from tuner.model_io import load_model
+from tuner.tuning_database import open_database
+
+
+def _time_kernel(func: tirx.PrimFunc, target: Target) -> float:
+    """Median milliseconds of one kernel on random inputs (inputs in cache, as inside a model)."""
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    lib = tvm.compile(mod, target=target)
+    rt = lib.mod if hasattr(lib, "mod") else lib
+    rng = np.random.default_rng(0)
+    args = []
+    for info in ms.arg_info.ArgInfo.from_prim_func(func):
+        shape, dtype = [int(s) for s in info.shape], str(info.dtype)
+        host = rng.integers(0, 2, size=shape).astype(dtype) if "int" in dtype else rng.uniform(-1, 1, shape).astype(dtype)
+        args.append(tvm.runtime.tensor(host, tvm.cpu()))
+    timer = rt.time_evaluator(rt.entry_name, tvm.cpu(), number=5, repeat=5, min_repeat_ms=20)
+    return float(timer(*args).median) * 1e3
+
+
+def kernel_table(model: str, target_dict: dict[str, Any], db_url: str, peak_gflops: float,
+                 fast_math: bool = True) -> list[dict[str, Any]]:
+    """Every kernel of `model` as compiled from the database at `db_url` (records, else
+    defaults), slowest first."""
+    target = Target(dict(target_dict))
+    loaded = load_model(model, {})
+    fused = fuse_for_tuning(import_onnx(loaded), target, fast_math)
+    database = open_database(db_url, target_dict, "bench", "bench", False, False)
+    scheduled, _ = schedule_module(fused, target, database)
+    calls: dict[str, int] = {}
+    for binding in _bindings(scheduled["main"]):
+        calls[binding] = calls.get(binding, 0) + 1
+    rows = []
+    for gv, func in scheduled.functions.items():
+        if not isinstance(func, tirx.PrimFunc) or gv.name_hint not in calls:
+            continue
+        flops = float(estimate_tir_flops(tvm.IRModule({"main": func})))
+        ms_ = _time_kernel(func, target)
+        rows.append({
+            "kernel": gv.name_hint, "calls": calls[gv.name_hint], "gflop": flops / 1e9, "ms": ms_,
+            "gflops_per_s": flops / ms_ / 1e6, "pct_of_peak": 100 * flops / ms_ / 1e6 / peak_gflops,
+            "register_blocked": "tuner.register_blocked" in func.script(),
+        })
+    return sorted(rows, key=lambda r: -r["ms"] * r["calls"])
+
+
+def _bindings(main: Any) -> list[str]:
+    """The kernels `main` calls, once per call."""
+    names: list[str] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, tvm.relax.Call) and node.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+            names.append(node.args[0].name_hint)
+
+    tvm.relax.analysis.post_order_visit(main, visit)
+    return names
