@@ -20,6 +20,7 @@ from typing import Any
 
 _MODULE = "tvm.s_tir.tensor_intrin"
 _lock = threading.Lock()
+_loaded = False  # set once the import has finished (not when it starts)
 
 
 def frame_stack(context: int = 1) -> list[inspect.FrameInfo]:
@@ -37,11 +38,17 @@ def frame_stack(context: int = 1) -> list[inspect.FrameInfo]:
 
 
 def load_tensor_intrinsics() -> None:
-    """Import (register) TVM's tensor intrinsics once per process; a no-op after that."""
-    if _MODULE in sys.modules:
+    """Import (register) TVM's tensor intrinsics once per process; a no-op after that.
+
+    Returns only once the import has finished: Python puts a module in `sys.modules` when its
+    import starts, so a thread that tested that while the preloading thread was still importing
+    went on without the wmma intrinsics ("TensorIntrin 'wmma_fill_16x16x16_f32' is not
+    registered", fp16 on an H200). `_loaded` is set after the import, under the lock."""
+    global _loaded
+    if _loaded:
         return
     with _lock:
-        if _MODULE in sys.modules:
+        if _loaded:
             return
         plain = inspect.stack
         inspect.stack = frame_stack
@@ -49,3 +56,4 @@ def load_tensor_intrinsics() -> None:
             import tvm.s_tir.tensor_intrin  # noqa: F401
         finally:
             inspect.stack = plain
+        _loaded = True

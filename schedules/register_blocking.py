@@ -247,11 +247,11 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA)
     out = sch.get(block_rv).writes[0].source
     if epilogue:
         for b in epilogue:
-            sch.reverse_compute_at(b, tile)
+            sch.reverse_compute_at(b, tile, preserve_unit_loops=True)
         sch.set_scope(block_rv, 0, "local")
     elif _is_param(sch, out):
         write = sch.cache_write(block_rv, 0, "local")
-        sch.reverse_compute_at(write, tile)
+        sch.reverse_compute_at(write, tile, preserve_unit_loops=True)
         epilogue = [write]
     else:
         return None

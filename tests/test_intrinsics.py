@@ -54,3 +54,20 @@ def test_frame_stack_is_inspect_stack_for_what_the_parser_reads() -> None:
     for a, b in zip(ours, theirs):
         assert (a.frame, a.filename, a.lineno, a.function, a.code_context, a.index) == \
             (b.frame, b.filename, b.lineno, b.function, b.code_context, b.index)
+
+
+def test_a_second_thread_waits_for_an_import_in_progress() -> None:
+    """The preloading thread has started the import (the module is in sys.modules) but not
+    finished it: a tuning thread that asks now must get every intrinsic, wmma included."""
+    code = (
+        "import sys, threading, time\n"
+        "from tuner.schedules.intrinsics import load_tensor_intrinsics\n"
+        "t = threading.Thread(target=load_tensor_intrinsics); t.start()\n"
+        "while 'tvm.s_tir.tensor_intrin' not in sys.modules: time.sleep(0.001)\n"
+        "load_tensor_intrinsics()\n"
+        "from tvm.s_tir import TensorIntrin\n"
+        "TensorIntrin.get('wmma_fill_16x16x16_f32')\n"
+        "t.join()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

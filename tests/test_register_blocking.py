@@ -104,3 +104,26 @@ def _export(executable: object, folder: Path) -> str:
     path = folder / "m.so"
     executable.export_library(str(path))  # type: ignore[attr-defined]
     return str(path)
+
+
+def test_every_register_block_the_search_may_draw_replays(tmp_path: Path) -> None:
+    """The evolutionary search replays the micro-kernel's trace with other sampled register
+    blocks: each must replay (a 1-row block once dropped a unit loop, and every squeezenet
+    conv task's search failed with 'old_outputs.size() == new_outputs.size()')."""
+    tasks = _tasks(onnx_models.save(onnx_models.small_convnet(channels=16), tmp_path / "c.onnx"), AVX2)
+    conv = next(t for t in tasks if "conv2d" in t.task_name)
+    mod = conv.dispatched[0]
+    context = ms.TuneContext(mod=mod, target=AVX2, space_generator=space_generator(AVX2),
+                             search_strategy="replay-trace", task_name=conv.task_name, num_threads=2)
+    space = next(s for s in context.generate_design_space() if RULE_NAME in s.mod.script())
+    trace = space.trace
+    samples = [inst for inst in trace.insts if inst.kind.name == "SampleCategorical"]
+    assert len(samples) == 2  # rows and vector width of the register block
+    replayed = 0
+    for inst in samples:
+        for choice in range(len(inst.attrs[0])):
+            sch = tvm.s_tir.Schedule(mod)
+            trace.with_decision(inst, choice, remove_postproc=True).apply_to_schedule(sch, remove_postproc=True)
+            assert all(p.apply(sch) for p in context.space_generator.postprocs)
+            replayed += 1
+    assert replayed > 2
