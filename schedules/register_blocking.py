@@ -182,31 +182,16 @@ def _epilogue(sch: Schedule, block_rv: SBlockRV) -> list[SBlockRV]:
     consumers = sch.get_consumers(block_rv)
     if not consumers:
         return []
-    later = []
-    root = sch.get_sblock("root") if _has_root(sch) else None
-    blocks = list(sch.get_child_blocks(root)) if root is not None else []
-    seen = False
-    for b in blocks:
-        if sch.get(b).same_as(sch.get(block_rv)):
-            seen = True
-            continue
-        if seen:
-            later.append(b)
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    mine = sch.get(block_rv)
+    start = next(i for i, b in enumerate(blocks) if sch.get(b).same_as(mine)) + 1
     kept = []
-    for b in later:
+    for b in blocks[start:]:
         try:
             sch.compute_inline(b)
-        except Exception:  # noqa: BLE001 - ScheduleError, InternalError: the block stays unblocked
+        except Exception:  # noqa: BLE001 - ScheduleError: a block that cannot inline stays an epilogue
             kept.append(b)
     return kept
-
-
-def _has_root(sch: Schedule) -> bool:
-    try:
-        sch.get_sblock("root")
-        return True
-    except Exception:  # noqa: BLE001 - ScheduleError, InternalError: the block stays unblocked
-        return False
 
 
 def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA) -> Schedule | None:
