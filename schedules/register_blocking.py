@@ -25,7 +25,7 @@ default schedule.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import tvm
 from tvm import tirx
@@ -33,6 +33,7 @@ from tvm.ir.expr import TensorLoad
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import SBlockRV, Schedule
+from tvm.tirx import IndexMap
 from tvm.target import Target
 
 from .isa import VectorISA, vector_isa
@@ -196,19 +197,35 @@ def _epilogue(sch: Schedule, block_rv: SBlockRV) -> list[SBlockRV]:
 
 def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA) -> Schedule | None:
     """The micro-kernel schedule of the block, or None when the loops do not allow one."""
+    block = sch.get(block_rv)
+    names = [iv.var.name for iv in block.iter_vars]
+    row_dims = _write_dims(block, [names[i] for i in roles.rows])
+    vector_dims = _write_dims(block, [names[roles.vector]])
+    if row_dims is None or vector_dims is None or not _adjacent(row_dims):
+        return None
+    if len(roles.rows) > 1:
+        # conv2d: the output's y and x become one row iterator, so a register block that does
+        # not divide the width (9 of 111, 25 of 55) still covers a fixed slice of rows.
+        if not _fuse_iters(sch, block_rv, list(roles.rows)):
+            return None
+        merged = len(roles.rows) - 1
+        roles = GemmLike(vector=roles.vector - merged if roles.vector > roles.rows[-1] else roles.vector,
+                         rows=(roles.rows[0],), b_index=roles.b_index)
     loops = sch.get_loops(block_rv)
     extents = [sch.get(lp).extent for lp in loops]
     if not all(isinstance(e, tirx.IntImm) for e in extents):
         return None
     extents = [int(e) for e in extents]
-    rows_extent = 1
-    for i in roles.rows:
-        rows_extent *= extents[i]
-    kernels = candidates(rows_extent, extents[roles.vector], isa)
-    if not kernels:
+    # Full-width vectors where they divide the vectorized loop, else half-width ones (resnet50's
+    # classifier: 1000 outputs, a multiple of 8 but not of 16 lanes).
+    for lanes in (isa.lanes, isa.lanes // 2):
+        kernels = candidates(extents[roles.rows[0]], extents[roles.vector], replace(isa, lanes=lanes))
+        if kernels:
+            isa = replace(isa, lanes=lanes)
+            break
+    else:
         return None
-    block = sch.get(block_rv)
-    spatial = [iv.iter_type == tirx.IterVar.DataPar for iv in block.iter_vars]
+    spatial = [iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block_rv).iter_vars]
     # The register block's rows and vectors: sampled among the blocks that fit, the analytic
     # pick as the decision (a trace cannot branch on a sample, so the two are sampled apart and
     # the search may also try pairs that spill; the cost model learns those are slow).
@@ -218,8 +235,7 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA)
     mr = sch.sample_categorical(rows, [1.0 / len(rows)] * len(rows), decision=rows.index(best.mr))
     nv_lanes = sch.sample_categorical(widths, [1.0 / len(widths)] * len(widths),
                                       decision=widths.index(best.nv * isa.lanes))
-    row_loop = sch.fuse(*[loops[i] for i in roles.rows]) if len(roles.rows) > 1 else loops[roles.rows[0]]
-    r_outer, r_inner = sch.split(row_loop, [None, mr])
+    r_outer, r_inner = sch.split(loops[roles.rows[0]], [None, mr])
     v_outer, v_inner = sch.split(loops[roles.vector], [None, nv_lanes])
     others = [lp for i, lp in enumerate(loops) if spatial[i] and i not in (*roles.rows, roles.vector)]
     reduce = [lp for i, lp in enumerate(loops) if not spatial[i]]
@@ -230,16 +246,17 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA)
     tile = chosen[-1]
     epilogue = _epilogue(sch, block_rv)
     out = sch.get(block_rv).writes[0].source
-    if epilogue:
-        for b in epilogue:
-            sch.reverse_compute_at(b, tile, preserve_unit_loops=True)
-        sch.set_scope(block_rv, 0, "local")
-    elif _is_param(sch, out):
-        write = sch.cache_write(block_rv, 0, "local")
-        sch.reverse_compute_at(write, tile, preserve_unit_loops=True)
-        epilogue = [write]
+    if not epilogue:
+        if not _is_param(sch, out):
+            return None
+        epilogue = [sch.cache_write(block_rv, 0, "local")]
     else:
-        return None
+        sch.set_scope(block_rv, 0, "local")
+    _accumulator_layout(sch, block_rv, row_dims, vector_dims[0])
+    for b in epilogue:
+        if len(row_dims) > 1 and not _fuse_iters(sch, b, row_dims, positional=True):
+            return None
+        sch.reverse_compute_at(b, tile, preserve_unit_loops=True)
     for b in epilogue:
         inner = sch.get_loops(b)[len(others) + 2:]
         if inner:
@@ -258,10 +275,84 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA)
     return sch
 
 
+def _adjacent(positions: list[int]) -> bool:
+    return positions == list(range(positions[0], positions[0] + len(positions)))
+
+
+def _write_dims(block: tvm.s_tir.SBlock, iter_names: list[str]) -> list[int] | None:
+    """The dimensions of the block's output that the named iterators index, one each."""
+    indices = [_vars(r.min) for r in block.writes[0].region]
+    dims = []
+    for name in iter_names:
+        found = [d for d, used in enumerate(indices) if used == {name}]
+        if len(found) != 1:
+            return None
+        dims.append(found[0])
+    return dims
+
+
+def _fuse_iters(sch: Schedule, block_rv: SBlockRV, positions: list[int], positional: bool = False) -> bool:
+    """Make the block iterate over one fused index in place of its adjacent iterators at
+    `positions` (the output's y and x). Computed at a register block's tile, a block iterating
+    y and x separately covers a region whose size MetaSchedule cannot bound when the block
+    starts mid-row (it rejects the dynamic loop); over the fused index it is one fixed slice, and
+    in NCHW the fused index is the contiguous one, so an epilogue's stores vectorize.
+
+    ``positional``: the block's iterators must index its output's dimensions in order (an
+    elementwise epilogue), so that `positions` are output dimensions too."""
+    block = sch.get(block_rv)
+    names = [iv.var.name for iv in block.iter_vars]
+    if positional and (_write_dims(block, names) != list(range(len(names)))
+                       or len(names) != len(block.writes[0].region)):
+        return False
+    extents = [int(iv.dom.extent) for iv in block.iter_vars]
+    first, last = positions[0], positions[-1]
+
+    def index_map(*iv: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:
+        fused = iv[first]
+        for d in range(first + 1, last + 1):
+            fused = fused * extents[d] + iv[d]
+        return (*iv[:first], fused, *iv[last + 1:])
+
+    try:
+        sch.transform_block_layout(block_rv, IndexMap.from_func(index_map, ndim=len(names)))
+    except Exception:  # noqa: BLE001 - ScheduleError: the block keeps its iteration domain
+        return False
+    return True
+
+
+def _accumulator_layout(sch: Schedule, block_rv: SBlockRV, row_dims: list[int], vector_dim: int) -> None:
+    """Lay the register accumulator out as [other axes, rows fused, vector].
+
+    The accumulator first keeps the output's layout. In NCHW the vectorized output channel is
+    not the innermost axis, so each FMA's accumulator was a 16-element gather and scatter
+    through the stack (2-3% of peak on resnet50's convolutions); and with the output's y and x
+    fused into the register block's rows, a block that starts inside a row (14 of 56) has
+    no constant offset, so the accumulator stayed in memory. Laid out by the fused row index and
+    the vector, a register block is one constant-offset slice: whole vector registers, as in a
+    matmul."""
+    shape = [int(e) for e in sch.get(block_rv).writes[0].source.shape]
+    others = [d for d in range(len(shape)) if d not in (*row_dims, vector_dim)]
+    if others == list(range(row_dims[0])) and len(row_dims) == 1 and vector_dim == len(shape) - 1:
+        return  # already [others, rows, vector] (dense, matmul)
+
+    def index_map(*idx: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:
+        fused = idx[row_dims[0]]
+        for d in row_dims[1:]:
+            fused = fused * shape[d] + idx[d]
+        return (*[idx[d] for d in others], fused, idx[vector_dim])
+
+    sch.transform_layout(block_rv, ("write", 0), IndexMap.from_func(index_map, ndim=len(shape)))
+
+
 def _parallel_producers(sch: Schedule, block_rv: SBlockRV) -> None:
     """Producers computed at the root (conv2d's padding): outer loops parallel, inner
-    vectorized, as MetaSchedule's postprocessor would have made them."""
+    vectorized, as MetaSchedule's postprocessor would have made them. They carry the rule's
+    annotation, so MetaSchedule's random compute-at leaves them there: moved into a register
+    block's tile that starts mid-row, the padding's loops get a dynamic extent and the
+    candidate is rejected."""
     for producer in sch.get_producers(block_rv):
+        sch.annotate(producer, _ANNOTATION, RULE_NAME)
         loops = sch.get_loops(producer)
         if len(loops) < 2:
             continue

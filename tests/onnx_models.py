@@ -57,6 +57,38 @@ def small_convnet(channels: int = 8, size: int = 16, seed: int = 0) -> onnx.Mode
     return helper.make_model(graph, opset_imports=OPSET)
 
 
+def conv_bn_residual(channels: int = 16, size: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """A resnet block as the zoo's resnet50 spells it: Conv without bias, BatchNormalization,
+    Relu, and the residual as a `Sum`; 10x10 so that register blocks start mid-row."""
+    rng = np.random.default_rng(seed)
+    c = channels
+
+    def bn(prefix: str) -> list[onnx.TensorProto]:
+        return [numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), f"{prefix}_scale"),
+                _init(rng, f"{prefix}_bias", (c,)), _init(rng, f"{prefix}_mean", (c,)),
+                numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), f"{prefix}_var")]
+
+    def bn_node(x: str, prefix: str, y: str) -> onnx.NodeProto:
+        return helper.make_node("BatchNormalization", [x, *(f"{prefix}_{n}" for n in ("scale", "bias", "mean", "var"))], [y])
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+            bn_node("c1", "bn1", "n1"),
+            helper.make_node("Relu", ["n1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+            bn_node("c2", "bn2", "n2"),
+            helper.make_node("Sum", ["n2", "x"], ["s"]),
+            helper.make_node("Relu", ["s"], ["y"]),
+        ],
+        "conv_bn_residual",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, size, size])],
+        [_init(rng, "w1", (c, c, 3, 3)), _init(rng, "w2", (c, c, 3, 3)), *bn("bn1"), *bn("bn2")],
+    )
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
 def dynamic_batch() -> onnx.ModelProto:
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],

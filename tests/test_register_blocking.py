@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import tvm
+import tvm_ffi
 from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
@@ -127,3 +129,64 @@ def test_every_register_block_the_search_may_draw_replays(tmp_path: Path) -> Non
             assert all(p.apply(sch) for p in context.space_generator.postprocs)
             replayed += 1
     assert replayed > 2
+
+
+def test_batch_norm_and_sum_fold_into_the_convolutions(tmp_path: Path) -> None:
+    """resnet50's Conv, BatchNormalization, Sum: batch norm folded into the conv weights and the
+    residual Sum an Add, so each conv is one kernel with its epilogue (bias, residual, relu)."""
+    loaded = load_model(str(onnx_models.save(onnx_models.conv_bn_residual(), tmp_path / "r.onnx")), {})
+    text = import_onnx(loaded).script()
+    assert "batch_norm" not in text and "R.stack" not in text
+    tasks = _tasks(tmp_path / "r.onnx", AVX512)
+    assert len(tasks) == 2 and all(t.task_name.startswith("fused_conv2d") for t in tasks)  # nothing else
+
+
+@pytest.mark.parametrize("target", [AVX2, AVX512], ids=["avx2", "avx512"])
+def test_conv_register_blocks_starting_mid_row_replay_and_keep_the_accumulator_in_vectors(tmp_path: Path, target: Target) -> None:
+    """10x10 outputs: register blocks of 4 or 20 rows start mid-row. Every sampled block must
+    pass the postprocessors (the epilogue computed at the tile once had a dynamic extent), and
+    the accumulator is laid out [rows, vector], the vector last (in the output's NCHW layout it
+    was gathered and scattered through memory at every FMA: 2-3% of peak)."""
+    tasks = _tasks(onnx_models.save(onnx_models.conv_bn_residual(), tmp_path / "r.onnx"), target)
+    lanes = vector_isa(target).lanes
+    for task in tasks:
+        mod = task.dispatched[0]
+        context = ms.TuneContext(mod=mod, target=target, space_generator=space_generator(target),
+                                 search_strategy="replay-trace", task_name=task.task_name, num_threads=2)
+        space = next(s for s in context.generate_design_space() if RULE_NAME in s.mod.script())
+        rows = next(i for i in space.trace.insts if i.kind.name == "SampleCategorical")
+        assert {4, 20} & {int(r) for r in rows.attrs[0]}
+        for choice in range(len(rows.attrs[0])):
+            sch = tvm.s_tir.Schedule(mod)
+            space.trace.with_decision(rows, choice, remove_postproc=True).apply_to_schedule(sch, remove_postproc=True)
+            assert all(p.apply(sch) for p in context.space_generator.postprocs), rows.attrs[0][choice]
+            local = [b for b in _allocs(sch.mod["main"]) if b.scope() == "local"]
+            assert local and all(int(b.shape[-1]) % lanes == 0 and int(b.shape[-1]) <= 16 * 4 for b in local)
+
+
+def _allocs(func: tirx.PrimFunc) -> list[tirx.Buffer]:
+    found: list[tirx.Buffer] = []
+
+    tvm_ffi.structural_walk(func.body, [(tvm.s_tir.SBlock, lambda block: found.extend(block.alloc_buffers))])
+    return found
+
+
+def test_default_softmax_keeps_its_reductions_out_of_the_output_loop(tmp_path: Path) -> None:
+    """A default schedule is one unmeasured sample: it must not compute a row's reduction
+    inside the loop over that row's outputs (resnet50's 1000-class softmax took 0.85 ms so)."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Softmax", ["x"], ["y"], axis=1)], "softmax",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1000])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1000])])
+    path = onnx_models.save(onnx.helper.make_model(graph, opset_imports=onnx_models.OPSET), tmp_path / "s.onnx")
+    fused = fuse_for_tuning(import_onnx(load_model(str(path), {})), AVX512)
+    for seed in range(4):
+        tasks = ms.relax_integration.extract_tasks(fused, AVX512)
+        mod = tasks[0].dispatched[0]
+        context = ms.TuneContext(mod=mod, target=AVX512, space_generator=space_generator(AVX512, default=True),
+                                 search_strategy="replay-trace", rand_state=seed, num_threads=1)
+        for sch in context.generate_design_space():
+            norm = sch.get_sblock("T_softmax_norm")
+            for name in ("T_softmax_maxelem", "T_softmax_expsum"):
+                outer = [sch.get(lp) for lp in sch.get_loops(norm)]
+                assert not any(sch.get(lp).same_as(o) for lp in sch.get_loops(sch.get_sblock(name)) for o in outer), name

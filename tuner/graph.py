@@ -59,6 +59,34 @@ def safe_names(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]
     return proto, mapping
 
 
+def binary_sums(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX `Sum` nodes as chains of `Add` (same broadcasting from opset 8 on).
+
+    TVM imports a Sum as broadcast, stack and reduce: a kernel that copies its inputs into a
+    stacked tensor first, and one that no convolution can take as its epilogue. resnet50's
+    residual connections are Sums; as Adds they fuse into the convolution before them."""
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    graph = proto.graph
+    if opset < 8 or not any(n.op_type == "Sum" and len(n.input) > 1 for n in graph.node):
+        return proto
+    proto = copy.deepcopy(proto)
+    graph = proto.graph
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "Sum" or len(node.input) < 2:
+            nodes.append(node)
+            continue
+        total = node.input[0]
+        for i, addend in enumerate(node.input[1:], 1):
+            last = i == len(node.input) - 1
+            out = node.output[0] if last else f"{node.output[0]}__sum{i}"
+            nodes.append(onnx.helper.make_node("Add", [total, addend], [out], name=f"{node.name}__add{i}"))
+            total = out
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return proto
+
+
 def import_onnx(model: LoadedModel, precision: str = "fp32") -> IRModule:
     """Relax module with weights bound as constants, constants folded, dead code removed.
 
@@ -67,14 +95,24 @@ def import_onnx(model: LoadedModel, precision: str = "fp32") -> IRModule:
     """
     from tvm.relax.frontend.onnx import from_onnx
 
-    proto, renamed = safe_names(model.proto)
+    proto, renamed = safe_names(binary_sums(model.proto))
     shapes = {renamed.get(k, k): v for k, v in model.input_shapes.items()}
     try:
         mod = from_onnx(proto, shape_dict=shapes, keep_params_in_input=False)
     except Exception as exc:  # the importer raises many types; users need its message
         text = str(exc).strip().splitlines()
         raise TunerError(f"TVM could not import {model.name}: {text[-1] if text else type(exc).__name__}") from None
-    passes = [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
+    passes = [
+        relax.transform.FoldConstant(),
+        # Inference-time batch norm is a per-channel scale and shift: folded into the preceding
+        # convolution's weights and bias (as ONNX Runtime does), else decomposed into elementwise
+        # ops that fuse into the kernel before it. Legalized as it is, batch norm is a kernel of
+        # its own that reads and writes the whole activation (resnet50: 16 of them, 4 ms).
+        relax.transform.FoldBatchnormToConv2D(),
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.FoldConstant(),
+        relax.transform.DeadCodeElimination(),
+    ]
     if precision == "fp16":
         # Weights are cast once here (FoldConstant), not at every inference.
         passes += [relax.transform.ToMixedPrecision(out_dtype="float32"), relax.transform.FoldConstant()]
