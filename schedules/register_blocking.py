@@ -28,11 +28,13 @@ import functools
 from dataclasses import dataclass, replace
 
 import tvm
+import tvm_ffi
 from tvm import tirx
 from tvm.ir.expr import TensorLoad
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import SBlockRV, Schedule
+from tvm.sym.analyzer import Analyzer
 from tvm.tirx import IndexMap
 from tvm.target import Target
 
@@ -82,8 +84,15 @@ def _vars(expr: tirx.PrimExpr) -> set[str]:
     return {v.name for v in tirx.analysis.undefined_vars(expr)}
 
 
-def _index_vars(region: tirx.stmt.TensorRegion) -> list[set[str]]:
-    return [_vars(r.min) for r in region.region]
+def _index_vars(region: tirx.stmt.TensorRegion, block: tvm.s_tir.SBlock | None = None) -> list[set[str]]:
+    """The iterators each dimension's index uses; with `block`, simplified within the
+    iterators' ranges (a split grouped conv reads ``(g * og + oi) // og``, which is `g`)."""
+    if block is None:
+        return [_vars(r.min) for r in region.region]
+    analyzer = Analyzer()
+    for iv in block.iter_vars:
+        analyzer.bind(iv.var, iv.dom)
+    return [_vars(analyzer.simplify(r.min)) for r in region.region]
 
 
 def _is_fp32_mac(block: tvm.s_tir.SBlock) -> bool:
@@ -118,7 +127,7 @@ def match(sch: Schedule, block_rv: SBlockRV, layout_free: set[str]) -> GemmLike 
     out_vars = set().union(*_index_vars(block.writes[0]))
     for b_index in (1, 0):
         a, b = block.reads[1 - b_index], block.reads[b_index]
-        a_vars, b_idx = set().union(*_index_vars(a)), _index_vars(b)
+        a_vars, b_idx = set().union(*_index_vars(a, block)), _index_vars(b, block)
         b_vars = set().union(*b_idx)
         vec = [i for i, n in enumerate(names) if spatial[i] and n in b_vars and n in out_vars and n not in a_vars]
         rows = [i for i, n in enumerate(names) if spatial[i] and n in a_vars and n in out_vars and n not in b_vars]
@@ -195,12 +204,45 @@ def _epilogue(sch: Schedule, block_rv: SBlockRV) -> list[SBlockRV]:
     return kept
 
 
-def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA) -> Schedule | None:
-    """The micro-kernel schedule of the block, or None when the loops do not allow one."""
+def _split_groups(sch: Schedule, block_rv: SBlockRV) -> int | None:
+    """A grouped convolution's output channel split into (group, channel in group).
+
+    A grouped conv reads its input at ``o // og * cg + c``: the output channel `o` indexes the
+    input, so no iterator is the weight's alone and nothing matches. Iterated as
+    ``o = g * og + oi``, the input index is ``g * cg + c`` and `oi` is the weight's and output's
+    only: a GEMM per group (shufflenet: 1x1 convs of 3-8 groups). Returns `og`, None when the
+    block is no grouped conv (it is then left as it was)."""
+    block = sch.get(block_rv)
+    names = [iv.var.name for iv in block.iter_vars]
+    divisions: list[tirx.FloorDiv] = []
+    for read in block.reads:
+        for r in read.region:
+            tvm_ffi.structural_walk(r.min, [(tirx.FloorDiv, divisions.append)])
+    for div in divisions:
+        if not (isinstance(div.a, tirx.Var) and isinstance(div.b, tirx.IntImm) and div.a.name in names):
+            continue
+        pos = names.index(div.a.name)
+        iv, og = block.iter_vars[pos], int(div.b)
+        extent = int(iv.dom.extent)
+        if iv.iter_type != tirx.IterVar.DataPar or og <= 1 or og >= extent or extent % og:
+            continue
+
+        def index_map(*v: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:
+            return (*v[:pos], v[pos] // og, v[pos] % og, *v[pos + 1:])
+
+        sch.transform_block_layout(block_rv, IndexMap.from_func(index_map, ndim=len(names)))
+        return og
+    return None
+
+
+def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA, group: int | None = None) -> Schedule | None:
+    """The micro-kernel schedule of the block, or None when the loops do not allow one.
+    ``group``: the block is a grouped conv split by `_split_groups` with `group` output channels
+    per group (the output's channel dimension is indexed by the group and the vector)."""
     block = sch.get(block_rv)
     names = [iv.var.name for iv in block.iter_vars]
     row_dims = _write_dims(block, [names[i] for i in roles.rows])
-    vector_dims = _write_dims(block, [names[roles.vector]])
+    vector_dims = _write_dims(block, [names[roles.vector]], alone=group is None)
     if row_dims is None or vector_dims is None or not _adjacent(row_dims):
         return None
     if len(roles.rows) > 1:
@@ -216,9 +258,10 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA)
     if not all(isinstance(e, tirx.IntImm) for e in extents):
         return None
     extents = [int(e) for e in extents]
-    # Full-width vectors where they divide the vectorized loop, else half-width ones (resnet50's
-    # classifier: 1000 outputs, a multiple of 8 but not of 16 lanes).
-    for lanes in (isa.lanes, isa.lanes // 2):
+    # Full-width vectors where they divide the vectorized loop, else half or quarter-width ones
+    # (resnet50's classifier: 1000 outputs, a multiple of 8 but not of 16 lanes; shufflenet's
+    # groups of 68 channels, of 4). Four lanes at least: one SSE/NEON register.
+    for lanes in [n for n in (isa.lanes, isa.lanes // 2, isa.lanes // 4) if n >= 4]:
         kernels = candidates(extents[roles.rows[0]], extents[roles.vector], replace(isa, lanes=lanes))
         if kernels:
             isa = replace(isa, lanes=lanes)
@@ -252,7 +295,7 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA)
         epilogue = [sch.cache_write(block_rv, 0, "local")]
     else:
         sch.set_scope(block_rv, 0, "local")
-    _accumulator_layout(sch, block_rv, row_dims, vector_dims[0])
+    _accumulator_layout(sch, block_rv, row_dims, vector_dims[0], group)
     for b in epilogue:
         if len(row_dims) > 1 and not _fuse_iters(sch, b, row_dims, positional=True):
             return None
@@ -279,12 +322,13 @@ def _adjacent(positions: list[int]) -> bool:
     return positions == list(range(positions[0], positions[0] + len(positions)))
 
 
-def _write_dims(block: tvm.s_tir.SBlock, iter_names: list[str]) -> list[int] | None:
-    """The dimensions of the block's output that the named iterators index, one each."""
+def _write_dims(block: tvm.s_tir.SBlock, iter_names: list[str], alone: bool = True) -> list[int] | None:
+    """The dimensions of the block's output that the named iterators index, one each (`alone`:
+    and no other iterator indexes that dimension)."""
     indices = [_vars(r.min) for r in block.writes[0].region]
     dims = []
     for name in iter_names:
-        found = [d for d, used in enumerate(indices) if used == {name}]
+        found = [d for d, used in enumerate(indices) if (used == {name} if alone else name in used)]
         if len(found) != 1:
             return None
         dims.append(found[0])
@@ -321,7 +365,8 @@ def _fuse_iters(sch: Schedule, block_rv: SBlockRV, positions: list[int], positio
     return True
 
 
-def _accumulator_layout(sch: Schedule, block_rv: SBlockRV, row_dims: list[int], vector_dim: int) -> None:
+def _accumulator_layout(sch: Schedule, block_rv: SBlockRV, row_dims: list[int], vector_dim: int,
+                        group: int | None = None) -> None:
     """Lay the register accumulator out as [other axes, rows fused, vector].
 
     The accumulator first keeps the output's layout. In NCHW the vectorized output channel is
@@ -330,16 +375,19 @@ def _accumulator_layout(sch: Schedule, block_rv: SBlockRV, row_dims: list[int], 
     fused into the register block's rows, a block that starts inside a row (14 of 56) has
     no constant offset, so the accumulator stayed in memory. Laid out by the fused row index and
     the vector, a register block is one constant-offset slice: whole vector registers, as in a
-    matmul."""
+    matmul. A grouped conv's channel is laid out [group, rows, channel in group]."""
     shape = [int(e) for e in sch.get(block_rv).writes[0].source.shape]
     others = [d for d in range(len(shape)) if d not in (*row_dims, vector_dim)]
-    if others == list(range(row_dims[0])) and len(row_dims) == 1 and vector_dim == len(shape) - 1:
+    if (group is None and others == list(range(row_dims[0])) and len(row_dims) == 1
+            and vector_dim == len(shape) - 1):
         return  # already [others, rows, vector] (dense, matmul)
 
     def index_map(*idx: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:
         fused = idx[row_dims[0]]
         for d in row_dims[1:]:
             fused = fused * shape[d] + idx[d]
+        if group is not None:
+            return (*[idx[d] for d in others], idx[vector_dim] // group, fused, idx[vector_dim] % group)
         return (*[idx[d] for d in others], fused, idx[vector_dim])
 
     sch.transform_layout(block_rv, ("write", 0), IndexMap.from_func(index_map, ndim=len(shape)))
@@ -385,12 +433,11 @@ class RegisterBlockedGemm(ms.schedule_rule.PyScheduleRule):
     def apply(self, sch: Schedule, block: SBlockRV) -> list[Schedule]:
         if self.isa is None:
             return [sch]
-        roles = match(sch, block, _layout_free(sch))
-        if roles is None:
-            return [sch]
         blocked = sch.copy()
         try:
-            result = _blocked(blocked, block, roles, self.isa)
+            group = _split_groups(blocked, block)
+            roles = match(blocked, block, _layout_free(blocked))
+            result = None if roles is None else _blocked(blocked, block, roles, self.isa, group)
         except Exception:  # noqa: BLE001 - ScheduleError, InternalError: the block stays unblocked
             result = None
         if result is None:

@@ -89,6 +89,23 @@ def conv_bn_residual(channels: int = 16, size: int = 10, seed: int = 0) -> onnx.
     return helper.make_model(graph, opset_imports=OPSET)
 
 
+def grouped_conv(channels: int = 64, groups: int = 4, size: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A grouped 1x1 convolution with bias and relu, as shufflenet's."""
+    rng = np.random.default_rng(seed)
+    c = channels
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["c"], group=groups),
+            helper.make_node("Relu", ["c"], ["y"]),
+        ],
+        "grouped_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, size, size])],
+        [_init(rng, "w", (c, c // groups, 1, 1)), _init(rng, "b", (c,))],
+    )
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
 def dynamic_batch() -> onnx.ModelProto:
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],

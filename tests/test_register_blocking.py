@@ -79,15 +79,26 @@ def test_dense_and_conv_kernels_get_the_micro_kernel_in_the_search_space(tmp_pat
             assert "meta_schedule.layout_rewrite_preproc" in text
 
 
-@pytest.mark.parametrize("which", ["matmul", "conv"])
+MODELS = {
+    "matmul": lambda: onnx_models.matmul_bias_relu(m=32, k=64, n=64),
+    "conv": lambda: onnx_models.small_convnet(channels=16),
+    # The output channel indexes the input through its group: split into (group, channel).
+    "grouped": lambda: onnx_models.grouped_conv(channels=64, groups=4),
+    # 10x10: register blocks start mid-row; batch norm folded, the residual Sum an Add.
+    "resnet-block": lambda: onnx_models.conv_bn_residual(),
+}
+
+
+@pytest.mark.parametrize("which", list(MODELS))
 def test_default_schedules_are_micro_kernels_with_prepacked_weights_and_match_ort(tmp_path: Path, which: str) -> None:
-    model = onnx_models.matmul_bias_relu(m=32, k=64, n=64) if which == "matmul" else onnx_models.small_convnet(channels=16)
+    model = MODELS[which]()
     path = onnx_models.save(model, tmp_path / f"{which}.onnx")
     loaded = load_model(str(path), {})
     fused = fuse_for_tuning(import_onnx(loaded), AVX2)
     scheduled, stats = schedule_module(fused, AVX2, ms.database.MemoryDatabase())
     kernels = {gv.name_hint: f for gv, f in scheduled.functions.items() if isinstance(f, tirx.PrimFunc)}
-    assert any(RULE_NAME in f.script() for f in kernels.values())
+    gemm = [f for name, f in kernels.items() if ("matmul" if which == "matmul" else "conv2d") in name]
+    assert gemm and all(RULE_NAME in f.script() for f in gemm)
     # No weight is re-laid out at inference: the packing kernels were folded into constants.
     assert not any("layout_rewrite_preproc" in f.script() for f in kernels.values())
     compiled = compile_tuned(fused, AVX2, ms.database.MemoryDatabase())
