@@ -35,9 +35,20 @@ from . import models
 # A trace without sampling decisions ("[insts, []]", as record_row writes it) was not found by
 # the search: a default schedule stored beside the search's records (dlight on CUDA).
 _DEFAULT_TRACE = "%, []]"
+# The root-block annotation that marks a stored default schedule whatever its trace holds (a
+# CPU default is a sample of the design space, decisions included).
+DEFAULT_MARK = "tuner.default_schedule"
 
 # MetaSchedule marks a candidate that failed to build or run with this run time.
 _FAILED_RUN_SECS = 1e9
+
+
+def _searched(r: type[models.TuningRecord], traceless_defaults: bool) -> list[Any]:
+    """Conditions that leave stored default schedules out."""
+    conditions = [r.trace_json.not_like(f"%{DEFAULT_MARK}%")]
+    if traceless_defaults:
+        conditions.append(r.trace_json.not_like(_DEFAULT_TRACE))
+    return conditions
 
 
 def signed_shash(mod: IRModule) -> int:
@@ -298,7 +309,7 @@ class SQLDatabase(PyDatabase):
             stmt = select(r).where(r.hardware_key == self.provenance.hardware_key)
         stmt = stmt.where(self._visible())
         if searched_only:
-            stmt = stmt.where(r.trace_json.not_like(_DEFAULT_TRACE))
+            stmt = stmt.where(*_searched(r, traceless_defaults=True))
         if workload_ids is not None:
             stmt = stmt.where(r.workload_id.in_(workload_ids), r.mean_run_secs.is_not(None))
             stmt = stmt.order_by(r.mean_run_secs, r.id)
@@ -364,11 +375,13 @@ class SQLDatabase(PyDatabase):
             return int(session.scalar(stmt) or 0)
 
     # -- tuner's own queries --------------------------------------------------------------
-    def best(self, mod: IRModule, searched_only: bool = False) -> Best | None:
+    def best(self, mod: IRModule, searched_only: bool = False, traceless_defaults: bool = True) -> Best | None:
         """The record compilation would use here, or None: decides cache hit vs tune.
 
         `searched_only`: the best record the search found, ignoring stored default schedules
-        (a task that has only its default is still worth tuning).
+        (a task that has only its default is still worth tuning): those marked so, and with
+        `traceless_defaults` every trace without a sampling decision (CUDA's dlight defaults;
+        on CPU a searched trace may have none).
         """
         ids = self._ids(mod)
         if not ids:
@@ -382,20 +395,21 @@ class SQLDatabase(PyDatabase):
             .limit(1)
         )
         if searched_only:
-            stmt = stmt.where(r.trace_json.not_like(_DEFAULT_TRACE))
+            stmt = stmt.where(*_searched(r, traceless_defaults))
         with Session(self.engine) as session:
             row = session.execute(stmt).first()
         return Best(float(row[0]), row[1]) if row else None
 
     def warm_start_records(self, mod: IRModule) -> int:
-        """Valid records of this workload on other hardware of our family that we may read."""
+        """Searched records of this workload on other hardware of our family that we may read
+        (what a search can start from)."""
         ids = self._ids(mod)
         if not ids:
             return 0
         r = models.TuningRecord
         stmt = select(func.count()).select_from(r).where(
             r.hardware_key.in_(self._compatible_keys()), self._visible(),
-            r.workload_id.in_(ids), r.mean_run_secs.is_not(None),
+            r.workload_id.in_(ids), r.mean_run_secs.is_not(None), *_searched(r, traceless_defaults=True),
         )
         with Session(self.engine) as session:
             return int(session.scalar(stmt) or 0)

@@ -63,7 +63,17 @@ def dlight_schedule(func: tirx.PrimFunc, target: Target) -> Schedule | None:
     return None
 
 
-def _sample_design_space(func: tirx.PrimFunc, target: Target) -> IRModule | None:
+def default_schedule(func: tirx.PrimFunc, target: Target) -> Schedule | None:
+    """A task's default schedule as a Schedule whose trace can be stored as a record and
+    replayed: dlight's on CUDA, the sampled design space's on CPU; None when there is none."""
+    if target.kind.name == "cuda":
+        return dlight_schedule(func, target)
+    return _sample_design_space(func, target)
+
+
+def _sample_design_space(func: tirx.PrimFunc, target: Target) -> Schedule | None:
+    """The first sample of the default design space that passes the postprocessors (its trace
+    holds them, so it replays as compiled)."""
     mod = IRModule({"main": func.with_attr("global_symbol", "main")})
     for seed in _SEEDS:
         ctx = ms.TuneContext(
@@ -76,7 +86,7 @@ def _sample_design_space(func: tirx.PrimFunc, target: Target) -> IRModule | None
         )
         for sch in ctx.generate_design_space():
             if all(p.apply(sch) for p in ctx.space_generator.postprocs):
-                return sch.mod
+                return sch
     return None
 
 
@@ -106,7 +116,8 @@ def apply_default_schedules(mod: IRModule, target: Target) -> tuple[IRModule, De
                 raise ValueError(f"no GPU schedule applies to kernel {gv.name_hint}")
             scheduled = sch.mod
             stats.dlight += 1
-        elif (scheduled := _sample_design_space(func, target)) is not None:
+        elif (sampled := _sample_design_space(func, target)) is not None:
+            scheduled = sampled.mod
             stats.sampled += 1
         else:
             scheduled = _simple_schedule(func, target)

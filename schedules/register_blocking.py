@@ -14,7 +14,10 @@ the output channel) and A by a spatial iterator `r` that B does not use (dense: 
 conv2d: the output column). It vectorizes `v` (B's loads; B is the layout-free weight, which
 RewriteLayout packs, or contiguous along `v`), register-blocks `r`, runs every reduction loop
 between the tile and the micro-kernel, parallelizes the outer tiles, and computes the block's
-elementwise epilogue (bias, activation) on the tile while it is in registers.
+elementwise epilogue (bias, activation) on the tile while it is in registers. A convolution's
+output y and x become one row index and its accumulator is laid out [rows, vector], so the
+register block is whole vector registers whatever the output layout; a grouped convolution's
+output channel is split into (group, channel in group), which makes each group a GEMM.
 
 The register block (`mr`, `nv`) and the loop order are sampled decisions, so the evolutionary
 search refines them; every sample has the analytic pick (the block that keeps the FMA pipes
@@ -65,9 +68,12 @@ def register_annotation() -> None:
 class GemmLike:
     """The roles of a matched block's iterators (indices into its iter_vars)."""
 
-    vector: int  # spatial, indexes B and C, not A: vectorized
+    vector: int  # spatial, indexes B and C (not A, but for depthwise): vectorized
     rows: tuple[int, ...]  # spatial, index A and C, not B, adjacent loops: fused, register-blocked
     b_index: int  # which read is B
+    # Depthwise conv: the dimension of A that the vector (the channel) indexes too. A is then
+    # re-laid out channel-last, so that its loads are vectors rather than broadcasts.
+    a_vector_dim: int | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,33 @@ def match(sch: Schedule, block_rv: SBlockRV, layout_free: set[str]) -> GemmLike 
         while run[0] - 1 in rows:
             run.insert(0, run[0] - 1)
         return GemmLike(vector=v, rows=tuple(run), b_index=b_index)
+    return _match_depthwise(block, names, spatial, layout_free, out_vars)
+
+
+def _match_depthwise(block: tvm.s_tir.SBlock, names: list[str], spatial: list[bool], layout_free: set[str],
+                     out_vars: set[str]) -> GemmLike | None:
+    """A depthwise convolution: ``C[n, c, y, x] += A[n, c (+ 0), y + ky, x + kx] * W[c, 0, ky, kx]``.
+
+    The channel indexes both operands, so no GEMM roles exist; it is vectorized all the same,
+    with the weight packed and A (an intermediate: the padding) re-laid out channel-last, each
+    step one vector load of W and one of A per register-block row (shufflenet, MobileNet)."""
+    for b_index in (1, 0):
+        a, b = block.reads[1 - b_index], block.reads[b_index]
+        if b.source.name not in layout_free:
+            continue
+        a_idx, b_idx = _index_vars(a, block), _index_vars(b, block)
+        a_vars, b_vars = set().union(*a_idx), set().union(*b_idx)
+        vec = [i for i, n in enumerate(names) if spatial[i] and n in a_vars and n in b_vars and n in out_vars]
+        rows = [i for i, n in enumerate(names) if spatial[i] and n in a_vars and n in out_vars and n not in b_vars]
+        if len(vec) != 1 or not rows:
+            continue
+        dims = [d for d, used in enumerate(a_idx) if names[vec[0]] in used]
+        if len(dims) != 1:
+            continue
+        run = [rows[-1]]
+        while run[0] - 1 in rows:
+            run.insert(0, run[0] - 1)
+        return GemmLike(vector=vec[0], rows=tuple(run), b_index=b_index, a_vector_dim=dims[0])
     return None
 
 
@@ -172,6 +205,21 @@ def candidates(rows_extent: int, vector_extent: int, isa: VectorISA) -> list[Mic
             if mr <= 32 and kernel.registers() <= isa.registers:
                 found.append(kernel)
     return sorted(found, key=lambda k: (-round(efficiency(k, isa), 3), -k.mr * k.nv, k.nv))
+
+
+def register_blocks(rows_extent: int, vector_extent: int, isa: VectorISA) -> tuple[list[MicroKernel], VectorISA]:
+    """The register blocks for a kernel and the ISA narrowed to the vectors they use.
+
+    Full vectors where they divide the vectorized loop, else half or quarter-width ones
+    (resnet50's classifier: 1000 outputs, a multiple of 8 but not of 16 lanes; shufflenet's
+    groups of 68 channels, of 4), never below 4 lanes (one SSE/NEON register). (One ragged
+    vector of the whole loop, 68 lanes as 4 full vectors and a quarter one, was tried: LLVM
+    shuffled it through the stack at every FMA, 4x slower than quarter-width vectors.)"""
+    for lanes in [n for n in (isa.lanes, isa.lanes // 2, isa.lanes // 4) if n >= 4]:
+        narrow = replace(isa, lanes=lanes)
+        if kernels := candidates(rows_extent, vector_extent, narrow):
+            return kernels, narrow
+    return [], isa
 
 
 def _param_names(sch: Schedule) -> list[str]:
@@ -251,22 +299,15 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
         if not _fuse_iters(sch, block_rv, list(roles.rows)):
             return None
         merged = len(roles.rows) - 1
-        roles = GemmLike(vector=roles.vector - merged if roles.vector > roles.rows[-1] else roles.vector,
-                         rows=(roles.rows[0],), b_index=roles.b_index)
+        roles = replace(roles, vector=roles.vector - merged if roles.vector > roles.rows[-1] else roles.vector,
+                        rows=(roles.rows[0],))
     loops = sch.get_loops(block_rv)
     extents = [sch.get(lp).extent for lp in loops]
     if not all(isinstance(e, tirx.IntImm) for e in extents):
         return None
     extents = [int(e) for e in extents]
-    # Full-width vectors where they divide the vectorized loop, else half or quarter-width ones
-    # (resnet50's classifier: 1000 outputs, a multiple of 8 but not of 16 lanes; shufflenet's
-    # groups of 68 channels, of 4). Four lanes at least: one SSE/NEON register.
-    for lanes in [n for n in (isa.lanes, isa.lanes // 2, isa.lanes // 4) if n >= 4]:
-        kernels = candidates(extents[roles.rows[0]], extents[roles.vector], replace(isa, lanes=lanes))
-        if kernels:
-            isa = replace(isa, lanes=lanes)
-            break
-    else:
+    kernels, isa = register_blocks(extents[roles.rows[0]], extents[roles.vector], isa)
+    if not kernels:
         return None
     spatial = [iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block_rv).iter_vars]
     # The register block's rows and vectors: sampled among the blocks that fit, the analytic
@@ -287,6 +328,9 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     chosen = [v_outer, r_outer]
     sch.reorder(*others, *chosen, *reduce, r_inner, v_inner)
     tile = chosen[-1]
+    if roles.a_vector_dim is not None and not _channel_last(sch, block_rv, 1 - roles.b_index, roles.a_vector_dim,
+                                                           isa.lanes):
+        return None
     epilogue = _epilogue(sch, block_rv)
     out = sch.get(block_rv).writes[0].source
     if not epilogue:
@@ -316,6 +360,29 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     # kernel's loops (and fail on the vectorized ones): the root keeps none of its annotations.
     sch.annotate(sch.get_sblock("root"), _ANNOTATION, RULE_NAME)
     return sch
+
+
+def _channel_last(sch: Schedule, block_rv: SBlockRV, read: int, dim: int, lanes: int) -> bool:
+    """Re-lay out a depthwise conv's input (its padding, computed in the kernel) with the channel
+    last, and make the padding's innermost loop one vector of channels, so the conv loads whole
+    vectors of channels at each (y + ky, x + kx). False when the input is the kernel's parameter
+    (no padding block to re-lay out)."""
+    buf = sch.get(block_rv).reads[read].source
+    if _is_param(sch, buf):
+        return False
+    producers = sch.get_producers(block_rv)
+    producer = next((p for p in producers if any(w.source.same_as(buf) for w in sch.get(p).writes)), None)
+    if producer is None:
+        return False
+    ndim = len(buf.shape)
+    sch.transform_layout(block_rv, ("read", read),
+                         IndexMap.from_func(lambda *i: (*i[:dim], *i[dim + 1:], i[dim]), ndim=ndim))
+    loops = sch.get_loops(producer)
+    if len(loops) == ndim:
+        # One vector of channels innermost (all 544 of them vectorized took LLVM minutes).
+        outer, inner = sch.split(loops[dim], [None, lanes])
+        sch.reorder(*loops[:dim], *loops[dim + 1:], outer, inner)
+    return True
 
 
 def _adjacent(positions: list[int]) -> bool:

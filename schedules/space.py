@@ -98,14 +98,23 @@ def space_generator(target: Target, mod: IRModule | None = None, tensor_cores: b
     if key == "llvm":
         stock = ms.ScheduleRule.create("llvm")
         if default:
-            # A default schedule is one sample, unmeasured: no random compute-at, which can move
-            # a reduction into its consumer's loop (resnet50's softmax then summed its 1000
-            # exponentials once per output element: 0.85 ms for 1000 values).
-            stock = [r for r in stock if not isinstance(r, ms.schedule_rule.RandomComputeLocation)]
+            # A default schedule is one sample, unmeasured, compiled in every cache-miss run: no
+            # random compute-at, which can move a reduction into its consumer's loop (resnet50's
+            # softmax then summed its 1000 exponentials once per output element: 0.85 ms for 1000
+            # values), and a modest explicit unroll instead of a random one of up to 512 steps
+            # (one fp16 squeezenet conv drew 512 and took LLVM 209 s to compile).
+            stock = [_default_unroll(r) for r in stock if not isinstance(r, ms.schedule_rule.RandomComputeLocation)]
         rules = [RegisterBlockedGemm(keep_stock=not default), *stock]
     return ms.space_generator.PostOrderApply(
         sch_rules=rules, postprocs=key, mutator_probs=key
     )
+
+
+def _default_unroll(rule: ms.ScheduleRule) -> ms.ScheduleRule:
+    if not isinstance(rule, ms.schedule_rule.ParallelizeVectorizeUnroll):
+        return rule
+    return ms.schedule_rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
+                                                       unroll_max_steps=[16], unroll_explicit=True)
 
 
 def design_spaces(context: ms.TuneContext) -> list[tvm.s_tir.Schedule] | None:
@@ -152,14 +161,15 @@ def sample_builds(spaces: list[tvm.s_tir.Schedule], context: ms.TuneContext) -> 
     return True  # no sample passed the postprocessors: leave it to the search
 
 
-def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | None = None) -> ms.SearchStrategy:
+def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | None = None,
+                    stop: Callable[[], bool] | None = None) -> ms.SearchStrategy:
     """Evolutionary search whose errors end its own task only (see strategy.py); `report`
-    hears of each task so ended."""
+    hears of each task so ended; once `stop()` is true, every task's search ends."""
     return ContainedSearch(lambda: ms.search_strategy.EvolutionarySearch(
         population_size=config.population_size,
         init_min_unmeasured=min(config.init_min_unmeasured, config.population_size),
         genetic_num_iters=config.genetic_num_iters,
-    ), report)
+    ), report, stop)
 
 
 def cost_model(num_cores: int) -> ms.CostModel:

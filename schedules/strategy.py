@@ -31,12 +31,15 @@ ATTEMPTS = 3
 class ContainedSearch(PySearchStrategy):
     """Delegates to `make_inner()` (an EvolutionarySearch); an exception from its pre-tuning or
     from generating candidates is retried `ATTEMPTS` times per round, then ends this task's
-    search, reported through `report(task name, error)`."""
+    search, reported through `report(task name, error)`. Once `stop()` is true every task's
+    search ends."""
 
     def __init__(self, make_inner: Callable[[], ms.SearchStrategy],
-                 report: Callable[[str, str], None] | None = None) -> None:
+                 report: Callable[[str, str], None] | None = None,
+                 stop: Callable[[], bool] | None = None) -> None:
         self.make_inner = make_inner
         self.report = report
+        self.stop = stop
         self.inner = make_inner()
         self.task_name = "task"
         self.ended = False
@@ -57,7 +60,9 @@ class ContainedSearch(PySearchStrategy):
         self.inner.post_tuning()
 
     def generate_measure_candidates(self) -> list[MeasureCandidate] | None:
-        if self.ended:
+        # `stop()`: the user asked the run to stop (Ctrl-C). Ending every task here lets the
+        # task scheduler return normally; an exception raised inside its C++ loop can kill it.
+        if self.ended or (self.stop is not None and self.stop()):
             return None
         for attempt in range(ATTEMPTS):
             try:
@@ -71,7 +76,7 @@ class ContainedSearch(PySearchStrategy):
         self.inner.notify_runner_results(measure_candidates, results)
 
     def clone(self) -> ms.SearchStrategy:
-        return ContainedSearch(self.make_inner, self.report)
+        return ContainedSearch(self.make_inner, self.report, self.stop)
 
     def _end(self, exc: Exception) -> None:
         self.ended = True

@@ -89,19 +89,20 @@ def conv_bn_residual(channels: int = 16, size: int = 10, seed: int = 0) -> onnx.
     return helper.make_model(graph, opset_imports=OPSET)
 
 
-def grouped_conv(channels: int = 64, groups: int = 4, size: int = 8, seed: int = 0) -> onnx.ModelProto:
-    """A grouped 1x1 convolution with bias and relu, as shufflenet's."""
+def grouped_conv(channels: int = 64, groups: int = 4, size: int = 8, kernel: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """A grouped convolution with bias and relu: 1x1 as shufflenet's, or with `groups` equal
+    to `channels` and a 3x3 kernel, depthwise."""
     rng = np.random.default_rng(seed)
-    c = channels
+    c, pad = channels, kernel // 2
     graph = helper.make_graph(
         [
-            helper.make_node("Conv", ["x", "w", "b"], ["c"], group=groups),
+            helper.make_node("Conv", ["x", "w", "b"], ["c"], group=groups, pads=[pad] * 4),
             helper.make_node("Relu", ["c"], ["y"]),
         ],
         "grouped_conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, size, size])],
-        [_init(rng, "w", (c, c // groups, 1, 1)), _init(rng, "b", (c,))],
+        [_init(rng, "w", (c, c // groups, kernel, kernel)), _init(rng, "b", (c,))],
     )
     return helper.make_model(graph, opset_imports=OPSET)
 

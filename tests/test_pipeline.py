@@ -50,6 +50,10 @@ def test_tune_then_cache_hit(tmp_path: Path, settings: Settings, sqlite_url: str
     assert "@" not in first["db"] or "***" in first["db"]
     assert json.loads((tmp_path / "a" / "report.json").read_text()) == first
     _check_artifact(first, model)
+    # Each task's default schedule (the register-blocked micro-kernel) was measured and stored
+    # before the search, so a tuned module is never slower than the defaults' one.
+    assert first["tasks_default_measured"] == first["tasks_tuned"]
+    assert _traces_with(sqlite_url, "tuner.register_blocked") >= 1
 
     second = _run(model, tmp_path / "b", sqlite_url, settings, trials=8)
     assert second["trials"] == 0
@@ -73,6 +77,16 @@ def test_tune_then_cache_hit(tmp_path: Path, settings: Settings, sqlite_url: str
     assert third["trials"] >= 1 and third["tasks_from_db"] == 0 and third["tasks_refined"] == third["tasks"]
     assert records() > before and third["verified"]
     assert third["latency_ms"]["tuned"] > 0
+
+
+def _traces_with(db_url: str, text: str) -> int:
+    from sqlalchemy import select
+
+    from tuner.db.engine import make_engine
+    from tuner.db.models import TuningRecord
+
+    with make_engine(db_url).connect() as conn:
+        return sum(text in trace for trace in conn.scalars(select(TuningRecord.trace_json)))
 
 
 def test_budget_zero_uses_default_schedules(tmp_path: Path, settings: Settings, sqlite_url: str) -> None:

@@ -41,7 +41,8 @@ def test_local_ray_run_then_nothing_left(tmp_path: Path) -> None:
     assert report["cluster"]["backend"] == "ray" and report["cluster"]["builders"] == 1
     # Never more searchers than tasks: the one task is searched by the run's own process.
     assert report["tasks"] == 1 and "searchers" not in report["cluster"]
-    assert sum(report["cluster"]["trials_per_node"].values()) == report["trials"] > 0
+    measured = report["trials"] + report["tasks_default_measured"]  # the defaults are measured first
+    assert report["trials"] > 0 and sum(report["cluster"]["trials_per_node"].values()) == measured
     deadline = time.time() + 30
     while _ray_processes_since(t0) and time.time() < deadline:
         time.sleep(0.5)

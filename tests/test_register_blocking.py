@@ -84,6 +84,8 @@ MODELS = {
     "conv": lambda: onnx_models.small_convnet(channels=16),
     # The output channel indexes the input through its group: split into (group, channel).
     "grouped": lambda: onnx_models.grouped_conv(channels=64, groups=4),
+    # The channel indexes both operands: vectorized over channels, the padded input channel-last.
+    "depthwise": lambda: onnx_models.grouped_conv(channels=32, groups=32, size=10, kernel=3),
     # 10x10: register blocks start mid-row; batch norm folded, the residual Sum an Add.
     "resnet-block": lambda: onnx_models.conv_bn_residual(),
 }

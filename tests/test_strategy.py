@@ -68,7 +68,7 @@ class Messages(SilentProgress):
 def test_a_task_whose_search_raises_ends_alone(monkeypatch: pytest.MonkeyPatch, settings: Settings,
                                                tmp_path: Path) -> None:
     monkeypatch.setattr(tuning, "search_strategy",
-                        lambda cfg, report=None: strategy.ContainedSearch(lambda: Flaky(cfg), report))
+                        lambda cfg, report=None, stop=None: strategy.ContainedSearch(lambda: Flaky(cfg), report, stop))
     target = Target(TARGET)
     tasks = [ms.ExtractedTask(name, mod, target, [mod], 1)
              for name, mod in (("always", matmul(32)), ("once", matmul(48)))]
@@ -81,4 +81,6 @@ def test_a_task_whose_search_raises_ends_alone(monkeypatch: pytest.MonkeyPatch, 
     ended = [line for line in progress.lines if "its search failed" in line]
     assert len(ended) == 1 and ended[0].startswith("always: ")
     assert "compute-at" in ended[0] and "not a stage pipeline" in ended[0]
-    assert len(database.get_all_tuning_records()) == result.per_task_trials[1]
+    # Records: the trials, and each task's default schedule, measured before the search.
+    assert result.defaults_measured == 2
+    assert len(database.get_all_tuning_records()) == result.per_task_trials[1] + result.defaults_measured

@@ -18,6 +18,7 @@ from .cli_cluster import cluster_app
 from .cli_db import db_app
 from .cli_serve import keys_app, serve, submit
 from .errors import Interrupted, TunerError
+from . import interrupts
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tune ONNX models with TVM MetaSchedule.")
 err = Console(stderr=True)
@@ -84,7 +85,7 @@ def run(
         # KeyboardInterrupt escaping the interpreter (exit by signal, no clean error line).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         interrupted.set()
-        raise KeyboardInterrupt
+        interrupts.on_sigint()  # raises, or (during a search) lets the search stop at its next round
 
     signal.signal(signal.SIGINT, on_sigint)
     try:

@@ -266,10 +266,11 @@ def _plan(job: _Job, target_dict: dict[str, Any], database: SQLDatabase, out_dir
     target = Target(dict(target_dict))
     fused = fuse_for_tuning(job.relax_mod, target, job.request.fast_math)
     tasks = ms.relax_integration.extract_tasks(fused, target)
-    # CUDA stores each task's default (dlight) schedule beside the search's records: a task that
-    # holds only that is still to tune. (On CPU a searched trace may have no sampling decision.)
+    # Tuning stores each task's default schedule beside the search's records: a task that holds
+    # only that is still to tune. (On CPU a searched trace may have no sampling decision, so
+    # only the mark tells a default there.)
     cuda = target.kind.name == "cuda"
-    cached = [database.best(t.dispatched[0], searched_only=cuda) for t in tasks]
+    cached = [database.best(t.dispatched[0], searched_only=True, traceless_defaults=cuda) for t in tasks]
     to_tune = list(range(len(tasks))) if job.request.refine else [i for i, best in enumerate(cached) if best is None]
     refined = sum(1 for i in to_tune if cached[i] is not None)
     from_other_teams = sum(1 for i, best in enumerate(cached) if best is not None and best.team != job.team and i not in to_tune)

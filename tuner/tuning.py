@@ -21,7 +21,8 @@ from tvm.s_tir.meta_schedule.utils import fork_seed
 from tvm.target import Target
 
 from tuner.cluster.local import LocalBuilder, LocalRunner
-from tuner.schedules.defaults import dlight_schedule
+from tuner.db.database import DEFAULT_MARK
+from tuner.schedules.defaults import default_schedule
 from tuner.schedules.space import (
     SearchConfig,
     cost_model,
@@ -34,6 +35,8 @@ from tuner.schedules.space import (
 )
 
 from .config import Settings
+from .interrupts import deferred_interrupts
+from .interrupts import requested as interrupt_requested
 from .progress import Progress, ProgressCallback
 
 
@@ -42,7 +45,7 @@ class TuneResult:
     trials: int
     per_task_trials: list[int]
     cluster: dict[str, Any] = field(default_factory=dict)
-    defaults_measured: int = 0  # CUDA: tasks whose dlight schedule was measured and stored
+    defaults_measured: int = 0  # tasks whose default schedule was measured and stored
 
 
 @dataclass
@@ -135,19 +138,29 @@ def per_node(per_runner: dict[str, int]) -> dict[str, int]:
 
 def measure_default_schedules(tasks: list[ms.ExtractedTask], target: Target, database: ms.Database,
                               workers: Workers) -> list[float | None]:
-    """Measure each task's default GPU schedule (dlight) and store it as an ordinary record.
+    """Measure each task's default schedule (dlight on CUDA; on CPU the register-blocked
+    micro-kernel or the default sample) and store it as an ordinary record.
 
     Compilation then takes a tuned schedule only where it beat the default, so tuning never
-    makes a kernel slower than the untuned module's, and the search starts from a population
-    that already holds a valid schedule. Returns each task's default time in seconds (None where
-    the default did not build or run). Not counted as trials.
+    makes a kernel slower than a `--trials 0` module's (on CPU the search re-draws the
+    micro-kernel's register block at random, so its first candidates can be slower than the
+    analytic pick), and the search starts from a population that already holds that schedule.
+    Returns each task's default time in seconds (None where the default did not build or run).
+    Not counted as trials.
     """
     picked = []
     for i, task in enumerate(tasks):
         mod = task.dispatched[0]
-        sch = dlight_schedule(mod["main"], target)
+        sch = default_schedule(mod["main"], target)
         if sch is not None:
-            picked.append((i, mod, sch, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+            # Marked, so that the search never takes it for one of its own (its trace comes from
+            # another design space: MetaSchedule's evolutionary search failed replaying a CPU
+            # default with "args.size() == initial_indices_orig.size()") and a task that holds
+            # only its default is still tuned by the next run.
+            sch.annotate(sch.get_sblock("root"), DEFAULT_MARK, 1)
+            # The arguments the built kernel takes: with weights pre-packed (RewriteLayout), the
+            # packed ones, as MetaSchedule's own candidates are measured.
+            picked.append((i, mod, sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
     times: list[float | None] = [None] * len(tasks)
     if not picked:
         return times
@@ -211,7 +224,7 @@ def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list
                 space: ms.SpaceGenerator, searched: bool = False) -> ms.TuneContext:
         """A probe (draws the design spaces) or, `searched`, the context the scheduler tunes."""
         return ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space,
-                              search_strategy=search_strategy(cfg, ended) if searched else None,
+                              search_strategy=search_strategy(cfg, ended, interrupt_requested) if searched else None,
                               task_name=task.task_name, logger=logger, rand_state=rand_state, num_threads=cores)
 
     def ended(task_name: str, error: str) -> None:
@@ -219,6 +232,8 @@ def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list
 
     contexts, kept = [], []
     for i, (task, logger, rand_state) in enumerate(zip(tasks, loggers, fork_seed(seed, n=len(tasks)))):
+        if interrupt_requested():
+            break
         mod = task.dispatched[0]
         tensor_cores = wants_tensor_cores(target, mod)
         probe = context(task, logger, rand_state, space_generator(target, mod))
@@ -265,35 +280,41 @@ def tune(
     # Worker processes start (import TVM) in the background while the contexts are made.
     workers = workers or local_workers(settings, cores)
     defaults: list[float | None] = [None] * len(tasks)
-    try:
-        contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress)
-        weights = [float(tasks[i].weight) for i in kept]
-        if target.kind.name == "cuda":
-            progress.message(f"measuring the default GPU schedules of {len(tasks)} task(s)")
-            t0 = time.perf_counter()
-            defaults = measure_default_schedules(tasks, target, database, workers)
-            progress.message(f"{sum(d is not None for d in defaults)} default schedule(s) measured in "
-                             f"{time.perf_counter() - t0:.1f} s")
-        callback = ProgressCallback(weights, [defaults[i] for i in kept], progress.advance)
-        progress.start(trials, len(kept))
-        if contexts:  # none when no task's design space could be generated
-            ms.tune_tasks(
-                tasks=contexts,
-                task_weights=weights,
-                work_dir=str(work_dir),
-                max_trials_global=trials,
-                num_trials_per_iter=trials_per_iter(trials, len(tasks), settings.search.max_trials_per_iter),
-                builder=workers.builder,
-                runner=workers.runner,
-                database=database,
-                cost_model=cost_model(cores),
-                measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
-                task_scheduler=ms.task_scheduler.GradientBased(seed=seed),
-            )
-        cluster = workers.describe()
-    finally:
-        progress.stop()
-        if owned:
-            workers.close()
+    # Ctrl-C is noted, not raised, until the block ends: raised inside TVM's calls it was
+    # swallowed as a failed design space or a failed draw (the run then went on, deaf to a
+    # second Ctrl-C) or killed the process from a C++ frame. The searches end at their next
+    # round instead (`interrupt_requested`), and the KeyboardInterrupt is raised after the
+    # workers are closed.
+    with deferred_interrupts():
+        try:
+            contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress)
+            weights = [float(tasks[i].weight) for i in kept]
+            if not interrupt_requested():
+                progress.message(f"measuring the default schedules of {len(tasks)} task(s)")
+                t0 = time.perf_counter()
+                defaults = measure_default_schedules(tasks, target, database, workers)
+                progress.message(f"{sum(d is not None for d in defaults)} default schedule(s) measured in "
+                                 f"{time.perf_counter() - t0:.1f} s")
+            callback = ProgressCallback(weights, [defaults[i] for i in kept], progress.advance)
+            progress.start(trials, len(kept))
+            if contexts and not interrupt_requested():  # none when no design space could be generated
+                ms.tune_tasks(
+                    tasks=contexts,
+                    task_weights=weights,
+                    work_dir=str(work_dir),
+                    max_trials_global=trials,
+                    num_trials_per_iter=trials_per_iter(trials, len(tasks), settings.search.max_trials_per_iter),
+                    builder=workers.builder,
+                    runner=workers.runner,
+                    database=database,
+                    cost_model=cost_model(cores),
+                    measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
+                    task_scheduler=ms.task_scheduler.GradientBased(seed=seed),
+                )
+            cluster = workers.describe()
+        finally:
+            progress.stop()
+            if owned:
+                workers.close()
     return TuneResult(trials=callback.trials, per_task_trials=callback.per_task_trials, cluster=cluster,
                       defaults_measured=sum(d is not None for d in defaults))

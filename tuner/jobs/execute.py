@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import traceback
@@ -18,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from tuner import interrupts
 from tuner.config import get_settings
 from tuner.db.engine import make_engine
 from tuner.db.jobs import get_job, record_progress
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     storage = Storage(args.storage)
     error_file = storage.error_path(args.job_id)
+    # Cancelling sends SIGINT: raised at once, or, during a search, after its tasks wind down
+    # (tuner.interrupts), so no record is left half-committed.
+    signal.signal(signal.SIGINT, lambda _signum, _frame: interrupts.on_sigint())
     try:
         return execute(args.job_id, args.db, storage, args.ray_address)
     except TunerError as exc:
