@@ -37,6 +37,8 @@ def requested() -> bool:
 def deferred_interrupts() -> Iterator[None]:
     """Ctrl-C in the block is noted (see `requested`) and raised when the block ends."""
     global _deferring
+    if not _deferring:
+        _requested.clear()  # a new run: a Ctrl-C that ended an earlier one is spent
     _deferring += 1
     try:
         yield
