@@ -90,15 +90,19 @@ def _vars(expr: tirx.PrimExpr) -> set[str]:
     return {v.name for v in tirx.analysis.undefined_vars(expr)}
 
 
-def _index_vars(region: tirx.stmt.TensorRegion, block: tvm.s_tir.SBlock | None = None) -> list[set[str]]:
-    """The iterators each dimension's index uses; with `block`, simplified within the
-    iterators' ranges (a split grouped conv reads ``(g * og + oi) // og``, which is `g`)."""
-    if block is None:
+def _index_vars(region: tirx.stmt.TensorRegion, ranges: Analyzer | None = None) -> list[set[str]]:
+    """The iterators each dimension's index uses; with `ranges` (`_iterator_ranges`), simplified
+    within the iterators' ranges (a split grouped conv reads ``(g * og + oi) // og``: `g`)."""
+    if ranges is None:
         return [_vars(r.min) for r in region.region]
+    return [_vars(ranges.simplify(r.min)) for r in region.region]
+
+
+def _iterator_ranges(block: tvm.s_tir.SBlock) -> Analyzer:
     analyzer = Analyzer()
     for iv in block.iter_vars:
         analyzer.bind(iv.var, iv.dom)
-    return [_vars(analyzer.simplify(r.min)) for r in region.region]
+    return analyzer
 
 
 def _is_fp32_mac(block: tvm.s_tir.SBlock) -> bool:
@@ -131,9 +135,10 @@ def match(sch: Schedule, block_rv: SBlockRV, layout_free: set[str]) -> GemmLike 
     if all(spatial):
         return None
     out_vars = set().union(*_index_vars(block.writes[0]))
+    ranges = _iterator_ranges(block)
     for b_index in (1, 0):
         a, b = block.reads[1 - b_index], block.reads[b_index]
-        a_vars, b_idx = set().union(*_index_vars(a, block)), _index_vars(b, block)
+        a_vars, b_idx = set().union(*_index_vars(a, ranges)), _index_vars(b, ranges)
         b_vars = set().union(*b_idx)
         vec = [i for i, n in enumerate(names) if spatial[i] and n in b_vars and n in out_vars and n not in a_vars]
         rows = [i for i, n in enumerate(names) if spatial[i] and n in a_vars and n in out_vars and n not in b_vars]
@@ -144,17 +149,21 @@ def match(sch: Schedule, block_rv: SBlockRV, layout_free: set[str]) -> GemmLike 
         packed = b.source.name in layout_free
         if not packed and not (b_idx and b_idx[-1] == {names[v]} and len([s for s in b_idx if names[v] in s]) == 1):
             continue
-        # The innermost run of adjacent row iterators (conv2d: the output's y and x, fused so
-        # that a register block need not divide a small width such as 7 or 13).
-        run = [rows[-1]]
-        while run[0] - 1 in rows:
-            run.insert(0, run[0] - 1)
-        return GemmLike(vector=v, rows=tuple(run), b_index=b_index)
-    return _match_depthwise(block, names, spatial, layout_free, out_vars)
+        return GemmLike(vector=v, rows=_innermost_run(rows), b_index=b_index)
+    return _match_depthwise(block, names, spatial, layout_free, out_vars, ranges)
+
+
+def _innermost_run(rows: list[int]) -> tuple[int, ...]:
+    """The innermost run of adjacent row iterators (conv2d: the output's y and x, fused so that
+    a register block need not divide a small width such as 7 or 13)."""
+    run = [rows[-1]]
+    while run[0] - 1 in rows:
+        run.insert(0, run[0] - 1)
+    return tuple(run)
 
 
 def _match_depthwise(block: tvm.s_tir.SBlock, names: list[str], spatial: list[bool], layout_free: set[str],
-                     out_vars: set[str]) -> GemmLike | None:
+                     out_vars: set[str], ranges: Analyzer) -> GemmLike | None:
     """A depthwise convolution: ``C[n, c, y, x] += A[n, c (+ 0), y + ky, x + kx] * W[c, 0, ky, kx]``.
 
     The channel indexes both operands, so no GEMM roles exist; it is vectorized all the same,
@@ -164,7 +173,7 @@ def _match_depthwise(block: tvm.s_tir.SBlock, names: list[str], spatial: list[bo
         a, b = block.reads[1 - b_index], block.reads[b_index]
         if b.source.name not in layout_free:
             continue
-        a_idx, b_idx = _index_vars(a, block), _index_vars(b, block)
+        a_idx, b_idx = _index_vars(a, ranges), _index_vars(b, ranges)
         a_vars, b_vars = set().union(*a_idx), set().union(*b_idx)
         vec = [i for i, n in enumerate(names) if spatial[i] and n in a_vars and n in b_vars and n in out_vars]
         rows = [i for i, n in enumerate(names) if spatial[i] and n in a_vars and n in out_vars and n not in b_vars]
@@ -173,10 +182,7 @@ def _match_depthwise(block: tvm.s_tir.SBlock, names: list[str], spatial: list[bo
         dims = [d for d, used in enumerate(a_idx) if names[vec[0]] in used]
         if len(dims) != 1:
             continue
-        run = [rows[-1]]
-        while run[0] - 1 in rows:
-            run.insert(0, run[0] - 1)
-        return GemmLike(vector=vec[0], rows=tuple(run), b_index=b_index, a_vector_dim=dims[0])
+        return GemmLike(vector=vec[0], rows=_innermost_run(rows), b_index=b_index, a_vector_dim=dims[0])
     return None
 
 
@@ -402,6 +408,14 @@ def _write_dims(block: tvm.s_tir.SBlock, iter_names: list[str], alone: bool = Tr
     return dims
 
 
+def _row_major(index: tuple[tirx.PrimExpr, ...], dims: list[int], extents: list[int]) -> tirx.PrimExpr:
+    """The dimensions `dims` of `index` as one row-major index (y, x -> y * W + x)."""
+    fused = index[dims[0]]
+    for d in dims[1:]:
+        fused = fused * extents[d] + index[d]
+    return fused
+
+
 def _fuse_iters(sch: Schedule, block_rv: SBlockRV, positions: list[int], positional: bool = False) -> bool:
     """Make the block iterate over one fused index in place of its adjacent iterators at
     `positions` (the output's y and x). Computed at a register block's tile, a block iterating
@@ -420,10 +434,7 @@ def _fuse_iters(sch: Schedule, block_rv: SBlockRV, positions: list[int], positio
     first, last = positions[0], positions[-1]
 
     def index_map(*iv: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:
-        fused = iv[first]
-        for d in range(first + 1, last + 1):
-            fused = fused * extents[d] + iv[d]
-        return (*iv[:first], fused, *iv[last + 1:])
+        return (*iv[:first], _row_major(iv, positions, extents), *iv[last + 1:])
 
     try:
         sch.transform_block_layout(block_rv, IndexMap.from_func(index_map, ndim=len(names)))
@@ -450,9 +461,7 @@ def _accumulator_layout(sch: Schedule, block_rv: SBlockRV, row_dims: list[int], 
         return  # already [others, rows, vector] (dense, matmul)
 
     def index_map(*idx: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:
-        fused = idx[row_dims[0]]
-        for d in row_dims[1:]:
-            fused = fused * shape[d] + idx[d]
+        fused = _row_major(idx, row_dims, shape)
         if group is not None:
             return (*[idx[d] for d in others], idx[vector_dim] // group, fused, idx[vector_dim] % group)
         return (*[idx[d] for d in others], fused, idx[vector_dim])
