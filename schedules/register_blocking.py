@@ -199,18 +199,32 @@ def efficiency(kernel: MicroKernel, isa: VectorISA) -> float:
     return fma_cycles / max(fma_cycles, load_cycles, isa.fma_latency)
 
 
+def usable_registers(isa: VectorISA) -> int:
+    """Vector registers a register block may claim: three quarters of the ISA's.
+
+    LLVM needs the rest: in an NCHW 3x3 convolution it reuses one broadcast for the next kernel
+    column's neighbouring row, keeping several broadcasts live at once. Blocks that claimed
+    30-31 of AVX-512's 32 registers (14x2, 28x1) spilled accumulators to the stack at every
+    step there: 38-41% of the FMA peak on resnet50's 3x3 convolutions against 74-79% for 7x2 or
+    8x2 (Intel Xeon, AVX-512, 2 cores). Channels last they do not spill, and the capped pick is
+    as fast (7x2 84%, 14x2 85%: `bench/sweep_blocks.py 256,14,3,256`)."""
+    return isa.registers * 3 // 4
+
+
 def candidates(rows_extent: int, vector_extent: int, isa: VectorISA) -> list[MicroKernel]:
-    """Register blocks that fit the ISA's registers and divide the loops (no remainder loops),
-    best first (then more accumulators, then fewer vectors per row)."""
+    """Register blocks that fit the usable registers and divide the loops (no remainder loops),
+    best first, then fewer vectors per row (each row's broadcast then feeds fewer FMAs, but each
+    weight vector more rows: 7x2 and 8x2 measured 5-8% faster than 4x4), then more
+    accumulators."""
     found = []
     for nv in (1, 2, 3, 4):
         if vector_extent % (nv * isa.lanes):
             continue
         for mr in _divisors(rows_extent):
             kernel = MicroKernel(mr, nv)
-            if mr <= 32 and kernel.registers() <= isa.registers:
+            if mr <= 32 and kernel.registers() <= usable_registers(isa):
                 found.append(kernel)
-    return sorted(found, key=lambda k: (-round(efficiency(k, isa), 3), -k.mr * k.nv, k.nv))
+    return sorted(found, key=lambda k: (-round(efficiency(k, isa), 3), k.nv, -k.mr * k.nv))
 
 
 def register_blocks(rows_extent: int, vector_extent: int, isa: VectorISA) -> tuple[list[MicroKernel], VectorISA]:

@@ -59,6 +59,23 @@ def test_weights_are_marked_layout_free_and_their_workloads_differ_from_unmarked
     assert "layout_free_buffers" not in fuse_for_tuning(import_onnx(model), cuda).script()
 
 
+def test_cpu_convolutions_run_channels_last_through_dropout_and_cuda_ones_keep_nchw(tmp_path: Path) -> None:
+    """NHWC on CPU (1x1 convs as GEMMs whose rows are contiguous); a Dropout, as in squeezenet,
+    must not stop the conversion (TVM infers no layout through its (output, mask) tuple)."""
+    proto = onnx_models.small_convnet()
+    nodes = list(proto.graph.node)
+    nodes[1] = helper.make_node("Relu", ["c1"], ["d1"])
+    nodes.insert(2, helper.make_node("Dropout", ["d1"], ["r1", "mask"]))
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    model = load_model(str(onnx_models.save(proto, tmp_path / "d.onnx")), {})
+    assert "dropout" not in import_onnx(model).script()
+    cpu = _kernels(fuse_for_tuning(import_onnx(model), CPU))
+    assert cpu.count("conv2d_nhwc") and "conv2d_nchw" not in cpu
+    cuda = Target({"kind": "cuda", "arch": "sm_80", "host": {"kind": "llvm"}})
+    assert "conv2d_nhwc" not in _kernels(fuse_for_tuning(import_onnx(model), cuda))
+
+
 def test_tvm_runs_on_the_requested_threads_without_pinning_the_caller() -> None:
     code = (
         "import os\n"

@@ -1,0 +1,114 @@
+"""Every register block the micro-kernel rule may pick for one convolution, each timed, in % of
+this CPU's measured FMA peak: checks the rule's analytic pick (`register_blocking.candidates`)
+against the measured best on this machine.
+
+    python3 bench/sweep_blocks.py 256,14,3,256 64,56,3,64 256,56,1,64
+    python3 bench/sweep_blocks.py --mcpu haswell 256,14,3,256     # the AVX2 code on this CPU
+
+A shape is `in_channels,size,kernel,out_channels[,stride]` (batch 1, square, bias + relu),
+compiled as the pipeline compiles it (channels last on CPU). The blocks listed are all those
+that divide the loops, including those the rule excludes for register pressure (`usable`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from tvm import tirx
+from tvm.target import Target
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernels import _time_kernel  # noqa: E402
+from peak import fma_peak_gflops  # noqa: E402
+
+from tuner.compile import schedule_module  # noqa: E402
+from tuner.graph import fuse_for_tuning, import_onnx  # noqa: E402
+from tuner.model_io import load_model  # noqa: E402
+from tuner.schedules import register_blocking as rb  # noqa: E402
+from tuner.targets import host_cpu_target  # noqa: E402
+from tuner.tuning_database import open_database  # noqa: E402
+
+
+def conv_model(c: int, size: int, k: int, co: int, stride: int, path: Path) -> tuple[str, float, int]:
+    rng = np.random.default_rng(0)
+    pad, out = k // 2, (size + 2 * (k // 2) - k) // stride + 1
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2),
+         helper.make_node("Relu", ["c"], ["y"])],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, co, out, out])],
+        [helper.make_tensor("w", TensorProto.FLOAT, (co, c, k, k), rng.standard_normal((co, c, k, k)).astype(np.float32).ravel()),
+         helper.make_tensor("b", TensorProto.FLOAT, (co,), np.zeros(co, np.float32))],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path), 2.0 * co * c * k * k * out * out, out
+
+
+def sweep(shape: tuple[int, ...], target_dict: dict, peak: float, work: Path) -> list[tuple[float, rb.MicroKernel]]:
+    c, size, k, co, stride = (*shape, 1)[:5]
+    path, flops, out = conv_model(c, size, k, co, stride, work / "conv.onnx")
+    target = Target(dict(target_dict))
+    fused = fuse_for_tuning(import_onnx(load_model(path, {})), target)
+    isa = rb.vector_isa(target)
+    everything = rb.replace(isa, registers=isa.registers * 4 // 3)  # usable = all registers
+    blocks, _ = rb.register_blocks(out * out, co, everything)
+    original = rb.candidates
+    results = []
+    for block in blocks:
+        # The rule's first candidate is its pick: put the block under test first.
+        rb.candidates = lambda r, v, i, b=block: [b, *[x for x in original(r, v, i) if x != b]]
+        try:
+            db = open_database(f"sqlite:///{work / f'{block.mr}x{block.nv}.sqlite'}", target_dict, "sweep", "sweep",
+                               False, False)
+            scheduled, _ = schedule_module(fused, target, db)
+        finally:
+            rb.candidates = original
+        func = next(f for gv, f in scheduled.functions.items()
+                    if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint)
+        ms = _time_kernel(func, target)
+        results.append((100 * flops / ms / 1e6 / peak, block))
+    return sorted(results, key=lambda r: -r[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("shapes", nargs="+", help="in_channels,size,kernel,out_channels[,stride]")
+    parser.add_argument("--mcpu", help="compile for another CPU of this ISA family (e.g. haswell: AVX2)")
+    args = parser.parse_args()
+    target_dict = host_cpu_target()
+    if args.mcpu:
+        target_dict = {**target_dict, "mcpu": args.mcpu}
+    target = Target(dict(target_dict))
+    threads = int(target_dict["num-cores"])
+    peak = fma_peak_gflops(target, threads)
+    isa = rb.vector_isa(target)
+    print(f"{target_dict.get('mcpu')} ({isa.name}, {threads} cores): FMA peak {peak:.0f} GFLOP/s; "
+          f"the rule uses {rb.usable_registers(isa)} of {isa.registers} vector registers")
+    with tempfile.TemporaryDirectory() as tmp:
+        for text in args.shapes:
+            shape = tuple(int(x) for x in text.split(","))
+            results = sweep(shape, target_dict, peak, Path(tmp))
+            pick = rb.candidates(*_extents(shape), rb.register_blocks(*_extents(shape), isa)[1])
+            chosen = (pick[0].mr, pick[0].nv) if pick else None
+            row = " ".join(f"{b.mr}x{b.nv}{'*' if (b.mr, b.nv) == chosen else ''}"
+                           f"(r{b.registers()}):{pct:.0f}%" for pct, b in results)
+            print(f"{text}: {row}", flush=True)
+    print("* the rule's pick; r: vector registers the block claims")
+
+
+def _extents(shape: tuple[int, ...]) -> tuple[int, int]:
+    c, size, k, co, stride = (*shape, 1)[:5]
+    out = (size + 2 * (k // 2) - k) // stride + 1
+    return out * out, co
+
+
+if __name__ == "__main__":
+    main()
