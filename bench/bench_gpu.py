@@ -1,13 +1,24 @@
 """GPU benchmark: per model and precision, tuner's untuned (dlight) and tuned modules against
-PyTorch eager and torch.compile on the same GPU, all timed in this one process.
+its peers on the same GPU: PyTorch eager, torch.compile (default and `reduce-overhead`, which
+replays CUDA graphs), ONNX Runtime's CUDA execution provider (plain and with its CUDA graphs).
+tuner's module is timed as it is written: with CUDA graphs unless `--no-cuda-graph`.
+
+fp32 peers run with TF32 off (tuner's fp32 kernels are strict fp32); torch's TF32 defaults are
+timed too and reported apart (`tf32_*`), never as the bar. The ratio `tuned_vs_best_peer` is
+the best strict peer's latency over tuner's (> 1: tuner is faster).
 
 The ONNX model goes to PyTorch through onnx2torch (after tuner's own constant folding: the zoo
-builds its weights with ConstantOfShape, which onnx2torch cannot read). Not a dependency of
-tuner: the benchmark alone needs torch and onnx2torch. fp16 rows of zoo nets need
-`--weights he` (see weights.py): the zoo's own weights overflow fp16.
+builds its weights with ConstantOfShape, which onnx2torch cannot read). ONNX Runtime's CUDA
+provider runs in a subprocess (`ort_cuda_peer.py`) from `--ort-gpu-site`, a folder holding the
+`onnxruntime-gpu` wheel installed with `pip install --target` (it shares its module name with
+the CPU onnxruntime that tuner verifies with). TensorRT is not a peer here: the package registry
+holds its Python bindings but not its libraries (`tensorrt_cu13_libs`). Not dependencies of
+tuner: the benchmark alone needs torch, onnx2torch and onnxruntime-gpu. fp16 rows of zoo nets
+need `--weights he` (see weights.py): the zoo's own weights overflow fp16.
 
     python3 bench/bench_gpu.py --models squeezenet resnet50 transformer --precisions fp32 fp16 \
-        --trials 500 --db sqlite:////tmp/gpu.sqlite --out bench/results/gpu.json
+        --trials 500 --db sqlite:////tmp/gpu.sqlite --ort-gpu-site /tmp/ortgpu \
+        --compile-modes default reduce-overhead --out bench/results/gpu.json
 
 Tuning records go to --db: a second invocation with the same database is a cache hit, so one
 model's tuning can be split over several invocations (each result row says how many trials it
@@ -19,7 +30,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -132,7 +145,8 @@ def static_reshapes(net: Any) -> int:
 
 
 def torch_peers(spec: str, precision: str, compile_modes: list[str]) -> dict[str, Any]:
-    """PyTorch eager and torch.compile latencies of the same ONNX model on the same GPU."""
+    """PyTorch eager and torch.compile latencies of the same ONNX model on the same GPU: fp32
+    with TF32 off (the strict peers), then with torch's TF32 defaults (`tf32_*`, for reference)."""
     import torch
     from onnx2torch import convert
 
@@ -145,14 +159,34 @@ def torch_peers(spec: str, precision: str, compile_modes: list[str]) -> dict[str
     rng = np.random.default_rng(0)
     inputs = [torch.from_numpy(rng.uniform(-1, 1, size=s).astype(np.float32)).cuda().to(dtype)
               for s in loaded.input_shapes.values()]
-    out: dict[str, Any] = {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-                           "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
-    with torch.inference_mode():
-        out["eager_ms"] = torch_ms(lambda: net(*inputs))
-        _time_compiled(net, inputs, compile_modes, out, "compile")
-    if "resnet50" in spec:
-        out.update(torchvision_resnet50(precision, compile_modes))
+    defaults = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    out: dict[str, Any] = {"tf32_defaults": {"cudnn": defaults[0], "matmul": defaults[1]}}
+    settings = [("", False)] + ([("tf32_", True)] if precision == "fp32" else [])
+    try:
+        for prefix, tf32 in settings:
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch._dynamo.reset()
+            with torch.inference_mode():
+                out[f"{prefix}eager_ms"] = torch_ms(lambda: net(*inputs))
+                _time_compiled(net, inputs, compile_modes, out, f"{prefix}compile")
+            if "resnet50" in spec:
+                out.update({f"{prefix}{k}": v for k, v in torchvision_resnet50(precision, compile_modes).items()})
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = defaults
     return out
+
+
+def ort_cuda_peers(path: str, precision: str, site: Path | None) -> dict[str, Any]:
+    """ONNX Runtime's CUDA execution provider, in a subprocess that imports onnxruntime-gpu."""
+    if site is None:
+        return {"error": "not run: no --ort-gpu-site"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("ort_cuda_peer.py")), path,
+                           "--precision", precision], capture_output=True, text=True, env=env, timeout=900)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode or not lines:
+        return {"error": (done.stderr or done.stdout).strip()[-600:]}
+    return json.loads(lines[-1])
 
 
 def _time_compiled(net: Any, inputs: list, modes: list[str], out: dict[str, Any], prefix: str) -> None:
@@ -190,30 +224,41 @@ def torchvision_resnet50(precision: str, compile_modes: list[str]) -> dict[str, 
 
 
 def bench_one(name: str, precision: str, trials: int, db: str, work: Path, compile_modes: list[str],
-              refine: bool = False, weights: str = "zoo") -> dict:
+              refine: bool = False, weights: str = "zoo", ort_site: Path | None = None,
+              cuda_graph: bool = True) -> dict:
     spec = model_spec(name, work, weights)
     target = local_cuda_target()
     t0 = time.perf_counter()
     report = run(RunRequest(model=spec, target=target, trials=trials, out_dir=work / f"{name}-{precision}",
-                            db_url=db, precision=precision, refine=refine), get_settings(), LogProgress(30))
+                            db_url=db, precision=precision, refine=refine, cuda_graph=cuda_graph),
+                 get_settings(), LogProgress(30))
     row: dict[str, Any] = {
         "model": name, "weights": "built here" if name == "transformer" else weights,
         "precision": precision, "trials_budget": trials, "trials": report["trials"],
         "tasks": report["tasks"], "tasks_from_db": report["tasks_from_db"], "tasks_tuned": report["tasks_tuned"],
         "tasks_default_measured": report["tasks_default_measured"],
         "tuning_seconds": report["tuning_seconds"], "run_seconds": round(time.perf_counter() - t0, 1),
+        "cuda_graph": report["cuda_graph"],
         "latency_ms": {"untuned_dlight": report["latency_ms"]["untuned"], "tuned": report["latency_ms"]["tuned"],
                        "onnxruntime_cpu": report["latency_ms"]["onnxruntime"]},
-        "max_abs_error": report["max_abs_error"], "tolerance": report["tolerance"],
+        "verified": report["verified"], "max_abs_error": report["max_abs_error"], "tolerance": report["tolerance"],
         "loops": report["loops"], "hardware": report["hardware"],
     }
     try:
         row["torch"] = torch_peers(spec, precision, compile_modes)
     except Exception:
         row["torch"] = {"error": traceback.format_exc(limit=3)[-600:]}
+    onnx_path = spec if not spec.startswith("zoo:") else str(work / f"{name}.onnx")
+    if spec.startswith("zoo:"):
+        onnx.save(load_model(spec).proto, onnx_path)
+    row["onnxruntime_cuda"] = ort_cuda_peers(onnx_path, precision, ort_site)
     tuned = row["latency_ms"]["tuned"]
-    peers = [v for k, v in row["torch"].items() if k.endswith("_ms")]
-    row["tuned_vs_best_torch"] = min(peers) / tuned if peers else None
+    strict = {**{f"torch_{k}": v for k, v in row["torch"].items() if k.endswith("_ms") and not k.startswith("tf32_")},
+              **{k: v for k, v in row["onnxruntime_cuda"].items() if k.endswith("_ms")}}
+    if strict:
+        best = min(strict, key=strict.get)
+        row["best_peer"] = {"name": best[:-3], "ms": strict[best]}
+        row["tuned_vs_best_peer"] = strict[best] / tuned
     return row
 
 
@@ -230,6 +275,8 @@ def main() -> None:
     parser.add_argument("--weights", choices=["zoo", "he"], default="zoo",
                         help="zoo nets with their placeholder weights (fp16 overflows them) or He-initialized ones")
     parser.add_argument("--work", type=Path, help="keep models, modules and MetaSchedule's logs here")
+    parser.add_argument("--ort-gpu-site", type=Path, help="folder with onnxruntime-gpu installed (pip --target)")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="time tuner's module without CUDA graphs")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tuner-gpu-bench-") as tmp:
@@ -238,14 +285,23 @@ def main() -> None:
             tmp = str(args.work)
         for name in args.models:
             for precision in args.precisions:
-                row = bench_one(name, precision, args.trials, args.db, Path(tmp), args.compile_modes, args.refine, args.weights)
+                row = bench_one(name, precision, args.trials, args.db, Path(tmp), args.compile_modes, args.refine,
+                                args.weights, args.ort_gpu_site, not args.no_cuda_graph)
                 rows.append(row)
-                lat, t = row["latency_ms"], row["torch"]
-                peers = ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in t.items() if k.endswith("_ms"))
+                lat, t, o = row["latency_ms"], row["torch"], row["onnxruntime_cuda"]
+                peers = ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in [*t.items(), *o.items()] if k.endswith("_ms"))
+                best = row.get("best_peer")
                 print(f"[bench] {name} {precision}: dlight {lat['untuned_dlight']:.3f} ms, tuned {lat['tuned']:.3f} ms "
-                      f"({row['trials']} trials, {row['tuning_seconds']:.0f} s); torch: {peers or 'none'}", flush=True)
+                      f"(cuda graph {row['cuda_graph']}, {row['trials']} trials, {row['tuning_seconds']:.0f} s); "
+                      f"peers: {peers or 'none'}; best strict peer {best['name'] if best else '-'}: "
+                      f"tuned is {row.get('tuned_vs_best_peer') or 0:.2f}x as fast", flush=True)
+                for key in ("error",):
+                    for where in (t, o):
+                        if key in where:
+                            print(f"[bench]   peer error: {where[key][-300:]}", flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps({"python": sys.version.split()[0], "results": rows}, indent=2))
+                args.out.write_text(json.dumps({"python": sys.version.split()[0], "command": " ".join(sys.argv),
+                                                "results": rows}, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -107,6 +107,28 @@ def grouped_conv(channels: int = 64, groups: int = 4, size: int = 8, kernel: int
     return helper.make_model(graph, opset_imports=OPSET)
 
 
+def conv_relu6(opset: int = 17, channels: int = 8, size: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """conv3x3 + ReLU6 as ONNX Clip, as MobileNets export it: bounds as constant inputs
+    (opset >= 11) or as attributes (older opsets). Weights scaled so that outputs cross 0 and 6."""
+    rng = np.random.default_rng(seed)
+    c = channels
+    inits = [numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3)).astype(np.float32) * 2.0, "w")]
+    if opset >= 11:
+        inits += [numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+                  numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+        clip = helper.make_node("Clip", ["c", "lo", "hi"], ["y"])
+    else:
+        clip = helper.make_node("Clip", ["c"], ["y"], min=0.0, max=6.0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), clip],
+        "conv_relu6",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, size, size])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
 def dynamic_batch() -> onnx.ModelProto:
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],

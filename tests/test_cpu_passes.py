@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,24 @@ def test_tvm_runs_on_the_requested_threads_without_pinning_the_caller() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_cpu_timing_waits_until_other_work_ends() -> None:
+    """Two processes spin on the CPUs for 3 s: the wait ends after them, with a quiet reading;
+    on a quiet machine it ends at once; a wait of 0 s takes no reading."""
+    from tuner.measure import wait_for_quiet_cpu
+
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 3: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        start = time.monotonic()
+        busy = wait_for_quiet_cpu(20, 30)
+        waited = time.monotonic() - start
+    finally:
+        for p in spinners:
+            p.wait()
+    assert busy is not None and busy < 30 and waited >= 1.5
+    start = time.monotonic()
+    assert wait_for_quiet_cpu(20, 30) < 30 and time.monotonic() - start < 5
+    assert wait_for_quiet_cpu(0, 30) is None

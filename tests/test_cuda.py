@@ -19,6 +19,7 @@ from tuner.compile import compile_tuned
 from tuner.config import Settings
 from tuner.errors import TunerError
 from tuner.graph import fuse_for_tuning, import_onnx, safe_names
+from tuner.measure import ORTModel
 from tuner.model_io import load_model
 from tuner.pipeline import RunRequest, open_database, run
 from tuner.schedules.defaults import count_loops, dlight_schedule
@@ -179,6 +180,16 @@ def test_cuda_module_compiles_with_dlight_defaults_and_their_traces_replay(
     assert all(db.best(task.dispatched[0]) is not None for task in tasks)
 
 
+def test_cuda_modules_replay_a_cuda_graph_unless_turned_off(convnet: Path, fake_gpus) -> None:  # noqa: ANN001
+    """RewriteCUDAGraph runs at compile time (no GPU needed): the module captures its kernel
+    launches and replays them; `cuda_graph=False` (`--no-cuda-graph`) keeps plain launches."""
+    fake_gpus(H100)
+    target = Target(targets.complete_cuda_target(SM90))
+    fused = fuse_for_tuning(import_onnx(load_model(str(convnet))), target)
+    assert compile_tuned(fused, target, ms.database.MemoryDatabase()).cuda_graph
+    assert not compile_tuned(fused, target, ms.database.MemoryDatabase(), cuda_graph=False).cuda_graph
+
+
 def test_onnx_names_with_slashes_are_renamed_consistently(tmp_path: Path, settings: Settings) -> None:
     model = onnx_models.matmul_bias_relu()
     renames = {v.name: f"gpu_0/{v.name}" for v in [*model.graph.input, *model.graph.output, *model.graph.initializer]}
@@ -239,6 +250,48 @@ def test_tune_on_the_gpu_then_cache_hit(convnet: Path, tmp_path: Path, settings:
     x = np.random.default_rng(3).uniform(-1, 1, (1, 3, 16, 16)).astype("float32")
     got = vm["main"](tvm.runtime.tensor(x, tvm.cuda(0))).numpy()
     assert got.shape == (1, 10) and np.isfinite(got).all()
+
+
+@gpu
+@pytest.mark.skipif(not has_gpu, reason="needs an NVIDIA GPU")
+def test_a_cuda_graph_module_reads_each_runs_inputs(convnet: Path, tmp_path: Path, settings: Settings) -> None:
+    """A replayed graph must not keep reading the first run's input: two runs with different
+    inputs, each matching ONNX Runtime."""
+    report = run(RunRequest(model=str(convnet), target=targets.parse_target("cuda"), trials=0,
+                            out_dir=tmp_path / "out", db_url=f"sqlite:///{tmp_path / 'db.sqlite'}"), settings)
+    assert report["verified"] and report["cuda_graph"]
+    lib = tvm.runtime.load_module(report["artifact"]["path"])
+    vm = tvm.relax.VirtualMachine(lib, tvm.cuda(0))
+    ort = ORTModel(load_model(str(convnet)).proto)
+    for seed in (1, 2, 3):
+        x = np.random.default_rng(seed).uniform(-1, 1, (1, 3, 16, 16)).astype("float32")
+        got = vm["main"](tvm.runtime.tensor(x, tvm.cuda(0))).numpy()
+        np.testing.assert_allclose(got, ort.run({"x": x})[0], atol=1e-4, rtol=1e-4)
+
+
+@gpu
+@pytest.mark.skipif(not has_gpu, reason="needs an NVIDIA GPU")
+def test_fp16_relu6_as_clip_tunes_verifies_and_is_a_cache_hit_in_a_fresh_process(tmp_path: Path) -> None:
+    """MobileNets' ReLU6 is an ONNX Clip: fp16 import crashed in ToMixedPrecision. Tuned, then a
+    second run in a new process on the same database serves every task from it."""
+    import json
+    import subprocess
+    import sys
+
+    model = onnx_models.save(onnx_models.conv_relu6(channels=32, size=32), tmp_path / "relu6.onnx")
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+
+    def go(out: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(model), "--target", "cuda",
+                               "--precision", "fp16", "--trials", "8", "--db", db, "--out", str(tmp_path / out),
+                               "--ray-address", "off", "--json"], capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout)
+
+    first = go("a")
+    assert first["verified"] and first["precision"] == "fp16" and first["trials"] >= 1
+    second = go("b")
+    assert second["verified"] and second["tasks_from_db"] == second["tasks"] and second["trials"] == 0
 
 
 DECODE_IN_A_FRESH_PROCESS = """

@@ -220,3 +220,15 @@ def test_finite_divergence_is_still_reported_as_an_error_size() -> None:
     nan[0, 0] = np.nan
     with pytest.raises(VerificationError, match=r"output 'y' holds 1 NaN/Inf value\(s\) of 6 where"):
         compare([nan], ref, ["y"], 1e-3, 1e-3)
+
+
+@pytest.mark.parametrize("opset", [6, 13])
+def test_relu6_as_clip_imports_in_fp16_and_verifies(tmp_path: Path, sqlite_url: str, settings: Settings,
+                                                    opset: int) -> None:
+    """ReLU6 exported as Clip (bounds as inputs, or attributes before opset 11): fp16 import
+    once crashed in ToMixedPrecision ("Expected TensorType, but got R.Callable")."""
+    model = onnx_models.save(onnx_models.conv_relu6(opset), tmp_path / "m.onnx")
+    for precision in ("fp32", "fp16"):
+        report = run(RunRequest(model=str(model), target=TARGET, trials=0, out_dir=tmp_path / precision,
+                                db_url=sqlite_url, precision=precision), settings)
+        assert report["verified"] and report["precision"] == precision

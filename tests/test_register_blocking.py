@@ -17,7 +17,8 @@ from tvm.target import Target
 from tests import onnx_models
 from tuner.compile import compile_tuned, schedule_module
 from tuner.graph import fuse_for_tuning, import_onnx
-from tuner.measure import ORTModel, TVMModel, random_inputs
+from tuner.inputs import random_inputs
+from tuner.measure import ORTModel, TVMModel
 from tuner.model_io import load_model
 from tuner.schedules.isa import VectorISA, vector_isa
 from tuner.schedules.register_blocking import RULE_NAME, candidates, efficiency

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -47,6 +48,8 @@ def run(
     private: Annotated[Optional[bool], typer.Option("--private/--shared", help="Serve this run's records only to its team (default: shared, or TUNER_PRIVATE).")] = None,
     precise_math: Annotated[bool, typer.Option("--precise-math", help="Keep erf/exp/tanh/softmax as libm calls instead of TVM's vectorizable polynomial forms (fast math, the default; verified within the tolerance either way).")] = False,
     refine: Annotated[bool, typer.Option("--refine", help="Also tune tasks the database already serves, starting from their best records (spend more budget on a model tuned before).")] = False,
+    inputs: Annotated[Optional[Path], typer.Option("--inputs", help="An .npz (numpy.savez) with one array per model input, by name: verify and time on these instead of random inputs.")] = None,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph/--no-cuda-graph", help="CUDA: capture the module's kernel launches once and replay them as one CUDA graph (the default).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout, nothing else.")] = False,
 ) -> None:
     """Tune MODEL on this machine, compile, verify against ONNX Runtime, write model.so and report.json."""
@@ -76,6 +79,8 @@ def run(
         refine=refine,
         searchers=searchers,
         fast_math=not precise_math,
+        cuda_graph=cuda_graph,
+        inputs_path=inputs,
     )
     progress = RichProgress() if sys.stderr.isatty() else LogProgress()
     interrupted = threading.Event()
@@ -134,6 +139,7 @@ def _print_report(report: dict) -> None:
         f"(tolerance {report['tolerance']['atol']:g} + {report['tolerance']['rtol']:g}*|ref|); loops: "
         f"{report['loops']['parallel']} parallel, {report['loops']['threads']} thread-bound, "
         f"{report['loops']['vectorized']} vectorized"
+        + ("; one CUDA graph per run" if report.get("cuda_graph") else "")
     )
     out.print(f"module: {report['artifact']['path']}  (sha256 {report['artifact']['sha256'][:16]}...)")
     out.print(f"report: {Path(report['artifact']['path']).with_name('report.json')}")
@@ -159,11 +165,25 @@ def models(
     out.print(table)
 
 
+@app.callback()
+def options(
+    debug: Annotated[bool, typer.Option("--debug", help="On an unexpected error, print its traceback too (also TUNER_DEBUG=1).")] = False,
+) -> None:
+    """Tune ONNX models with TVM MetaSchedule."""
+    if debug:
+        os.environ["TUNER_DEBUG"] = "1"
+
+
 def main() -> None:
-    """Entry point: TunerError becomes one clear line and its exit code."""
+    """Entry point: an error becomes one clear line (the step that failed and why) and its exit
+    code; `--debug` adds the traceback of an unexpected one."""
+    from .stages import StageError, debug_enabled, summary
+
     try:
         app()
     except TunerError as exc:
+        if isinstance(exc, StageError) and exc.__cause__ is not None and debug_enabled():
+            traceback.print_exception(exc.__cause__)
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         if isinstance(exc, Interrupted):
             # CPython remembers a KeyboardInterrupt that once ended an evaluation (even a caught
@@ -173,6 +193,15 @@ def main() -> None:
             sys.stderr.flush()
             os._exit(exc.exit_code)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("[bold red]error:[/] interrupted")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - outside a pipeline step: still one line, not a traceback
+        if debug_enabled():
+            traceback.print_exception(exc)
+        err.print(f"[bold red]error:[/] {summary(exc)} (run with --debug for the traceback)", highlight=False,
+                  soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

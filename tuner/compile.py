@@ -22,6 +22,17 @@ class Compiled:
     executable: Any  # relax.VMExecutable
     loops: dict[str, int] = field(default_factory=dict)
     defaults: DefaultScheduleStats = field(default_factory=DefaultScheduleStats)
+    cuda_graph: bool = False  # the kernel launches are captured once and replayed as a CUDA graph
+
+
+# The VM builtin that a module rewritten for CUDA graphs calls to capture, then replay.
+_CUDA_GRAPH_BUILTIN = "vm.builtin.cuda_graph.run_or_capture"
+
+
+def uses_cuda_graph(executable: Any) -> bool:
+    """Whether RewriteCUDAGraph rewrote the module (it does not when nothing is capturable,
+    e.g. a module with dynamic shapes)."""
+    return _CUDA_GRAPH_BUILTIN in executable.as_text()
 
 
 def lowering_passes(target: Target) -> list[tvm.transform.Pass]:
@@ -63,16 +74,23 @@ def schedule_module(fused: IRModule, target: Target, database: Database) -> tupl
     return scheduled, defaults
 
 
-def compile_tuned(fused: IRModule, target: Target, database: Database) -> Compiled:
-    """Best records from `database`, default schedules for every kernel without one."""
+def compile_tuned(fused: IRModule, target: Target, database: Database, cuda_graph: bool = True) -> Compiled:
+    """Best records from `database`, default schedules for every kernel without one.
+
+    ``cuda_graph``: on CUDA, the module's kernel launches are captured into a CUDA graph at the
+    first run and replayed after (TVM's RewriteCUDAGraph): a batch-1 model of small kernels is
+    otherwise bound by launch overhead (torch's CUDA graphs beat the module so on an H200)."""
     scheduled, defaults = schedule_module(fused, target, database)
     loops = count_loops(scheduled)
-    # Tensor-core kernels need their own lowering configuration (see schedules/lowering.py);
-    # only CUDA modules can hold them.
-    config = lowering_config(scheduled) if target.kind.name == "cuda" else {}
+    config: dict[str, Any] = {}
+    if target.kind.name == "cuda":
+        # Tensor-core kernels need their own lowering configuration (see schedules/lowering.py);
+        # only CUDA modules can hold them.
+        config = {**lowering_config(scheduled), "relax.backend.use_cuda_graph": cuda_graph}
     with target, tvm.transform.PassContext(opt_level=3, config=config):
         ex = relax.build(scheduled, target=target, relax_pipeline=tvm.transform.Sequential(lowering_passes(target)))
-    return Compiled(executable=ex, loops=loops, defaults=defaults)
+    return Compiled(executable=ex, loops=loops, defaults=defaults,
+                    cuda_graph=target.kind.name == "cuda" and uses_cuda_graph(ex))
 
 
 def compile_untuned(mod: IRModule, target: Target) -> Any:

@@ -18,20 +18,6 @@ from tvm import relax
 from .errors import VerificationError
 
 
-def random_inputs(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape in shapes.items():
-        dtype = dtypes[name]
-        if dtype.startswith(("int", "uint")):
-            out[name] = rng.integers(0, 8, size=shape).astype(dtype)
-        elif dtype == "bool":
-            out[name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            out[name] = rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
-    return out
-
-
 def _flatten(value: Any) -> list[np.ndarray]:
     """The VM returns a Tensor, or a (nested) tuple of them for several outputs."""
     if isinstance(value, tvm.runtime.Tensor):
@@ -82,7 +68,7 @@ class ORTModel:
         import psutil
 
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # its errors come back as exceptions, which the run reports
         # ORT's idle intra-op threads spin: a TVM module timed in the same process after an ORT
         # run took 4.0 ms instead of 0.62 here (2 cores). Without spinning ORT itself was as
         # fast (0.78 vs 0.86 ms), and neither engine's timing disturbs the other's.
@@ -94,6 +80,23 @@ class ORTModel:
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(x) for x in self.session.run(None, inputs)]
+
+
+def wait_for_quiet_cpu(max_seconds: float, busy_percent: float, sample_s: float = 0.5) -> float | None:
+    """Wait until the machine's CPUs are less than `busy_percent` busy (this process idles
+    meanwhile, so the figure is everyone else's), at most `max_seconds`; returns the last
+    reading (None when `max_seconds` is 0: no wait, no reading). A module timed on a 2-core
+    machine beside a test run or another job took up to 1.8x as long as the same module timed
+    on a quiet one."""
+    import psutil
+
+    if max_seconds <= 0:
+        return None
+    deadline = time.monotonic() + max_seconds
+    busy = psutil.cpu_percent(interval=sample_s)
+    while busy >= busy_percent and time.monotonic() < deadline:
+        busy = psutil.cpu_percent(interval=sample_s)
+    return busy
 
 
 def median_ms(fn: Callable[[], Any], max_runs: int, min_seconds: float) -> float:
@@ -117,20 +120,21 @@ class Comparison:
 
 
 def compare(outputs: list[np.ndarray], reference: list[np.ndarray], names: list[str],
-            atol: float, rtol: float, overflow_hint: str = "") -> Comparison:
+            atol: float, rtol: float, overflow_hint: str = "", reference_name: str = "onnxruntime") -> Comparison:
     """Every output within atol + rtol*|ref|; raises VerificationError naming the first that is not.
     An output with NaN or Inf where ONNX Runtime's is finite is named as such (`overflow_hint`
     says what usually causes it, e.g. fp16's range), not as an error of "nan"."""
+    ref_name = "ONNX Runtime" if reference_name == "onnxruntime" else reference_name
     if len(outputs) != len(reference):
-        raise VerificationError(f"the compiled module returned {len(outputs)} outputs, ONNX Runtime {len(reference)}")
+        raise VerificationError(f"the compiled module returned {len(outputs)} outputs, {ref_name} {len(reference)}")
     worst = 0.0
     for name, out, ref in zip(names, outputs, reference):
         if out.shape != ref.shape:
-            raise VerificationError(f"output {name!r} has shape {out.shape}, ONNX Runtime gives {ref.shape}")
+            raise VerificationError(f"output {name!r} has shape {out.shape}, {ref_name} gives {ref.shape}")
         bad = int(np.count_nonzero(~np.isfinite(out))) if np.issubdtype(out.dtype, np.floating) else 0
         if bad and np.issubdtype(ref.dtype, np.floating) and np.isfinite(ref).all():
             raise VerificationError(
-                f"output {name!r} holds {bad} NaN/Inf value(s) of {out.size} where ONNX Runtime's are all finite"
+                f"output {name!r} holds {bad} NaN/Inf value(s) of {out.size} where {ref_name}'s are all finite"
                 f"{overflow_hint}; the module was not written"
             )
         diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
@@ -138,7 +142,7 @@ def compare(outputs: list[np.ndarray], reference: list[np.ndarray], names: list[
         worst = max(worst, err)
         if not np.all(diff <= atol + rtol * np.abs(ref.astype(np.float64))) or not np.isfinite(err):
             raise VerificationError(
-                f"output {name!r} diverges from ONNX Runtime: max abs error {err:.3g} "
+                f"output {name!r} diverges from {ref_name}: max abs error {err:.3g} "
                 f"(tolerance {atol:g} + {rtol:g}*|ref|); the module was not written"
             )
     return Comparison(max_abs_error=worst, verified=True)

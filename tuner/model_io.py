@@ -5,6 +5,7 @@ Every rejection here is a one-line TunerError: users hand us arbitrary files.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,4 +190,28 @@ def load_model(spec: str, input_shapes: dict[str, tuple[int, ...]] | None = None
     if missing:
         raise TunerError(f"{spec} uses operator(s) that TVM's ONNX importer does not support: {', '.join(missing)}")
     shapes, dtypes = _resolve_inputs(model, input_shapes or {})
+    check_memory(name, model, shapes, dtypes)
     return LoadedModel(name=name, proto=model, input_shapes=shapes, input_dtypes=dtypes, source=str(path))
+
+
+# A run holds its inputs several times over (numpy, the module's tensors, ONNX Runtime's copy,
+# outputs of about their size) and its weights about twice (the model, the compiled constants).
+INPUT_COPIES, WEIGHT_COPIES = 4, 2
+
+
+def check_memory(name: str, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                 dtypes: dict[str, str]) -> None:
+    """Refuse, before anything is allocated, a model whose inputs and weights cannot fit in this
+    machine's available memory (a 10^13-float input once reached numpy's MemoryError in a
+    service worker, after a few GiB had been allocated for real)."""
+    import numpy as np
+    import psutil
+
+    inputs = sum(math.prod(shape) * np.dtype(dtypes[n]).itemsize for n, shape in shapes.items())
+    weights = sum(math.prod(t.dims) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+                  for t in model.graph.initializer)
+    need = INPUT_COPIES * inputs + WEIGHT_COPIES * weights
+    available = psutil.virtual_memory().available
+    if need > available:
+        raise TunerError(f"{name} needs about {need / 2**30:.1f} GiB (inputs {inputs / 2**30:.2f} GiB, weights "
+                         f"{weights / 2**30:.2f} GiB) and this machine has {available / 2**30:.1f} GiB available")

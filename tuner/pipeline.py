@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tvm
 from sqlalchemy.engine import make_url
 from tvm.s_tir import meta_schedule as ms
@@ -38,7 +39,10 @@ from .errors import TunerError
 from .clusters import hardware_units
 from .graph import PRECISIONS, fuse_for_tuning, import_onnx
 from .hardware import fingerprint_for
-from .measure import ORTModel, TVMModel, compare, device_for, median_ms, random_inputs
+from .measure import TVMModel, compare, device_for, median_ms, wait_for_quiet_cpu
+from .inputs import verification_inputs
+from .reference import reference_outputs
+from .stages import stage
 from .model_io import LoadedModel, load_model
 from .progress import Progress, SilentProgress
 from .tuning import Workers, ray_builder_count, ray_workers, tune, tuning_cores
@@ -72,6 +76,10 @@ class RunRequest:
     searchers: int | None = None
     # erf/exp/tanh/softmax as vectorizable polynomials (TVM's fast math); False: libm calls.
     fast_math: bool = True
+    # CUDA: kernel launches captured once and replayed as a CUDA graph.
+    cuda_graph: bool = True
+    # Inputs to verify and time on (an .npz with one array per input); None: random ones.
+    inputs_path: Path | None = None
     # More hardware targets for the same job (`--target cpu --target cuda`): each is tuned on the
     # nodes with its hardware and gets its own folder under out_dir.
     more_targets: list[dict[str, Any]] = field(default_factory=list)
@@ -196,6 +204,8 @@ class _Job:
     job_id: str
     private: bool
     t_start: float
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)  # verification and timing inputs
+    inputs_source: str = ""
 
 
 def run(request: RunRequest, settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
@@ -216,7 +226,9 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
             {k for k in keys if keys.count(k) > 1})) + "): give each target once")
 
     t_start = time.perf_counter()
-    model: LoadedModel = load_model(request.model, request.input_shapes)
+    with stage("load"):
+        model: LoadedModel = load_model(request.model, request.input_shapes)
+        inputs, inputs_source = verification_inputs(model, request.inputs_path, request.seed)
     if request.name:
         model.name = request.name
     out_dir = request.out_dir or Path("tuner-out") / model.name
@@ -229,17 +241,20 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
             raise TunerError(f"cannot create output folder {folder}: {exc.strerror}") from None
     job = _Job(request, settings, progress, model, None, request.db_url or settings.resolved_db_url(),
                request.team or settings.team, request.job_id or uuid.uuid4().hex[:12],
-               settings.private if request.private is None else request.private, t_start)
+               settings.private if request.private is None else request.private, t_start, inputs, inputs_source)
     databases = [open_database(job.db_url, t, job.team, job.job_id, job.private, settings.warm_start) for t in targets]
 
     progress.message(f"importing {model.name} ({model.source})")
-    job.relax_mod = import_onnx(model, request.precision)  # passes return new modules: reused for the untuned baseline
+    with stage("import"):
+        job.relax_mod = import_onnx(model, request.precision)  # passes return new modules: reused for the untuned baseline
     plans = []
     for n, (t, db, folder) in enumerate(zip(targets, databases, folders), 1):
         if several:
             progress.message(f"target {n}/{len(targets)}: {t.get('kind')} ({db.provenance.hardware_key})")
-        plans.append(_plan(job, t, db, folder))
-    tuned = _tune(job, plans)
+        with stage("fusion"):
+            plans.append(_plan(job, t, db, folder))
+    with stage("tuning"):
+        tuned = _tune(job, plans)
     reports = []
     for n, (plan, result) in enumerate(zip(plans, tuned), 1):
         if several:
@@ -339,35 +354,45 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
     if threads:
         use_threads(threads)
     progress.message("compiling with the database and default schedules")
-    compiled = compile_tuned(plan.fused, target, database)
+    with stage("compile"):
+        compiled = compile_tuned(plan.fused, target, database, cuda_graph=request.cuda_graph)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
         lib_path = Path(tmp) / "model.so"
-        compiled.executable.export_library(str(lib_path))
         names = list(model.input_shapes)
-        inputs = random_inputs(model.input_shapes, model.input_dtypes, request.seed)
         device = device_for(target.kind.name)
-        tvm_model = TVMModel(lib_path, names, device)
-        args = tvm_model.prepare(inputs)
-        ort_model = ORTModel(model.proto, threads)
-        reference = ort_model.run(inputs)
-        out_names = [o.name for o in model.proto.graph.output]
-        dtype = str(reference[0].dtype) if reference else "float32"
-        v = settings.verify
-        fp16 = dtype == "float16" or request.precision == "fp16"
-        atol, rtol = (v.fp16_atol, v.fp16_rtol) if fp16 else (v.fp32_atol, v.fp32_rtol)
-        hint = (" (in fp16, values somewhere in the model beyond fp16's range, 65504: run it in fp32)"
-                if request.precision == "fp16" else "")
-        comparison = compare(tvm_model.run(args), reference, out_names, atol, rtol, hint)
+        with stage("compile"):
+            compiled.executable.export_library(str(lib_path))
+            tvm_model = TVMModel(lib_path, names, device)
+        with stage("verify"):
+            inputs = job.inputs
+            args = tvm_model.prepare(inputs)
+            ref = reference_outputs(model.proto, inputs, threads)
+            if ref.fallback_reason:
+                progress.message(f"verifying against {ref.name}: {ref.fallback_reason}")
+            out_names = [o.name for o in model.proto.graph.output]
+            dtype = str(ref.outputs[0].dtype) if ref.outputs else "float32"
+            v = settings.verify
+            fp16 = dtype == "float16" or request.precision == "fp16"
+            atol, rtol = (v.fp16_atol, v.fp16_rtol) if fp16 else (v.fp32_atol, v.fp32_rtol)
+            hint = (" (in fp16, values somewhere in the model beyond fp16's range, 65504: run it in fp32)"
+                    if request.precision == "fp16" else "")
+            comparison = compare(tvm_model.run(args), ref.outputs, out_names, atol, rtol, hint, ref.name)
 
-        progress.message("timing tuned, untuned and ONNX Runtime")
-        m = settings.measure
-        tuned_ms = median_ms(lambda: tvm_model.call(args), m.model_runs, m.model_min_seconds)
-        ort_ms = median_ms(lambda: ort_model.run(inputs), m.model_runs, m.model_min_seconds)
-        untuned_ms = None
-        if request.measure_untuned:
-            untuned = TVMModel(compile_untuned(job.relax_mod, target), names, device)
-            untuned_args = untuned.prepare(inputs)
-            untuned_ms = median_ms(lambda: untuned.call(untuned_args), m.model_runs, m.model_min_seconds)
+        with stage("time"):
+            m = settings.measure
+            busy = None
+            if threads:
+                busy = wait_for_quiet_cpu(m.quiet_wait_s, m.quiet_busy_percent)
+                if busy is not None and busy >= m.quiet_busy_percent:
+                    progress.message(f"the CPUs are {busy:.0f}% busy with other work: the timings include its noise")
+            progress.message("timing tuned, untuned and ONNX Runtime")
+            tuned_ms = median_ms(lambda: tvm_model.call(args), m.model_runs, m.model_min_seconds)
+            ort_ms = median_ms(lambda: ref.ort.run(inputs), m.model_runs, m.model_min_seconds) if ref.ort else None
+            untuned_ms = None
+            if request.measure_untuned:
+                untuned = TVMModel(compile_untuned(job.relax_mod, target), names, device)
+                untuned_args = untuned.prepare(inputs)
+                untuned_ms = median_ms(lambda: untuned.call(untuned_args), m.model_runs, m.model_min_seconds)
         data = lib_path.read_bytes()
     artifact = out_dir / "model.so"
     _write_atomic(artifact, data)
@@ -395,17 +420,26 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         "tuning_seconds": round(tuned.seconds, 3),
         "total_seconds": round(time.perf_counter() - job.t_start, 3),
         "latency_ms": {"untuned": untuned_ms, "tuned": tuned_ms, "onnxruntime": ort_ms},
+        # CPU: how busy the machine's CPUs were with other work when the timing started.
+        "cpu_busy_percent_before_timing": busy,
         "speedup": {
             "vs_untuned": (untuned_ms / tuned_ms) if untuned_ms else None,
-            "vs_onnxruntime": ort_ms / tuned_ms,
+            "vs_onnxruntime": (ort_ms / tuned_ms) if ort_ms else None,
         },
         "max_abs_error": comparison.max_abs_error,
         "precision": request.precision,
         "fast_math": request.fast_math,
-        # fp16 is checked against ONNX Runtime in fp32, with the looser fp16 tolerance.
-        "tolerance": {"atol": atol, "rtol": rtol, "reference": "onnxruntime fp32"},
+        # fp16 is checked against the fp32 reference, with the looser fp16 tolerance.
+        "tolerance": {"atol": atol, "rtol": rtol, "reference": f"{ref.name} fp32"},
+        "verify": {
+            "reference": ref.name,
+            "why_not_onnxruntime": ref.fallback_reason,
+            "inputs": job.inputs_source,
+            "atol": atol, "rtol": rtol,
+        },
         "verified": comparison.verified,
         "loops": compiled.loops,
+        "cuda_graph": compiled.cuda_graph,
         # TVM runtime threads the module was timed with (CPU; set TVM_NUM_THREADS to the same
         # when loading model.so: TVM's default on x86 is half the logical CPUs).
         "threads": current_threads() if threads else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import psutil
@@ -56,11 +57,41 @@ def parse_target(spec: str) -> dict[str, Any]:
     if not isinstance(value, dict) or not isinstance(value.get("kind"), str):
         raise TunerError(f'invalid target {spec!r}: a JSON dict with a "kind" key is expected')
     if value["kind"] == "cuda":
+        _check_arch(value.get("arch"))
         value = complete_cuda_target(value)
-    elif value["kind"] != "llvm":
+    elif value["kind"] == "llvm":
+        value = complete_cpu_target(value)
+    else:
         raise TunerError(f"unsupported target kind {value['kind']!r}: 'llvm' (CPU) and 'cuda' are supported")
     validate_target(value)
     return value
+
+
+def complete_cpu_target(target: dict[str, Any]) -> dict[str, Any]:
+    """A user's CPU dict with what tuning needs filled in from the host: `num-cores` (MetaSchedule
+    reads it; without it a run ended in "Target does not have attribute num-cores") and, unless
+    it cross-compiles (`mtriple`), `mcpu`. The user's values win; an `mcpu` LLVM does not know
+    is refused with the list of those it does (LLVM only warns and builds generic code)."""
+    from tvm.target import Target, codegen
+
+    given = dict(target)
+    mcpu = given.get("mcpu")
+    if mcpu is not None:
+        known = sorted(set(codegen.llvm_get_cpu_archlist(Target({"kind": "llvm", **{
+            k: v for k, v in given.items() if k == "mtriple"}}))))
+        if not isinstance(mcpu, str) or mcpu not in known:
+            raise TunerError(f"unknown mcpu {mcpu!r} for LLVM; known: {', '.join(known)}")
+    host = host_cpu_target()
+    if "num-cores" not in given:
+        given["num-cores"] = host["num-cores"]
+    if "mcpu" not in given and "mtriple" not in given:
+        given["mcpu"] = host["mcpu"]
+    return given
+
+
+def _check_arch(arch: object) -> None:
+    if arch is not None and not (isinstance(arch, str) and re.fullmatch(r"sm_[1-9][0-9]{1,2}[af]?", arch)):
+        raise TunerError(f"unknown CUDA arch {arch!r}: expected sm_XY, e.g. sm_80 (A100), sm_89 (L4), sm_90 (H100, H200)")
 
 
 def validate_target(target: dict[str, Any]) -> None:
