@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from fastapi.testclient import TestClient
@@ -49,10 +50,12 @@ class Service:
         return {"Authorization": f"Bearer {self.vision_key if team == 'vision' else self.speech_key}"}
 
     def submit(self, client: TestClient, team: str = "vision", model: bytes | None = None,
-               headers: dict[str, str] | None = None, **fields: str):
+               headers: dict[str, str] | None = None, inputs: bytes | None = None, **fields: str):
         data = {"trials": "8", **fields}
-        return client.post("/v1/jobs", headers={**self.auth(team), **(headers or {})}, data=data,
-                           files={"model": ("m.onnx", model if model is not None else self.model, "application/octet-stream")})
+        files = {"model": ("m.onnx", model if model is not None else self.model, "application/octet-stream")}
+        if inputs is not None:
+            files["inputs"] = ("x.npz", inputs, "application/octet-stream")
+        return client.post("/v1/jobs", headers={**self.auth(team), **(headers or {})}, data=data, files=files)
 
     def leftovers(self) -> list[Path]:
         """Uploads that were not cleaned up."""
@@ -82,7 +85,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, T
     """One real job, tuned by a worker of the app, followed to its end."""
     service = Service(tmp_path_factory.mktemp("tuned"), workers=1)
     with TestClient(service.app) as client:
-        job = service.submit(client).json()
+        job = service.submit(client, inputs=_npz(x=np.linspace(-1, 1, 16 * 64, dtype=np.float32).reshape(16, 64))).json()
         yield service, client, _wait(client, job["id"], service.auth(), ("succeeded", "failed"))
 
 
@@ -235,11 +238,32 @@ def test_revoked_key_is_refused(api: tuple[Service, TestClient]) -> None:
     assert client.get("/v1/records", headers=service.auth()).status_code == 401
 
 
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_inputs_part_is_checked_against_the_model(api: tuple[Service, TestClient]) -> None:
+    service, client = api
+    wrong = service.submit(client, inputs=_npz(y=np.zeros((16, 64), np.float32)))
+    assert wrong.status_code == 422 and "`inputs`: the model's inputs are x; missing x" in wrong.json()["detail"]
+    shape = service.submit(client, inputs=_npz(x=np.zeros((2, 64), np.float32)))
+    assert shape.status_code == 422 and "the model takes float32 (16, 64)" in shape.json()["detail"]
+    junk = service.submit(client, inputs=b"not an npz")
+    assert junk.status_code == 422 and "not a numpy .npz file" in junk.json()["detail"]
+    ok = service.submit(client, inputs=_npz(x=np.zeros((16, 64), np.float32)))
+    assert ok.status_code == 202
+    assert (service.storage / "jobs" / ok.json()["id"] / "inputs.npz").is_file()
+    assert service.leftovers() == []
+
+
 def test_a_real_job_succeeds_with_report_artifact_and_events(tuned: tuple[Service, TestClient, dict]) -> None:
     service, client, job = tuned
     assert job["status"] == "succeeded", job["error"]
     report = job["report"]
     assert report["verified"] and report["trials"] > 0 and report["team"] == "vision"
+    assert report["verify"]["inputs"] == "file inputs.npz"  # the submission's `inputs` part
     assert report["artifact"]["path"] == f"/v1/jobs/{job['id']}/artifact"
     assert str(service.storage) not in json.dumps(report)  # no server paths for clients
     assert job["progress"]["trials_done"] == report["trials"] and job["progress"]["tasks"] == report["tasks"]

@@ -78,7 +78,7 @@ def test_inputs_from_a_file_are_used_and_checked(by_name: dict, settings: Settin
     report = run(RunRequest(model=str(case.model), target=TARGET, trials=0, out_dir=tmp_path / "o",
                             db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", inputs_path=good, measure_untuned=False),
                  fast_settings(settings))
-    assert report["verified"] and report["verify"]["inputs"] == f"file {good}"
+    assert report["verified"] and report["verify"]["inputs"] == "file good.npz"
     for label, arrays, words in [
         ("renamed", {"other": inputs[name]}, "missing"),
         ("reshaped", {name: inputs[name].reshape(-1)[:1]}, "the model takes"),

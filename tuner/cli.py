@@ -124,8 +124,10 @@ def _print_report(report: dict) -> None:
     baseline = "untuned TVM (dlight)" if report["target"].get("kind") == "cuda" else "untuned TVM"
     table.add_row(baseline, _fmt_ms(lat["untuned"]), untuned)
     ratio = speed["vs_onnxruntime"]
-    vs_ort = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
-    table.add_row("ONNX Runtime (CPU)", _fmt_ms(lat["onnxruntime"]), vs_ort)
+    vs_ort = "-" if not ratio else f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+    reference = report.get("verify", {}).get("reference", "onnxruntime")
+    ort_row = "ONNX Runtime (CPU)" if reference == "onnxruntime" else f"ONNX Runtime (CPU), {reference.removeprefix('onnxruntime ')}"
+    table.add_row(ort_row, _fmt_ms(lat["onnxruntime"]), vs_ort)
     out.print(table)
     out.print(
         f"tasks: {report['tasks']} ({report['tasks_from_db']} from the database, "
@@ -135,7 +137,8 @@ def _print_report(report: dict) -> None:
         f"{report['tuning_seconds']:.1f} s"
     )
     out.print(
-        f"verified against ONNX Runtime: max abs error {report['max_abs_error']:.3g} "
+        f"verified against {report.get('verify', {}).get('reference', 'onnxruntime')} on "
+        f"{report.get('verify', {}).get('inputs', 'random inputs')}: max abs error {report['max_abs_error']:.3g} "
         f"(tolerance {report['tolerance']['atol']:g} + {report['tolerance']['rtol']:g}*|ref|); loops: "
         f"{report['loops']['parallel']} parallel, {report['loops']['threads']} thread-bound, "
         f"{report['loops']['vectorized']} vectorized"

@@ -97,8 +97,8 @@ def load_inputs(path: Path, model: LoadedModel) -> dict[str, np.ndarray]:
 
 def verification_inputs(model: LoadedModel, path: Path | None, seed: int) -> tuple[dict[str, np.ndarray], str]:
     """The inputs and a word on where they came from, for the report."""
-    if path is not None:
-        return load_inputs(path, model), f"file {path}"
+    if path is not None:  # named, not pathed: a service's report must not show its storage
+        return load_inputs(path, model), f"file {path.name}"
     bounds = index_bounds(model.proto)
     note = f"random (seed {seed})"
     if bounds:

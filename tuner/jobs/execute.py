@@ -90,6 +90,7 @@ def execute(job_id: str, db_url: str, storage: Storage, ray_address: str | None)
         ray_address=ray_address,
         name=job.name,
         refine=job.refine,
+        inputs_path=storage.inputs_path(job_id) if storage.inputs_path(job_id).is_file() else None,
     )
     try:
         run(request, settings, progress)

@@ -50,6 +50,10 @@ class Storage:
     def model_path(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "model.onnx"
 
+    def inputs_path(self, job_id: str) -> Path:
+        """The job's verification inputs (.npz), when the submission gave some."""
+        return self.job_dir(job_id) / "inputs.npz"
+
     def out_dir(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "out"
 

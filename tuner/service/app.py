@@ -39,7 +39,7 @@ from tuner.jobs.storage import Storage, file_sha256, new_job_id
 from tuner.jobs.worker import JobWorker
 
 from .metrics import Metrics
-from .submission import check_model, job_spec
+from .submission import check_inputs, check_model, job_spec
 from .uploads import read_submission
 
 log = logging.getLogger("tuner.service")
@@ -206,6 +206,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
                       "input_shapes": {"type": "string", "description": '{"input": [1, 3, 224, 224]}'},
                       "name": {"type": "string"},
                       "refine": {"type": "boolean", "description": "also tune kernels the database already serves"},
+                      "inputs": {"type": "string", "format": "binary",
+                                 "description": "optional .npz (numpy.savez), one array per model input: "
+                                                "verify and time on these instead of random inputs"},
                   }}}}}})
     async def submit(request: Request, team: Team,
                      idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> JSONResponse:
@@ -215,12 +218,14 @@ def create_app(config: ServiceConfig) -> FastAPI:
             form = await read_submission(request.headers.get("content-type", ""), request.headers.get("content-length"),
                                          request.stream(), upload, max_model_bytes)
             spec = await run_in_threadpool(job_spec, form.fields, form.filename, serve.max_active_trials_per_team)
-            request_sha = spec.request_sha256(form.model_sha256)
+            request_sha = spec.request_sha256(form.model_sha256 + (f":{form.inputs_sha256}" if form.inputs_path else ""))
             if idempotency_key:
                 earlier = await run_in_threadpool(find_by_idempotency_key, engine, team, idempotency_key)
                 if earlier is not None:
                     return _replay(earlier, request_sha)
             await run_in_threadpool(check_model, upload, spec.input_shapes)
+            if form.inputs_path is not None:
+                await run_in_threadpool(check_inputs, form.inputs_path, upload, spec.input_shapes)
             load = await run_in_threadpool(team_load, engine, team)
             if load.active_jobs >= serve.max_active_jobs_per_team or (
                     load.active_trials + spec.trials > serve.max_active_trials_per_team):
@@ -233,6 +238,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
             job_dir = storage.job_dir(job_id)
             job_dir.mkdir(parents=True)
             os.replace(upload, storage.model_path(job_id))
+            if form.inputs_path is not None:
+                os.replace(form.inputs_path, storage.inputs_path(job_id))
             job = Job(id=job_id, team=team, name=spec.name, status="queued", target_json=json.dumps(spec.target),
                       trials=spec.trials, refine=spec.refine, input_shapes_json=json.dumps(spec.input_shapes),
                       model_sha256=form.model_sha256, model_bytes=form.model_bytes, request_sha256=request_sha,
@@ -250,6 +257,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             return JSONResponse(job_body(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
         finally:
             upload.unlink(missing_ok=True)
+            upload.with_suffix(".inputs.npz").unlink(missing_ok=True)
 
     def _replay(job: Job, request_sha: str) -> JSONResponse:
         if job.request_sha256 != request_sha:

@@ -103,3 +103,13 @@ def check_model(path: Path, input_shapes: dict[str, list[int]]) -> None:
     except TunerError as exc:
         # Messages name the file: the client knows it as "the model", not by the server's path.
         raise HTTPException(422, str(exc).replace(str(path), "the model").replace("--input-shape", "input_shapes")) from None
+
+
+def check_inputs(inputs: Path, model: Path, input_shapes: dict[str, list[int]]) -> None:
+    """The `inputs` part must hold one array per model input, with the model's shapes and dtypes."""
+    from tuner.inputs import load_inputs
+
+    try:
+        load_inputs(inputs, load_model(str(model), {k: tuple(v) for k, v in input_shapes.items()}))
+    except TunerError as exc:
+        raise HTTPException(422, str(exc).replace(f"--inputs {inputs}", "`inputs`")) from None

@@ -1,9 +1,10 @@
 """Reading a job submission (multipart/form-data) as it streams in.
 
-The model part goes straight to a temporary file inside the service's storage folder while its
-size is counted, so an oversized upload is refused (413) before it is all received and nothing
-is ever spooled elsewhere (Starlette's form parser would spool to the system temp dir). Client
-file names are ignored.
+The model part (and the optional `inputs` part, an .npz of verification inputs) goes straight
+to a temporary file inside the service's storage folder while its size is counted, so an
+oversized upload is refused (413) before it is all received and nothing is ever spooled
+elsewhere (Starlette's form parser would spool to the system temp dir). Client file names are
+ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ FIELDS = ("target", "trials", "input_shapes", "name", "refine")
 MAX_FIELD_BYTES = 64 * 1024
 
 
+FILES = ("model", "inputs")
+
+
 @dataclass
 class Submission:
     model_path: Path | None = None
@@ -28,6 +32,14 @@ class Submission:
     model_sha256: str = ""
     filename: str = ""
     fields: dict[str, str] = field(default_factory=dict)
+    inputs_path: Path | None = None  # the `inputs` part: arrays to verify and time on
+    inputs_bytes: int = 0
+    inputs_sha256: str = ""
+
+    def discard(self) -> None:
+        for path in (self.model_path, self.inputs_path):
+            if path is not None:
+                path.unlink(missing_ok=True)
 
 
 class _Reader:
@@ -36,7 +48,8 @@ class _Reader:
     def __init__(self, dest: Path, max_model_bytes: int) -> None:
         self.dest, self.max_model_bytes = dest, max_model_bytes
         self.result = Submission()
-        self.digest = hashlib.sha256()
+        self.digests = {name: hashlib.sha256() for name in FILES}
+        self.sizes = dict.fromkeys(FILES, 0)
         self.fh = None
         self.headers: dict[bytes, bytes] = {}
         self.header_field = b""
@@ -66,27 +79,29 @@ class _Reader:
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
         name = options.get(b"name", b"").decode("utf-8", "replace")
-        if name == "model":
-            if self.fh is not None or self.result.model_path is not None:
-                raise HTTPException(422, "the form has more than one `model` part")
-            self.result.filename = options.get(b"filename", b"").decode("utf-8", "replace")
-            self.fh = open(self.dest, "wb")
-            self.result.model_path = self.dest
+        if name in FILES:
+            if getattr(self.result, f"{name}_path") is not None:
+                raise HTTPException(422, f"the form has more than one `{name}` part")
+            path = self.dest if name == "model" else self.dest.with_suffix(".inputs.npz")
+            if name == "model":
+                self.result.filename = options.get(b"filename", b"").decode("utf-8", "replace")
+            self.fh = open(path, "wb")
+            setattr(self.result, f"{name}_path", path)
         elif name in FIELDS:
             if name in self.result.fields:
                 raise HTTPException(422, f"the form field `{name}` is given twice")
         else:
-            raise HTTPException(422, f"unknown form field `{name[:64]}`: expected model, {', '.join(FIELDS)}")
+            raise HTTPException(422, f"unknown form field `{name[:64]}`: expected {', '.join(FILES)}, {', '.join(FIELDS)}")
         self.part = name
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
-        if self.part == "model":
-            self.result.model_bytes += len(chunk)
-            if self.result.model_bytes > self.max_model_bytes:
-                raise HTTPException(413, f"the model is larger than this service's limit of "
+        if self.part in FILES:
+            self.sizes[self.part] += len(chunk)
+            if self.sizes[self.part] > self.max_model_bytes:
+                raise HTTPException(413, f"the {self.part} file is larger than this service's limit of "
                                          f"{self.max_model_bytes / 2**20:g} MiB")
-            self.digest.update(chunk)
+            self.digests[self.part].update(chunk)
             self.fh.write(chunk)
         else:
             self.value += chunk
@@ -94,7 +109,7 @@ class _Reader:
                 raise HTTPException(413, f"the form field `{self.part}` is longer than {MAX_FIELD_BYTES} bytes")
 
     def on_part_end(self) -> None:
-        if self.part == "model":
+        if self.part in FILES:
             self.fh.close()
             self.fh = None
         elif self.part is not None:
@@ -112,7 +127,7 @@ async def read_submission(content_type: str, content_length: str | None, body: A
     kind, params = parse_options_header(content_type or "")
     if kind != b"multipart/form-data" or not params.get(b"boundary"):
         raise HTTPException(415, "send the job as multipart/form-data with a `model` file part")
-    limit = max_model_bytes + len(FIELDS) * MAX_FIELD_BYTES + 64 * 1024
+    limit = len(FILES) * max_model_bytes + len(FIELDS) * MAX_FIELD_BYTES + 64 * 1024
     if content_length and content_length.isdigit() and int(content_length) > limit:
         raise HTTPException(413, f"the request ({int(content_length) / 2**20:.1f} MiB) is larger than this "
                                  f"service's limit of {max_model_bytes / 2**20:g} MiB for a model")
@@ -124,14 +139,19 @@ async def read_submission(content_type: str, content_length: str | None, body: A
         parser.finalize()
     except MultipartParseError as exc:
         reader.close()
-        dest.unlink(missing_ok=True)
+        reader.result.discard()
         raise HTTPException(422, f"malformed multipart body: {exc}") from None
     except BaseException:
         reader.close()
-        dest.unlink(missing_ok=True)
+        reader.result.discard()
         raise
     reader.close()
     if reader.result.model_path is None:
+        reader.result.discard()
         raise HTTPException(422, "the form has no `model` part (the .onnx file)")
-    reader.result.model_sha256 = reader.digest.hexdigest()
-    return reader.result
+    result = reader.result
+    result.model_bytes, result.inputs_bytes = reader.sizes["model"], reader.sizes["inputs"]
+    result.model_sha256 = reader.digests["model"].hexdigest()
+    if result.inputs_path is not None:
+        result.inputs_sha256 = reader.digests["inputs"].hexdigest()
+    return result
