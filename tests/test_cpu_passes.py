@@ -95,20 +95,24 @@ def test_tvm_runs_on_the_requested_threads_without_pinning_the_caller() -> None:
 
 def test_cpu_timing_waits_until_other_work_ends() -> None:
     """Two processes spin on the CPUs for 3 s: the wait ends after them, with a quiet reading;
-    on a quiet machine it ends at once; a wait of 0 s takes no reading."""
+    on a quiet machine it ends at once; a wait of 0 s takes no reading. "Quiet" is relative to
+    what the machine was doing before (another job may share it)."""
+    import psutil
+
     from tuner.measure import wait_for_quiet_cpu
 
+    limit = min(95.0, psutil.cpu_percent(interval=0.5) + 30)
     spin = "import time\nt = time.time()\nwhile time.time() - t < 3: pass"
-    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(psutil.cpu_count() or 2)]
     try:
         time.sleep(0.5)
         start = time.monotonic()
-        busy = wait_for_quiet_cpu(20, 30)
+        busy = wait_for_quiet_cpu(20, limit)
         waited = time.monotonic() - start
     finally:
         for p in spinners:
             p.wait()
-    assert busy is not None and busy < 30 and waited >= 1.5
+    assert busy is not None and busy < limit and waited >= 1.5
     start = time.monotonic()
-    assert wait_for_quiet_cpu(20, 30) < 30 and time.monotonic() - start < 5
-    assert wait_for_quiet_cpu(0, 30) is None
+    assert wait_for_quiet_cpu(20, limit) < limit and time.monotonic() - start < 5
+    assert wait_for_quiet_cpu(0, limit) is None

@@ -29,7 +29,7 @@ SAMPLE = [
     "pytorch-converted/test_BatchNorm2d_eval", "pytorch-converted/test_AvgPool2d_stride",
     "pytorch-converted/test_GLU", "pytorch-operator/test_operator_addmm", "pytorch-converted/test_Embedding",
     "pytorch-operator/test_operator_conv", "pytorch-operator/test_operator_maxpool",
-    "pytorch-operator/test_operator_add_broadcast", "simple/test_sign_model", "simple/test_single_relu_model",
+    "pytorch-operator/test_operator_add_broadcast", "pytorch-operator/test_operator_sqrt", "simple/test_sign_model", "simple/test_single_relu_model",
 ]
 
 
@@ -142,3 +142,28 @@ def test_an_unexpected_error_is_one_line_naming_the_step(tmp_path: Path, monkeyp
     err = capsys.readouterr().err
     assert "error: compile failed: RuntimeError: Check failed: (x) is false: bad x" in " ".join(err.split())
     assert ("Traceback" in err) == debug
+
+
+def test_nan_and_infinity_where_the_reference_has_them_agree() -> None:
+    """sqrt of a negative input is NaN in every engine (ONNX's test_operator_sqrt): the same
+    NaN or infinity agrees; a number where the reference has NaN does not."""
+    from tuner.errors import VerificationError
+    from tuner.measure import compare
+
+    ref = np.array([1.0, np.nan, np.inf, -np.inf], np.float32)
+    assert compare([ref.copy()], [ref], ["y"], 1e-3, 1e-3).max_abs_error == 0.0
+    with pytest.raises(VerificationError, match="diverges"):
+        compare([np.array([1.0, 2.0, np.inf, -np.inf], np.float32)], [ref], ["y"], 1e-3, 1e-3)
+
+
+def test_a_case_tvm_itself_cannot_compile_fails_with_one_line(by_name: dict, settings: Settings, tmp_path: Path) -> None:
+    """The conformance table's bar: tuner passes whatever plain TVM compiles correctly; what TVM
+    cannot compile (PReLU with per-channel slopes asserts in TVM's operator library) fails with
+    one line naming the step and where it broke."""
+    from tuner.conformance import plain_tvm
+
+    case = by_name["pytorch-converted/test_PReLU_1d_multiparam"]
+    assert plain_tvm(case).startswith("fails: AssertionError")
+    outcome = run_case(case, fast_settings(settings), tmp_path)
+    assert not outcome.passed and outcome.reason == "import failed: AssertionError in nn/elemwise.py:137"
+    assert plain_tvm(by_name["pytorch-converted/test_GLU"]) == "matches"

@@ -6,6 +6,8 @@ tests run a fixed sample.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -149,6 +151,34 @@ def run_case(case: Case, settings: Settings, work: Path, atol: float = 1e-3, rto
             return Outcome(label, False, f"output {i} differs from the test's reference: max abs error {err:.3g}",
                            report["verify"]["reference"])
     return Outcome(label, True, "", report["verify"]["reference"])
+
+
+def plain_tvm(case: Case, atol: float = 1e-3, rtol: float = 1e-3) -> str:
+    """What TVM alone makes of the case (`from_onnx` + `relax.build`, no tuner): "matches",
+    "wrong output", or "fails: <reason>". tuner must pass every case this says "matches" for."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from .measure import _flatten
+
+    data = case_data(case)
+    if data is None:
+        return "no test data"
+    inputs, expected = data
+    if any(a.dtype == object for a in inputs.values()):
+        return "fails: string inputs"
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            mod = from_onnx(onnx.load(str(case.model)), shape_dict={k: v.shape for k, v in inputs.items()})
+            vm = relax.VirtualMachine(relax.build(mod, target="llvm"), tvm.cpu())
+            got = _flatten(vm["main"](*[tvm.runtime.tensor(a) for a in inputs.values()]))
+    except Exception as exc:  # noqa: BLE001 - the reason is the answer
+        return f"fails: {summary(exc)}"
+    same = len(got) == len(expected) and all(
+        g.shape == e.shape and np.allclose(g, e, atol=atol, rtol=rtol, equal_nan=True) for g, e in zip(got, expected))
+    return "matches" if same else "wrong output"
 
 
 def fast_settings(settings: Settings) -> Settings:

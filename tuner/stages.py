@@ -8,8 +8,10 @@ traceback is for `--debug` (or `TUNER_DEBUG=1`), which prints the original error
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from .errors import TunerError
 
@@ -28,10 +30,16 @@ class StageError(TunerError):
 
 def summary(error: BaseException) -> str:
     """The error's type and the last non-empty line of its message (TVM puts the reason last,
-    after its backtrace), at most 300 characters."""
+    after its backtrace), at most 300 characters; for one with no message (a bare `assert` in
+    TVM's operator library) the file and line that raised it."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    text = lines[-1] if lines else ""
-    return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
+    if lines:
+        return f"{type(error).__name__}: {lines[-1]}"[:300]
+    frames = traceback.extract_tb(error.__traceback__)
+    if frames:
+        last = frames[-1]
+        return f"{type(error).__name__} in {Path(last.filename).parent.name}/{Path(last.filename).name}:{last.lineno}"
+    return type(error).__name__
 
 
 @contextmanager
