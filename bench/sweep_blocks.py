@@ -38,7 +38,7 @@ from tuner.tuning_database import open_database  # noqa: E402
 
 def conv_model(c: int, size: int, k: int, co: int, stride: int, path: Path) -> tuple[str, float, int]:
     rng = np.random.default_rng(0)
-    pad, out = k // 2, (size + 2 * (k // 2) - k) // stride + 1
+    pad, out = k // 2, _out_size(size, k, stride)
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2),
          helper.make_node("Relu", ["c"], ["y"])],
@@ -96,7 +96,7 @@ def main() -> None:
         for text in args.shapes:
             shape = tuple(int(x) for x in text.split(","))
             results = sweep(shape, target_dict, peak, Path(tmp))
-            pick = rb.candidates(*_extents(shape), rb.register_blocks(*_extents(shape), isa)[1])
+            pick = rb.register_blocks(*_extents(shape), isa)[0]
             chosen = (pick[0].mr, pick[0].nv) if pick else None
             row = " ".join(f"{b.mr}x{b.nv}{'*' if (b.mr, b.nv) == chosen else ''}"
                            f"(r{b.registers()}):{pct:.0f}%" for pct, b in results)
@@ -104,9 +104,15 @@ def main() -> None:
     print("* the rule's pick; r: vector registers the block claims")
 
 
+def _out_size(size: int, k: int, stride: int) -> int:
+    """Output height (= width) of a square conv padded by k // 2."""
+    return (size + 2 * (k // 2) - k) // stride + 1
+
+
 def _extents(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The conv's register-block loops: output rows (y * x) and output channels."""
     c, size, k, co, stride = (*shape, 1)[:5]
-    out = (size + 2 * (k // 2) - k) // stride + 1
+    out = _out_size(size, k, stride)
     return out * out, co
 
 

@@ -101,21 +101,51 @@ def case_data(case: Case) -> tuple[dict[str, np.ndarray], list[np.ndarray]] | No
     return dict(zip([v.name for v in values], inputs)), _tensors(folder, "output")
 
 
+def _usable(case: Case) -> tuple[dict[str, np.ndarray], list[np.ndarray]] | str:
+    """The case's inputs and expected outputs, or why it cannot be run."""
+    data = case_data(case)
+    if data is None:
+        return "no test data set with one array per model input"
+    if any(a.dtype == object for a in data[0].values()):
+        return "string inputs"
+    return data
+
+
+def _mismatch(got: list[np.ndarray], expected: list[np.ndarray], atol: float, rtol: float) -> str:
+    """Why the outputs differ from the expected ones ("" when they agree)."""
+    if len(got) != len(expected):
+        return f"{len(got)} outputs, the test expects {len(expected)}"
+    for i, (g, e) in enumerate(zip(got, expected)):
+        if g.shape != e.shape:
+            return f"output {i} has shape {g.shape}, expected {e.shape}"
+        if e.dtype.kind in "fc":
+            ok = np.allclose(g.astype(np.float64), e.astype(np.float64), atol=atol, rtol=rtol, equal_nan=True)
+        else:
+            ok = np.array_equal(g, e)
+        if not ok:
+            err = float(np.max(np.abs(g.astype(np.float64) - e.astype(np.float64)))) if g.size else 0.0
+            return f"output {i} differs from the test's reference: max abs error {err:.3g}"
+    return ""
+
+
+def _outputs(module: object, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """A compiled module (`model.so` path or executable) run on the CPU with `inputs`."""
+    from .measure import TVMModel
+
+    model = TVMModel(module, list(inputs))
+    return model.run(model.prepare(inputs))
+
+
 def run_case(case: Case, settings: Settings, work: Path, atol: float = 1e-3, rtol: float = 1e-3) -> Outcome:
     """The pipeline at `--trials 0` on the case's inputs; its module against the expected outputs."""
-    from tvm import relax
-    import tvm
-
     from .pipeline import RunRequest, run
     from .targets import host_cpu_target
 
     label = f"{case.suite}/{case.name}"
-    data = case_data(case)
-    if data is None:
-        return Outcome(label, False, "no test data set with one array per model input")
+    data = _usable(case)
+    if isinstance(data, str):
+        return Outcome(label, False, data)
     inputs, expected = data
-    if any(a.dtype == object for a in inputs.values()):
-        return Outcome(label, False, "string inputs")
     out = work / case.name
     out.mkdir(parents=True, exist_ok=True)
     npz = out / "inputs.npz"
@@ -129,56 +159,33 @@ def run_case(case: Case, settings: Settings, work: Path, atol: float = 1e-3, rto
         return Outcome(label, False, str(exc).splitlines()[0].replace(str(case.model), "the model")[:300])
     except Exception as exc:  # noqa: BLE001 - every case gets an outcome
         return Outcome(label, False, summary(exc))
+    reference = report["verify"]["reference"]
     try:
-        vm = relax.VirtualMachine(tvm.runtime.load_module(report["artifact"]["path"]), tvm.cpu())
-        result = vm["main"](*[tvm.runtime.tensor(a) for a in inputs.values()])
-        from .measure import _flatten
-
-        got = _flatten(result)
+        got = _outputs(Path(report["artifact"]["path"]), inputs)
     except Exception as exc:  # noqa: BLE001
-        return Outcome(label, False, f"the written module failed to run: {summary(exc)}", report["verify"]["reference"])
-    if len(got) != len(expected):
-        return Outcome(label, False, f"{len(got)} outputs, the test expects {len(expected)}", report["verify"]["reference"])
-    for i, (g, e) in enumerate(zip(got, expected)):
-        if g.shape != e.shape:
-            return Outcome(label, False, f"output {i} has shape {g.shape}, expected {e.shape}", report["verify"]["reference"])
-        if e.dtype.kind in "fc":
-            ok = np.allclose(g.astype(np.float64), e.astype(np.float64), atol=atol, rtol=rtol, equal_nan=True)
-        else:
-            ok = np.array_equal(g, e)
-        if not ok:
-            err = float(np.max(np.abs(g.astype(np.float64) - e.astype(np.float64)))) if g.size else 0.0
-            return Outcome(label, False, f"output {i} differs from the test's reference: max abs error {err:.3g}",
-                           report["verify"]["reference"])
-    return Outcome(label, True, "", report["verify"]["reference"])
+        return Outcome(label, False, f"the written module failed to run: {summary(exc)}", reference)
+    reason = _mismatch(got, expected, atol, rtol)
+    return Outcome(label, not reason, reason, reference)
 
 
 def plain_tvm(case: Case, atol: float = 1e-3, rtol: float = 1e-3) -> str:
     """What TVM alone makes of the case (`from_onnx` + `relax.build`, no tuner): "matches",
     "wrong output", or "fails: <reason>". tuner must pass every case this says "matches" for."""
-    import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    from .measure import _flatten
-
-    data = case_data(case)
-    if data is None:
-        return "no test data"
+    data = _usable(case)
+    if isinstance(data, str):
+        return "no test data" if data.startswith("no test data") else f"fails: {data}"
     inputs, expected = data
-    if any(a.dtype == object for a in inputs.values()):
-        return "fails: string inputs"
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
             mod = from_onnx(onnx.load(str(case.model)), shape_dict={k: v.shape for k, v in inputs.items()})
-            vm = relax.VirtualMachine(relax.build(mod, target="llvm"), tvm.cpu())
-            got = _flatten(vm["main"](*[tvm.runtime.tensor(a) for a in inputs.values()]))
+            got = _outputs(relax.build(mod, target="llvm"), inputs)
     except Exception as exc:  # noqa: BLE001 - the reason is the answer
         return f"fails: {summary(exc)}"
-    same = len(got) == len(expected) and all(
-        g.shape == e.shape and np.allclose(g, e, atol=atol, rtol=rtol, equal_nan=True) for g, e in zip(got, expected))
-    return "matches" if same else "wrong output"
+    return "wrong output" if _mismatch(got, expected, atol, rtol) else "matches"
 
 
 def fast_settings(settings: Settings) -> Settings:

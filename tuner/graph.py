@@ -21,6 +21,7 @@ from tvm.target import Target
 
 from .errors import TunerError
 from .model_io import LoadedModel
+from .stages import last_line
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -170,11 +171,10 @@ def import_onnx(model: LoadedModel, precision: str = "fp32") -> IRModule:
         with contextlib.redirect_stdout(printed):
             mod = from_onnx(proto, shape_dict=shapes, keep_params_in_input=False)
     except Exception as exc:  # the importer raises many types; users need its message
-        text = str(exc).strip().splitlines()
         op = re.search(r"Error converting operator (\w+)", printed.getvalue())
         where = f" (operator {op.group(1)}, opset {onnx_opset(proto)})" if op else ""
         raise TunerError(f"TVM could not import {model.name}{where}: "
-                         f"{text[-1] if text else type(exc).__name__}") from None
+                         f"{last_line(exc) or type(exc).__name__}") from None
     passes = [
         relax.transform.FoldConstant(),
         # Inference-time batch norm is a per-channel scale and shift: folded into the preceding

@@ -28,13 +28,19 @@ class StageError(TunerError):
         super().__init__(f"{stage} failed: {summary(error)}")
 
 
-def summary(error: BaseException) -> str:
-    """The error's type and the last non-empty line of its message (TVM puts the reason last,
-    after its backtrace), at most 300 characters; for one with no message (a bare `assert` in
-    TVM's operator library) the file and line that raised it."""
+def last_line(error: BaseException) -> str:
+    """The last non-empty line of the error's message ("" for none): TVM puts the reason last,
+    after its backtrace."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    if lines:
-        return f"{type(error).__name__}: {lines[-1]}"[:300]
+    return lines[-1] if lines else ""
+
+
+def summary(error: BaseException) -> str:
+    """The error's type and the last line of its message (`last_line`), at most 300
+    characters; for one with no message (a bare `assert` in TVM's operator library) the file and
+    line that raised it."""
+    if text := last_line(error):
+        return f"{type(error).__name__}: {text}"[:300]
     frames = traceback.extract_tb(error.__traceback__)
     if frames:
         last = frames[-1]

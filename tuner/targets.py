@@ -10,6 +10,7 @@ import psutil
 
 from .errors import TunerError
 from .gpus import DEFAULT_LIMITS, cuda_target, device_limits, local_gpus
+from .stages import last_line
 
 
 def host_cpu_target() -> dict[str, Any]:
@@ -101,5 +102,4 @@ def validate_target(target: dict[str, Any]) -> None:
     try:
         Target(dict(target))
     except Exception as exc:  # TVM raises several error types for bad attributes
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise TunerError(f"invalid target {json.dumps(target)}: {first}") from None
+        raise TunerError(f"invalid target {json.dumps(target)}: {last_line(exc) or type(exc).__name__}") from None

@@ -76,6 +76,7 @@ def execute(job_id: str, db_url: str, storage: Storage, ray_address: str | None)
     if job is None:
         raise TunerError(f"job {job_id} is not in the database")
     progress = JobProgress(engine, job_id)
+    inputs = storage.inputs_path(job_id)
     request = RunRequest(
         model=str(storage.model_path(job_id)),
         target=json.loads(job.target_json),
@@ -90,7 +91,7 @@ def execute(job_id: str, db_url: str, storage: Storage, ray_address: str | None)
         ray_address=ray_address,
         name=job.name,
         refine=job.refine,
-        inputs_path=storage.inputs_path(job_id) if storage.inputs_path(job_id).is_file() else None,
+        inputs_path=inputs if inputs.is_file() else None,
     )
     try:
         run(request, settings, progress)

@@ -40,7 +40,7 @@ from tuner.jobs.worker import JobWorker
 
 from .metrics import Metrics
 from .submission import check_inputs, check_model, job_spec
-from .uploads import read_submission
+from .uploads import inputs_upload, read_submission
 
 log = logging.getLogger("tuner.service")
 
@@ -223,9 +223,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 earlier = await run_in_threadpool(find_by_idempotency_key, engine, team, idempotency_key)
                 if earlier is not None:
                     return _replay(earlier, request_sha)
-            await run_in_threadpool(check_model, upload, spec.input_shapes)
+            model = await run_in_threadpool(check_model, upload, spec.input_shapes)
             if form.inputs_path is not None:
-                await run_in_threadpool(check_inputs, form.inputs_path, upload, spec.input_shapes)
+                await run_in_threadpool(check_inputs, form.inputs_path, model)
             load = await run_in_threadpool(team_load, engine, team)
             if load.active_jobs >= serve.max_active_jobs_per_team or (
                     load.active_trials + spec.trials > serve.max_active_trials_per_team):
@@ -257,7 +257,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             return JSONResponse(job_body(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
         finally:
             upload.unlink(missing_ok=True)
-            upload.with_suffix(".inputs.npz").unlink(missing_ok=True)
+            inputs_upload(upload).unlink(missing_ok=True)
 
     def _replay(job: Job, request_sha: str) -> JSONResponse:
         if job.request_sha256 != request_sha:

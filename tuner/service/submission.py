@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from onnx.external_data_helper import uses_external_data
 
 from tuner.errors import TunerError
-from tuner.model_io import all_tensors, load_model, parse_input_shapes
+from tuner.model_io import LoadedModel, all_tensors, load_model, parse_input_shapes
 from tuner.targets import parse_target
 
 
@@ -86,8 +86,9 @@ def job_spec(fields: dict[str, str], filename: str, max_trials: int) -> JobSpec:
                    input_shapes=_input_shapes(fields.get("input_shapes", "")), refine=refine in ("true", "1"))
 
 
-def check_model(path: Path, input_shapes: dict[str, list[int]]) -> None:
-    """The upload must be one self-contained ONNX model that passes the checks of `tuner run`."""
+def check_model(path: Path, input_shapes: dict[str, list[int]]) -> LoadedModel:
+    """The upload must be one self-contained ONNX model that passes the checks of `tuner run`;
+    returns it as loaded."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError, OSError) as exc:
@@ -99,17 +100,18 @@ def check_model(path: Path, input_shapes: dict[str, list[int]]) -> None:
             422, f"tensor {external[0].name!r} refers to external data ({location!r}): external data "
                  "is refused; upload one self-contained .onnx file")
     try:
-        load_model(str(path), {k: tuple(v) for k, v in input_shapes.items()})
+        return load_model(str(path), {k: tuple(v) for k, v in input_shapes.items()})
     except TunerError as exc:
         # Messages name the file: the client knows it as "the model", not by the server's path.
         raise HTTPException(422, str(exc).replace(str(path), "the model").replace("--input-shape", "input_shapes")) from None
 
 
-def check_inputs(inputs: Path, model: Path, input_shapes: dict[str, list[int]]) -> None:
-    """The `inputs` part must hold one array per model input, with the model's shapes and dtypes."""
+def check_inputs(inputs: Path, model: LoadedModel) -> None:
+    """The `inputs` part must hold one array per model input, with the model's shapes and dtypes
+    (`model`: what `check_model` loaded)."""
     from tuner.inputs import load_inputs
 
     try:
-        load_inputs(inputs, load_model(str(model), {k: tuple(v) for k, v in input_shapes.items()}))
+        load_inputs(inputs, model)
     except TunerError as exc:
         raise HTTPException(422, str(exc).replace(f"--inputs {inputs}", "`inputs`")) from None

@@ -25,6 +25,11 @@ MAX_FIELD_BYTES = 64 * 1024
 FILES = ("model", "inputs")
 
 
+def inputs_upload(upload: Path) -> Path:
+    """Where the `inputs` part of the upload at `upload` (the model's path) is written."""
+    return upload.with_suffix(".inputs.npz")
+
+
 @dataclass
 class Submission:
     model_path: Path | None = None
@@ -33,7 +38,6 @@ class Submission:
     filename: str = ""
     fields: dict[str, str] = field(default_factory=dict)
     inputs_path: Path | None = None  # the `inputs` part: arrays to verify and time on
-    inputs_bytes: int = 0
     inputs_sha256: str = ""
 
     def discard(self) -> None:
@@ -82,7 +86,7 @@ class _Reader:
         if name in FILES:
             if getattr(self.result, f"{name}_path") is not None:
                 raise HTTPException(422, f"the form has more than one `{name}` part")
-            path = self.dest if name == "model" else self.dest.with_suffix(".inputs.npz")
+            path = self.dest if name == "model" else inputs_upload(self.dest)
             if name == "model":
                 self.result.filename = options.get(b"filename", b"").decode("utf-8", "replace")
             self.fh = open(path, "wb")
@@ -150,7 +154,7 @@ async def read_submission(content_type: str, content_length: str | None, body: A
         reader.result.discard()
         raise HTTPException(422, "the form has no `model` part (the .onnx file)")
     result = reader.result
-    result.model_bytes, result.inputs_bytes = reader.sizes["model"], reader.sizes["inputs"]
+    result.model_bytes = reader.sizes["model"]
     result.model_sha256 = reader.digests["model"].hexdigest()
     if result.inputs_path is not None:
         result.inputs_sha256 = reader.digests["inputs"].hexdigest()
