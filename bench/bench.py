@@ -80,6 +80,13 @@ def bench_model(name: str, trials: int | None, per_task: int, work: Path, seed: 
         "tasks_tuned": cold["tasks_tuned"],
         "tasks_default_schedule": cold["tasks_default_schedule"],
         "tuning_seconds": cold["tuning_seconds"],
+        # Record checks after the search (part of tuning_seconds): the cost of never serving a
+        # wrong schedule, per tuned task and as a share of the tuning time.
+        "check_seconds": cold["record_checks"]["seconds"],
+        "checks": {k: v for k, v in cold["record_checks"].items() if k != "rejected"},
+        "check_seconds_per_tuned_task": cold["record_checks"]["seconds"] / max(1, cold["tasks_tuned"]),
+        "check_share_of_tuning": (cold["record_checks"]["seconds"] / cold["tuning_seconds"]
+                                  if cold["tuning_seconds"] else None),
         "latency_ms": lat,
         "tuned_vs_untuned": lat["untuned"] / lat["tuned"],
         "tuned_vs_onnxruntime": lat["tuned"] / lat["onnxruntime"],
@@ -120,13 +127,15 @@ def main() -> None:
     budget = f"{args.trials} trials" if args.trials is not None else f"{args.trials_per_task} trials per task"
     table = Table(title=f"tuner on {cpu}, {budget}, peak {peak:.0f} GFLOP/s")
     for col in ("model", "trials", "untuned ms", "tuned ms", "ORT ms", "tuned/ORT", "tuned/untuned",
-                "tuning s", "cold run s", "cache-hit run s"):
+                "tuning s", "checks s (share)", "cold run s", "cache-hit run s"):
         table.add_column(col, justify="right")
     for r in rows:
         lat = r["latency_ms"]
         table.add_row(r["model"], str(r["trials"]), f"{lat['untuned']:.2f}", f"{lat['tuned']:.2f}",
                       f"{lat['onnxruntime']:.2f}", f"{r['tuned_vs_onnxruntime']:.2f}",
                       f"{1 / r['tuned_vs_untuned']:.3f}", f"{r['tuning_seconds']:.0f}",
+                      f"{r['check_seconds']:.1f}" + (f" ({r['check_share_of_tuning']:.1%})"
+                                                      if r["check_share_of_tuning"] is not None else ""),
                       f"{r['cold_run_seconds']:.0f}", f"{r['cache_hit_run_seconds']:.0f}")
     console.print(table)
     for r in rows:

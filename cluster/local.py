@@ -24,7 +24,8 @@ from tvm.s_tir.meta_schedule.runner import (
     RunnerResult,
 )
 
-from .pool import WorkerPool
+from .kernel_check import check_kernel
+from .pool import Outcome, WorkerPool
 from .worker_tasks import build_candidate, dumps_target, measure_candidate
 
 
@@ -130,3 +131,27 @@ class LocalRunner(PyRunner):
 
     def close(self) -> None:
         self.pool.shutdown()
+
+
+class LocalChecker:
+    """Record checks (cluster/kernel_check.py) in worker processes on this machine, started on
+    the first check: a wrong kernel that crashes takes down its worker, not the job. `pool`: an
+    existing pool to run them in (the job's builders, already warm), which stays its owner's."""
+
+    def __init__(self, workers: int, timeout_s: float, pool: WorkerPool | None = None) -> None:
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.pool = pool
+        self._owned = pool is None
+
+    def __call__(self, jobs: list[tuple[Any, ...]]) -> list[Outcome]:
+        if not jobs:
+            return []
+        if self.pool is None:
+            self.pool = WorkerPool(self.workers, "check")
+        return self.pool.map(check_kernel, jobs, self.timeout_s)
+
+    def close(self) -> None:
+        if self._owned and self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None

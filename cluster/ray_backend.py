@@ -35,7 +35,9 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerFuture, RunnerInput, RunnerResult
 
+from .kernel_check import check_kernel
 from .local import stopwatch
+from .pool import Outcome
 from .worker_tasks import build_candidate, dumps_target, measure_candidate, warm_up
 
 RESOURCE_PREFIX = "tuner_hw_"
@@ -216,6 +218,14 @@ class RunnerActor:
             return self.slot, None, _error_text(exc)
         finally:
             os.unlink(path)
+
+
+    def check(self, *job: Any) -> tuple:
+        """A record check (cluster/kernel_check.py) on this runner's hardware."""
+        try:
+            return self.slot, check_kernel(*job), None
+        except Exception as exc:  # noqa: BLE001 - a check that could not run, reported as such
+            return self.slot, None, _error_text(exc)
 
 
 class ArtifactStore:
@@ -431,6 +441,22 @@ class RayRunner(PyRunner):
             for future in futures:
                 future.result()  # the batch is measured before the next build starts
         return futures
+
+    def check(self, jobs: list[tuple[Any, ...]]) -> list[Outcome]:
+        """Record checks spread over the runners of this hardware key, in parallel."""
+        usable = self._usable()
+        sent = []
+        for job in jobs:
+            i = usable[next(self._turn) % len(usable)]
+            sent.append((self.actors[i].check.remote(*job), self.nodes[i]))
+        outcomes = []
+        for ref, node in sent:
+            try:
+                _, value, error = await_result(ref, node, self.timeout_s * len(jobs))
+                outcomes.append(Outcome(value=value, error=error))
+            except Exception as exc:  # noqa: BLE001 - the runner died or its node left
+                outcomes.append(Outcome(error=_error_text(exc)))
+        return outcomes
 
     def close(self) -> None:
         self.pool.close()

@@ -86,7 +86,8 @@ def prune(engine: Engine, keep_top: int, dry_run: bool = False) -> PruneResult:
 
     Shared records are ranked together; each team's private records are ranked among
     themselves, so pruning never leaves a team without the best record it may read. Failed
-    candidates are never served and go too. Workloads stay: a running tuner may be using them.
+    candidates are never served and go too. Records a check rejected stay, outside the ranking.
+    Workloads stay: a running tuner may be using them.
     """
     if keep_top < 1:
         raise ValueError("keep_top must be at least 1")
@@ -96,7 +97,10 @@ def prune(engine: Engine, keep_top: int, dry_run: bool = False) -> PruneResult:
         partition_by=[r.workload_id, r.hardware_key, r.private, owner],
         order_by=[r.mean_run_secs, r.id],
     ).label("rank")
-    ranked = select(r.id, rank).where(r.mean_run_secs.is_not(None)).subquery()
+    # Records a check found wrong are kept (never served, they say what was wrong) and take no
+    # place among the best.
+    ranked = select(r.id, rank).where(r.mean_run_secs.is_not(None), or_(
+        r.check_status.is_(None), r.check_status == models.CHECK_OK)).subquery()
     beyond = select(ranked.c.id).where(ranked.c.rank > keep_top)
     doomed = or_(r.mean_run_secs.is_(None), r.id.in_(beyond))
     with engine.begin() as conn:
@@ -142,6 +146,7 @@ def visible_records(engine: Engine, team: str, workload: int | None = None, hard
             "team": rec["team"],
             "private": bool(rec["private"]),
             "job_id": rec["job_id"],
+            "check": {"status": rec["check_status"], "detail": rec["check_detail"], "tvm": rec["checked_tvm"]},
             "created_at": rec["created_at"].isoformat() if rec["created_at"] else None,
         })
     return out, int(total)

@@ -17,7 +17,7 @@ from typing import Any
 import tvm
 import tvm_ffi
 from tvm_ffi import Array, Map
-from sqlalchemy import Connection, Engine, func, or_, select
+from sqlalchemy import Connection, Engine, and_, func, not_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -41,6 +41,21 @@ DEFAULT_MARK = "tuner.default_schedule"
 
 # MetaSchedule marks a candidate that failed to build or run with this run time.
 _FAILED_RUN_SECS = 1e9
+
+CHECK_OK, CHECK_WRONG, CHECK_FAILED = models.CHECK_OK, models.CHECK_WRONG, models.CHECK_FAILED
+# Checks are valid for the TVM version that made them: another one may lower the same trace
+# to different code.
+TVM_VERSION = tvm.__version__[:32]
+
+
+def served(r: type[models.TuningRecord]) -> Any:
+    """Records compilation may use: measured, and checked correct under this TVM version."""
+    return and_(r.mean_run_secs.is_not(None), r.check_status == CHECK_OK, r.checked_tvm == TVM_VERSION)
+
+
+def rejected(r: type[models.TuningRecord]) -> Any:
+    """Records whose check under this TVM version found them wrong (or could not run them)."""
+    return and_(r.checked_tvm == TVM_VERSION, r.check_status.is_not(None), r.check_status != CHECK_OK)
 
 
 def _searched(r: type[models.TuningRecord], traceless_defaults: bool) -> list[Any]:
@@ -192,6 +207,15 @@ class Best:
     team: str | None
 
 
+@dataclass(frozen=True)
+class Unchecked:
+    """A workload's fastest record that may not be served before its check."""
+
+    record_id: int
+    record: TuningRecord
+    mean_run_secs: float
+
+
 def insert_for(engine: Engine):  # noqa: ANN202 - dialect-specific Insert
     """INSERT with ON CONFLICT support: our upserts rely on constraints, not locks."""
     return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
@@ -205,6 +229,12 @@ class SQLDatabase(PyDatabase):
     With ``warm_start``, ``get_top_k`` (which only the evolutionary search calls, to seed its
     population) tops up with records of the same hardware family; ``query_tuning_record`` (what
     compilation uses) never does, so a record from other hardware is never final here.
+
+    Compilation is served only records whose check passed (``served``): every record is
+    committed as measured, unchecked, and ``fastest_unchecked``/``record_checked`` let the
+    pipeline check a workload's fastest one before it is served. ``withheld`` workloads (by id)
+    get no record at all: the bisection of a model that fails verification compiles them with
+    their default schedules.
     """
 
     def __init__(self, engine: Engine, provenance: Provenance, warm_start: bool = False) -> None:
@@ -216,6 +246,7 @@ class SQLDatabase(PyDatabase):
         self._lock = threading.Lock()
         # shash -> [(workload id, Workload)]: avoids re-reading and re-parsing IRModules.
         self._workloads: dict[int, list[tuple[int, Workload]]] = {}
+        self.withheld: set[int] = set()
         self._ensure_hardware()
 
     # -- helpers -------------------------------------------------------------------------
@@ -301,13 +332,16 @@ class SQLDatabase(PyDatabase):
         )
 
     def _records(self, workload_ids: list[int] | None, top_k: int | None,
-                 compatible: bool = False, searched_only: bool = False) -> list[TuningRecord]:
+                 compatible: bool = False, searched_only: bool = False,
+                 servable: bool = False) -> list[TuningRecord]:
         r = models.TuningRecord
         if compatible:
             stmt = select(r).where(r.hardware_key.in_(self._compatible_keys()))
         else:
             stmt = select(r).where(r.hardware_key == self.provenance.hardware_key)
         stmt = stmt.where(self._visible())
+        # A record found wrong never seeds a search either: its mutations would inherit the fault.
+        stmt = stmt.where(served(r)) if servable else stmt.where(not_(rejected(r)))
         if searched_only:
             stmt = stmt.where(*_searched(r, traceless_defaults=True))
         if workload_ids is not None:
@@ -362,8 +396,8 @@ class SQLDatabase(PyDatabase):
     def query_tuning_record(
         self, mod: IRModule, target: Target, workload_name: str | None = None
     ) -> TuningRecord | None:
-        ids = self._ids(mod)
-        best = self._records(ids, 1) if ids else []
+        ids = [wid for wid in self._ids(mod) if wid not in self.withheld]
+        best = self._records(ids, 1, servable=True) if ids else []
         return best[0] if best else None
 
     def __len__(self) -> int:
@@ -376,26 +410,27 @@ class SQLDatabase(PyDatabase):
 
     # -- tuner's own queries --------------------------------------------------------------
     def best(self, mod: IRModule, searched_only: bool = False, traceless_defaults: bool = True) -> Best | None:
-        """The record compilation would use here, or None: decides cache hit vs tune.
+        """The record compilation would use here (served: checked correct), or None.
 
-        `searched_only`: the best record the search found, ignoring stored default schedules
-        (a task that has only its default is still worth tuning): those marked so, and with
-        `traceless_defaults` every trace without a sampling decision (CUDA's dlight defaults;
-        on CPU a searched trace may have none).
+        `searched_only`: decides cache hit vs tune. The fastest record the search found and no
+        check rejected, ignoring stored default schedules (a task that has only its default is
+        still worth tuning): those marked so, and with `traceless_defaults` every trace without
+        a sampling decision (CUDA's dlight defaults; on CPU a searched trace may have none). It
+        need not be checked: a search that found nothing faster than the (checked) default has
+        been done all the same.
         """
         ids = self._ids(mod)
         if not ids:
             return None
         r = models.TuningRecord
+        usable = and_(r.mean_run_secs.is_not(None), not_(rejected(r)), *_searched(r, traceless_defaults)) \
+            if searched_only else served(r)
         stmt = (
             select(r.mean_run_secs, r.team)
-            .where(r.hardware_key == self.provenance.hardware_key, self._visible(),
-                   r.workload_id.in_(ids), r.mean_run_secs.is_not(None))
+            .where(r.hardware_key == self.provenance.hardware_key, self._visible(), r.workload_id.in_(ids), usable)
             .order_by(r.mean_run_secs, r.id)
             .limit(1)
         )
-        if searched_only:
-            stmt = stmt.where(*_searched(r, traceless_defaults))
         with Session(self.engine) as session:
             row = session.execute(stmt).first()
         return Best(float(row[0]), row[1]) if row else None
@@ -408,8 +443,55 @@ class SQLDatabase(PyDatabase):
             return 0
         r = models.TuningRecord
         stmt = select(func.count()).select_from(r).where(
-            r.hardware_key.in_(self._compatible_keys()), self._visible(),
+            r.hardware_key.in_(self._compatible_keys()), self._visible(), not_(rejected(r)),
             r.workload_id.in_(ids), r.mean_run_secs.is_not(None), *_searched(r, traceless_defaults=True),
         )
         with Session(self.engine) as session:
             return int(session.scalar(stmt) or 0)
+
+    # -- record checks ----------------------------------------------------------------------
+    def fastest_unchecked(self, mod: IRModule) -> Unchecked | None:
+        """The workload's fastest record here that is not known wrong, when it is not yet
+        checked under this TVM version: what must be checked before the workload is served.
+        None when the fastest such record is served already (or there is none)."""
+        ids = self._ids(mod)
+        if not ids:
+            return None
+        r = models.TuningRecord
+        stmt = (
+            select(r)
+            .where(r.hardware_key == self.provenance.hardware_key, self._visible(),
+                   r.workload_id.in_(ids), r.mean_run_secs.is_not(None), not_(rejected(r)))
+            .order_by(r.mean_run_secs, r.id)
+            .limit(1)
+        )
+        with Session(self.engine) as session:
+            row = session.scalars(stmt).first()
+            if row is None or (row.check_status == CHECK_OK and row.checked_tvm == TVM_VERSION):
+                return None
+            workload = self._workloads_by_id(session, {row.workload_id})[row.workload_id]
+            return Unchecked(row.id, self._to_tvm(row, workload), float(row.mean_run_secs))
+
+    def record_checked(self, record_id: int, status: str, detail: str) -> None:
+        """Store what a record's check found (under this TVM version)."""
+        r = models.TuningRecord
+        with self.engine.begin() as conn:
+            conn.execute(update(r).where(r.id == record_id).values(
+                check_status=status, check_detail=detail[:2000], checked_tvm=TVM_VERSION,
+                checked_at=models.utcnow()))
+
+    def served_record_id(self, mod: IRModule) -> int | None:
+        """The id of the record compilation would use for this workload here, if any."""
+        ids = self._ids(mod)
+        if not ids:
+            return None
+        r = models.TuningRecord
+        stmt = (select(r.id).where(r.hardware_key == self.provenance.hardware_key, self._visible(),
+                                   r.workload_id.in_(ids), served(r))
+                .order_by(r.mean_run_secs, r.id).limit(1))
+        with Session(self.engine) as session:
+            return session.scalar(stmt)
+
+    def workload_ids(self, mod: IRModule) -> list[int]:
+        """The stored workloads structurally equal to `mod` (what ``withheld`` takes)."""
+        return self._ids(mod)

@@ -20,6 +20,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql.expression import false
 
 
+# What a record's check found (TuningRecord.check_status).
+CHECK_OK, CHECK_WRONG, CHECK_FAILED = "ok", "wrong", "failed"
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -88,6 +92,14 @@ class TuningRecord(Base):
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     tuner_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Whether the record's kernel computes what its workload says (cluster/kernel_check.py):
+    # NULL unchecked, "ok", "wrong" (its output differed) or "failed" (the check could not build
+    # or run it). Only "ok" under the TVM version that compiles is served; under another
+    # version a record counts as unchecked and is checked again on first use.
+    check_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    check_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checked_tvm: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     workload: Mapped[Workload] = relationship(back_populates="records")
 

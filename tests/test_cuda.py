@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +177,8 @@ def test_cuda_module_compiles_with_dlight_defaults_and_their_traces_replay(
         sch = dlight_schedule(mod["main"], target)
         db.commit_tuning_record(ms.database.TuningRecord(
             sch.trace, db.commit_workload(mod), [1e-5], target, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+        # Served only once checked, which takes the GPU this machine lacks: marked as passed.
+        db.record_checked(db.fastest_unchecked(mod).record_id, "ok", "dlight's schedule")
     replayed = compile_tuned(fused, target, db)
     assert replayed.defaults.total == 0 and replayed.loops == compiled.loops
     assert all(db.best(task.dispatched[0]) is not None for task in tasks)
@@ -237,6 +241,11 @@ def test_tune_on_the_gpu_then_cache_hit(convnet: Path, tmp_path: Path, settings:
     assert first["hardware"]["name"] == gpus.local_gpus()[0].name
     assert first["trials"] >= 1 and first["tasks_default_measured"] == first["tasks"]
     assert first["tasks_tuned"] == first["tasks"]  # every task holds at least its dlight record
+    # Each task's fastest record was checked on the GPU before being served; wrong ones (a
+    # tensor-core kernel TVM lowers wrongly) were rejected and the next one checked.
+    checks = first["record_checks"]
+    assert checks["passed"] == first["tasks"] and checks["checked"] == checks["passed"] + len(checks["rejected"])
+    print(precision, "record checks:", json.dumps(checks))
     assert first["loops"]["threads"] > 0
     # Tasks whose search found a valid schedule are cache hits now; a task that holds only its
     # default (every candidate of its small budget failed on the GPU) is tuned again.

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from tvm.target import Target
 
-from tests.tir_helpers import TARGET, matmul, record
+from tests.tir_helpers import TARGET, checked, matmul, record
 from tuner.db import models
 from tuner.db.database import mean_run_secs, signed_shash
 from tuner.db.engine import redact_url
@@ -26,6 +26,8 @@ def test_round_trip_and_top_k(db_url: str) -> None:
     assert len(db) == 4
     top = db.get_top_k(db.commit_workload(mod), 2)
     assert [mean_run_secs(r.run_secs) for r in top] == pytest.approx([1e-4, 2e-4])
+    assert db.best(mod) is None  # nothing is served before its check
+    assert checked(db, mod).passed == 1  # the fastest, which then is served
     assert db.best(mod).mean_run_secs == pytest.approx(1e-4)
     # A second handle (another process, later run) sees the same data and can apply the trace.
     again = open_database(db_url, TARGET)
@@ -39,6 +41,7 @@ def test_default_schedules_are_compiled_but_never_seed_the_search(db_url: str) -
     db = open_database(db_url, TARGET)
     mod = matmul(24)
     db.commit_tuning_record(record(db, mod, [1e-5], searched=False))  # a stored default (dlight)
+    checked(db, mod)
     assert db.best(mod).mean_run_secs == pytest.approx(1e-5)
     assert db.query_tuning_record(mod, Target(TARGET), "main") is not None
     assert db.best(mod, searched_only=True) is None  # still worth tuning
@@ -53,6 +56,7 @@ def test_records_are_served_per_hardware_key(db_url: str) -> None:
     db = open_database(db_url, TARGET)
     mod = matmul(16)
     db.commit_tuning_record(record(db, mod, [1e-4]))
+    checked(db, mod)
     other = open_database(db_url, {"kind": "llvm", "num-cores": 1})
     assert other.provenance.hardware_key != db.provenance.hardware_key
     assert other.best(mod) is None
@@ -97,6 +101,7 @@ def test_concurrent_writers_lose_nothing(db_url: str, writers: int) -> None:
     assert len(db) == 10 * writers
     with Session(db.engine) as session:
         assert session.scalar(select(func.count()).select_from(models.Workload)) == 1
+    checked(db, matmul(24))
     assert db.best(matmul(24)).mean_run_secs == pytest.approx(1e-4)
     top = db.get_top_k(db.commit_workload(matmul(24)), 3)
     assert [mean_run_secs(r.run_secs) for r in top] == pytest.approx([1e-4, 1e-4 + 1e-8, 2e-4] if writers == 2

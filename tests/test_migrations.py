@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from tests.tir_helpers import TARGET, matmul, record
+from tests.tir_helpers import TARGET, checked, matmul, record
 from tuner.db import models
 from tuner.db.database import signed_shash
 from tuner.db.engine import make_engine
@@ -26,7 +26,7 @@ def test_upgrade_from_empty_matches_the_models_and_is_idempotent(db_url: str) ->
     engine = make_engine(db_url)
     assert current_revision(engine) is None
     upgrade(engine)
-    assert current_revision(engine) == head_revision(engine) == "0003"
+    assert current_revision(engine) == head_revision(engine) == "0004"
     upgrade(engine)  # no-op
     assert _schema_diff(engine) == []
 
@@ -65,13 +65,16 @@ def test_upgrade_from_0001_keeps_and_backfills_data(db_url: str) -> None:
             conn.execute(rec.insert().values(workload_id=wid, hardware_key=fp.key, **row))
 
     upgrade(engine)
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     assert _schema_diff(engine) == []
     with engine.connect() as conn:
         assert conn.execute(sa.select(models.Hardware.family)).scalar_one() == fp.family
         rows = conn.execute(sa.select(models.TuningRecord.record_sha256, models.TuningRecord.private)).all()
     assert len(rows) == 2 and all(len(digest) == 64 and private is False for digest, private in rows)
     db = open_database(db_url, TARGET, team="other")
+    # Rows of older revisions are unchecked: served only once checked (on first use).
+    assert db.best(mod) is None and db.fastest_unchecked(mod).mean_run_secs == 1e-4
+    assert checked(db, mod).passed == 1
     assert db.best(mod).mean_run_secs == 1e-4 and db.best(mod).team == "vision"
     db.commit_tuning_record(record(db, mod, [1e-4]))  # the very measurement again: deduplicated
     assert len(db) == 2
@@ -87,4 +90,4 @@ def test_downgrade_and_upgrade_again(db_url: str) -> None:
     command.downgrade(alembic_config(engine), "0001")
     assert current_revision(engine) == "0001"
     upgrade(engine)
-    assert current_revision(engine) == "0003" and _schema_diff(engine) == []
+    assert current_revision(engine) == "0004" and _schema_diff(engine) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tvm.target import Target
 
-from tests.tir_helpers import TARGET, matmul, record
+from tests.tir_helpers import TARGET, checked, matmul, record
 from tuner.db.admin import database_stats, prune
 from tuner.db.database import mean_run_secs
 from tuner.pipeline import open_database
@@ -21,6 +21,8 @@ def test_shared_records_serve_every_team_private_ones_only_their_own(db_url: str
     vision.commit_tuning_record(record(vision, shared_mod, [2e-4]))
     secret.commit_tuning_record(record(secret, private_mod, [3e-4]))
     secret.commit_tuning_record(record(secret, shared_mod, [1e-4]))  # faster, but private
+    checked(vision, shared_mod)
+    checked(secret, shared_mod, private_mod)
 
     speech = open_database(db_url, TARGET, team="speech")
     assert speech.best(shared_mod).mean_run_secs == pytest.approx(2e-4)
@@ -52,6 +54,7 @@ def test_compatible_hardware_seeds_the_search_but_is_never_final(db_url: str) ->
     assert one.query_tuning_record(mod, Target(ONE_CORE), "main") is None
     # Once measured here, own records come first and fill the seeds.
     one.commit_tuning_record(record(one, mod, [4e-4], ONE_CORE))
+    checked(one, mod, target=ONE_CORE)
     seeds = one.get_top_k(workload, 2)
     assert [mean_run_secs(r.run_secs) for r in seeds] == pytest.approx([4e-4, 1e-4])
     assert one.best(mod).mean_run_secs == pytest.approx(4e-4)
@@ -70,6 +73,7 @@ def test_prune_keeps_the_best_per_workload_hardware_and_private_team(db_url: str
         other_hw.commit_tuning_record(record(other_hw, mod, [(i + 1) * 1e-4], ONE_CORE))
     db.commit_tuning_record(record(db, mod, [1e10]))  # failed
     private.commit_tuning_record(record(private, mod, [9e-4]))  # b's only record: kept
+    checked(db, mod)
     assert prune(db.engine, 2, dry_run=True).records_deleted == 3 + 3 + 1
     assert len(db) == 6  # dry run deleted nothing (5 + 1 failed; b's record is private)
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tvm.s_tir import meta_schedule as ms
 
-from tests.tir_helpers import TARGET, matmul, record
+from tests.tir_helpers import TARGET, checked, matmul, record
 from tuner.db import models
 from tuner.db.transfer import RECORD_FILE, SIDECAR_FILE, WORKLOAD_FILE, export_database, import_database
 from tuner.errors import TunerError
@@ -54,6 +54,8 @@ def test_export_import_round_trip_keeps_every_record(db_url: str, tmp_path: Path
     assert (imported.records_new, imported.records_duplicate, imported.workloads_new) == (4, 0, 2)
     assert _identities(target_db.engine) == _identities(vision.engine)
     served = open_database(fresh, TARGET, team="anyone")
+    assert served.best(matmul(8)) is None  # imported records are checked on first use
+    checked(served, matmul(8))
     assert served.best(matmul(8)).mean_run_secs == pytest.approx(1e-4)
     assert served.best(matmul(8)).team == "vision"
     # Importing again adds nothing; exporting the import gives the same records.
@@ -100,6 +102,7 @@ def test_plain_metaschedule_logs_need_a_matching_hardware_key(db_url: str, tmp_p
     assert len(db) == 0 and len(other) == 0
     result = import_database(db.engine, logs, hardware=db.provenance.hardware_key, default_team="vision")
     assert (result.records_new, result.workloads_new) == (2, 2)
+    checked(db, matmul(16))
     assert db.best(matmul(16)).mean_run_secs == pytest.approx(2e-4)
     assert db.best(matmul(16)).team == "vision"
 

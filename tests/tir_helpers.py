@@ -41,3 +41,17 @@ def record(db, mod, run_secs, target=TARGET, searched: bool = True) -> ms.databa
     workload = db.commit_workload(mod)
     return ms.database.TuningRecord(sch.trace, workload, run_secs, Target(target),
                                     ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+
+
+def checked(db, *mods, target=TARGET):  # noqa: ANN001, ANN201 - a SQLDatabase, IRModules; CheckStats
+    """Each workload's fastest records checked, as a run checks them before they are served
+    (tuner/record_checks.py), with the kernel check run in this process."""
+    from tuner.cluster.kernel_check import check_kernel
+    from tuner.cluster.pool import Outcome
+    from tuner.config import Settings
+    from tuner.progress import SilentProgress
+    from tuner.record_checks import check_records
+
+    tasks = [ms.ExtractedTask(f"task{i}", mod, Target(target), [mod], 1) for i, mod in enumerate(mods)]
+    return check_records(tasks, Target(target), db, lambda jobs: [Outcome(value=check_kernel(*job)) for job in jobs],
+                         Settings(), SilentProgress())

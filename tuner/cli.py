@@ -144,6 +144,15 @@ def _print_report(report: dict) -> None:
         f"{report['loops']['vectorized']} vectorized"
         + ("; one CUDA graph per run" if report.get("cuda_graph") else "")
     )
+    checks = report.get("record_checks", {})
+    if checks.get("checked") or report.get("records_blamed"):
+        out.print(
+            f"record checks: {checks['checked']} record(s) checked against their unscheduled kernels in "
+            f"{checks['seconds']:.1f} s, {checks['rejected_wrong_output']} wrong, {checks['rejected_check_failed']} "
+            f"could not be checked (never served)"
+            + (f"; the model was wrong with {len(report['records_blamed'])} checked record(s), built without them: "
+               + ", ".join(report["tasks_withheld"]) if report.get("records_blamed") else "")
+        )
     out.print(f"module: {report['artifact']['path']}  (sha256 {report['artifact']['sha256'][:16]}...)")
     out.print(f"report: {Path(report['artifact']['path']).with_name('report.json')}")
 

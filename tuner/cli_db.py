@@ -120,3 +120,38 @@ def prune(
     verb = "would delete" if dry_run else "deleted"
     out.print(f"{verb} {result.records_deleted} of {result.records_before} records "
               f"({result.failed_deleted} failed), keeping the best {keep_top} per workload and hardware")
+
+
+@db_app.command("verify")
+def verify_cmd(
+    db: DbOption = None,
+    hardware: Annotated[Optional[str], typer.Option(
+        "--hardware", help="Check only this hardware key's records (this machine must have that hardware).")] = None,
+    team: Annotated[Optional[str], typer.Option(help="Check the records this team may read (default: the configured team).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Check the records each workload would be served: its kernel against the workload's unscheduled one.
+
+    A run checks a record before serving it; this does it on demand, e.g. after `tuner db import`
+    or a TVM upgrade. Wrong records are marked and never served; the next ones are checked."""
+    from . import dbtools
+    from .progress import LogProgress, SilentProgress
+
+    results = dbtools.verify(_settings(), db, hardware, team, SilentProgress() if as_json else LogProgress())
+    if as_json:
+        print(json.dumps({key: stats.as_dict() for key, stats in results}, indent=2))
+        return
+    if not results:
+        out.print("no records of this machine's hardware in the database")
+        return
+    table = Table(title="record checks")
+    table.add_column("hardware key", no_wrap=True)
+    for col in ("checked", "passed", "wrong output", "check failed", "seconds"):
+        table.add_column(col, justify="right")
+    for key, stats in results:
+        table.add_row(key, str(stats.checked), str(stats.passed), str(stats.wrong), str(stats.failed),
+                      f"{stats.seconds:.1f}")
+    out.print(table)
+    for key, stats in results:
+        for bad in stats.rejected:
+            out.print(f"{key} {bad['task']}: record {bad['record_id']} rejected: {bad['reason']}")

@@ -63,6 +63,20 @@ class VerifySettings(BaseModel):
     fp16_rtol: float = 2e-2
 
 
+class CheckSettings(BaseModel):
+    """Record checks: a record is served only after its kernel matched its workload's."""
+
+    # Records checked per task, fastest first, before the task falls back to its next checked
+    # record or its default schedule (each wrong one costs a build and a run).
+    max_per_task: int = Field(4, ge=1)
+    timeout_s: float = Field(600.0, gt=0)
+    seed: int = 0
+    # A model that fails verification with checked records: compilations the bisection for the
+    # records to blame may spend (about log2(tuned tasks) + 1 per record) before it withholds
+    # every tuned record instead.
+    max_bisect_compiles: int = Field(24, ge=2)
+
+
 class ServeSettings(BaseModel):
     """`tuner serve`: limits per team, the job lease, polling."""
 
@@ -109,6 +123,7 @@ class Settings(BaseSettings):
     workers: WorkerSettings = WorkerSettings()
     measure: MeasureSettings = MeasureSettings()
     verify: VerifySettings = VerifySettings()
+    checks: CheckSettings = CheckSettings()
     # `tuner serve`: uploads and artifacts live here; empty = under the user data dir.
     storage_dir: str = ""
     serve: ServeSettings = ServeSettings()

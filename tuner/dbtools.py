@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,6 +17,10 @@ from tuner.db.migrate import current_revision, head_revision, upgrade
 
 from .config import Settings
 from .errors import TunerError
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .record_checks import CheckStats
 
 T = TypeVar("T")
 
@@ -67,3 +72,73 @@ def import_(settings: Settings, url: str | None, directory: Path, hardware: str 
 
 def prune(settings: Settings, url: str | None, keep_top: int, dry_run: bool) -> admin.PruneResult:
     return _with_engine(settings, url, lambda e: admin.prune(e, keep_top, dry_run))
+
+
+def _key_targets(engine: Engine, hardware: str | None) -> dict[str, dict[str, Any]]:
+    """Hardware keys with records (or `hardware`) and a target of each, from one of its records."""
+    from sqlalchemy import func, select
+
+    from tuner.db import models
+
+    r = models.TuningRecord
+    stmt = select(r.hardware_key, func.min(r.target_json)).group_by(r.hardware_key)
+    if hardware:
+        stmt = stmt.where(r.hardware_key == hardware)
+    with engine.connect() as conn:
+        found = {key: json.loads(target) for key, target in conn.execute(stmt)}
+    if hardware and hardware not in found:
+        raise TunerError(f"no records of hardware {hardware!r} in the database (see `tuner db stats`)")
+    return found
+
+
+def _here(target: dict[str, Any]) -> str | None:
+    """This machine's hardware key for a target, or None when it lacks that hardware."""
+    from .hardware import fingerprint_for
+
+    try:
+        return fingerprint_for(target).key
+    except TunerError:  # a CUDA target on a machine without that GPU
+        return None
+
+
+def verify(settings: Settings, url: str | None, hardware: str | None, team: str | None,
+           progress: Progress) -> list[tuple[str, CheckStats]]:
+    """Check the records each workload would be served (record_checks.py) on this machine's
+    hardware: without --hardware every key of the database that this machine has, with it
+    that key, which it must have (a kernel is checked where it runs)."""
+    from sqlalchemy import select
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.target import Target
+
+    from tuner.cluster.local import LocalChecker
+    from tuner.db import models
+    from tuner.db.database import workload_of
+
+    from .record_checks import check_records
+    from .tuning import tuning_cores
+    from .tuning_database import open_database
+
+    db_url = url or settings.resolved_db_url()
+    with migrated_engine(db_url) as engine:
+        targets = _key_targets(engine, hardware)
+    mine = {key: target for key, target in targets.items() if _here(target) == key}
+    if hardware and hardware not in mine:
+        raise TunerError(f"records of hardware {hardware} can only be checked on that hardware, and this "
+                         f"machine is not it (its keys here: {', '.join(sorted(mine)) or 'none of the database'})")
+    results = []
+    for key, target_dict in sorted(mine.items()):
+        target = Target(target_dict)
+        database = open_database(db_url, target_dict, team or settings.team)
+        r, w = models.TuningRecord, models.Workload
+        with database.engine.connect() as conn:
+            rows = conn.execute(select(w.id, w.shash, w.mod_json).where(
+                w.id.in_(select(r.workload_id).where(r.hardware_key == key))).order_by(w.id)).all()
+        mods = [(wid, workload_of(shash, mod_json).mod) for wid, shash, mod_json in rows]
+        tasks = [ms.ExtractedTask(f"workload {wid}", mod, target, [mod], 1) for wid, mod in mods]
+        progress.message(f"{key}: checking the records of {len(tasks)} workload(s)")
+        checker = LocalChecker(tuning_cores(target), settings.checks.timeout_s)
+        try:
+            results.append((key, check_records(tasks, target, database, checker, settings, progress)))
+        finally:
+            checker.close()
+    return results

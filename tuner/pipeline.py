@@ -8,6 +8,7 @@ write model.so and report.json (only after verification passed).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -27,24 +28,27 @@ from sqlalchemy.engine import make_url
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
+from tuner.cluster.local import LocalChecker
 from tuner.cluster.threads import current_threads, use_threads
-from tuner.db.database import SQLDatabase
+from tuner.db.database import CHECK_WRONG, SQLDatabase
 from tuner.db.engine import redact_url
 from tuner.schedules.intrinsics import load_tensor_intrinsics
 
 from . import __version__
-from .compile import compile_tuned, compile_untuned
+from .blame import TooManyAttempts, find_culprits
+from .compile import Compiled, compile_tuned, compile_untuned
 from .config import Settings
-from .errors import TunerError
+from .errors import TunerError, VerificationError
 from .clusters import hardware_units
 from .graph import PRECISIONS, fuse_for_tuning, import_onnx
 from .hardware import fingerprint_for
-from .measure import TVMModel, compare, device_for, median_ms, wait_for_quiet_cpu
+from .measure import Comparison, TVMModel, compare, device_for, median_ms, wait_for_quiet_cpu
 from .inputs import verification_inputs
 from .reference import reference_outputs
 from .stages import stage
 from .model_io import LoadedModel, load_model
 from .progress import Progress, SilentProgress
+from .record_checks import CheckStats, check_records
 from .tuning import Workers, ray_builder_count, ray_workers, tune, tuning_cores
 from .tuning_database import open_database
 
@@ -176,6 +180,7 @@ class _Plan:
     from_other_teams: int
     warm: list[int]
     out_dir: Path
+    checks: CheckStats = field(default_factory=CheckStats)  # first-use checks of stored records
 
     @property
     def key(self) -> str:
@@ -188,6 +193,7 @@ class _Tuned:
     defaults_measured: int = 0
     cluster: dict[str, Any] = field(default_factory=lambda: {"backend": "none"})
     seconds: float = 0.0
+    checks: CheckStats = field(default_factory=CheckStats)
 
 
 @dataclass
@@ -206,6 +212,9 @@ class _Job:
     t_start: float
     inputs: dict[str, np.ndarray] = field(default_factory=dict)  # verification and timing inputs
     inputs_source: str = ""
+    # First-use checks of stored records, in worker processes here (this machine has the
+    # target's hardware: the module is verified on it); started only when a record needs one.
+    checker: LocalChecker | None = None
 
 
 def run(request: RunRequest, settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
@@ -243,6 +252,17 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
                request.team or settings.team, request.job_id or uuid.uuid4().hex[:12],
                settings.private if request.private is None else request.private, t_start, inputs, inputs_source)
     databases = [open_database(job.db_url, t, job.team, job.job_id, job.private, settings.warm_start) for t in targets]
+    job.checker = LocalChecker(tuning_cores(Target(dict(request.target))), settings.checks.timeout_s)
+    try:
+        return _run_job(job, targets, databases, folders, out_dir)
+    finally:
+        job.checker.close()
+
+
+def _run_job(job: _Job, targets: list[dict[str, Any]], databases: list[SQLDatabase], folders: list[Path],
+             out_dir: Path) -> dict[str, Any]:
+    request, progress, model = job.request, job.progress, job.model
+    several = len(targets) > 1
 
     progress.message(f"importing {model.name} ({model.source})")
     with stage("import"):
@@ -266,7 +286,7 @@ def run(request: RunRequest, settings: Settings, progress: Progress | None = Non
         "model": model.name, "source": model.source, "job_id": job.job_id,
         "targets": reports, "trials": sum(r["trials"] for r in reports),
         "verified": all(r["verified"] for r in reports),
-        "total_seconds": round(time.perf_counter() - t_start, 3),
+        "total_seconds": round(time.perf_counter() - job.t_start, 3),
     }
     _write_atomic(out_dir / "report.json", json.dumps(report, indent=2).encode())
     return report
@@ -285,6 +305,9 @@ def _plan(job: _Job, target_dict: dict[str, Any], database: SQLDatabase, out_dir
     # only that is still to tune. (On CPU a searched trace may have no sampling decision, so
     # only the mark tells a default there.)
     cuda = target.kind.name == "cuda"
+    # Records that arrived unchecked (an import, an older tuner, another TVM version) are checked
+    # before they count as served.
+    checks = check_records(tasks, target, database, job.checker, job.settings, job.progress)
     cached = [database.best(t.dispatched[0], searched_only=True, traceless_defaults=cuda) for t in tasks]
     to_tune = list(range(len(tasks))) if job.request.refine else [i for i, best in enumerate(cached) if best is None]
     refined = sum(1 for i in to_tune if cached[i] is not None)
@@ -292,7 +315,8 @@ def _plan(job: _Job, target_dict: dict[str, Any], database: SQLDatabase, out_dir
     warm = [i for i in to_tune if job.settings.warm_start and database.warm_start_records(tasks[i].dispatched[0])]
     job.progress.plan(len(tasks), len(tasks) - len(to_tune), from_other_teams, len(to_tune), len(warm),
                       job.request.trials if to_tune else 0)
-    return _Plan(target_dict, target, database, fused, tasks, to_tune, refined, from_other_teams, warm, out_dir)
+    return _Plan(target_dict, target, database, fused, tasks, to_tune, refined, from_other_teams, warm, out_dir,
+                 checks)
 
 
 def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
@@ -339,8 +363,49 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
         spent["database"] = round(commit_s, 3)
         spent["startup"] = round(startup_s, 3)
         spent["search"] = round(elapsed - sum(spent.values()), 3)
-        tuned[i] = _Tuned(result.trials, result.defaults_measured, cluster, elapsed)
+        tuned[i] = _Tuned(result.trials, result.defaults_measured, cluster, elapsed, result.checks)
     return tuned
+
+
+@dataclass
+class _Blame:
+    """Tasks whose tuned records the final module does without, after it failed verification."""
+
+    withheld: list[int] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # marked wrong: never served again
+
+
+def _blame(job: _Job, plan: _Plan, failure: VerificationError, build: Any, verify: Any) -> _Blame:
+    """Find the tuned records that make the model fail, mark them wrong, and say which tasks the
+    module must be built without; re-raises `failure` when the default schedules alone fail too."""
+    database, tasks = plan.database, plan.tasks
+    served = {i: database.served_record_id(t.dispatched[0]) for i, t in enumerate(tasks)}
+    suspects = [i for i, rid in served.items() if rid is not None]
+    if not suspects:
+        raise failure
+    job.progress.message(f"{failure}: bisecting {len(suspects)} task(s) with tuned records to find the ones to blame")
+
+    def verifies(withheld: set[int]) -> bool:
+        try:
+            verify(build(withheld)[2])
+            return True
+        except VerificationError:
+            return False
+
+    try:
+        culprits = find_culprits(suspects, verifies, job.settings.checks.max_bisect_compiles)
+    except TooManyAttempts as exc:
+        job.progress.message(f"bisection stopped after {exc}: every tuned record withheld")
+        return _Blame(withheld=suspects)
+    if culprits is None:
+        raise failure
+    why = f"the model's output was wrong with this record and right without it ({failure})"
+    records = []
+    for i in culprits:
+        database.record_checked(served[i], CHECK_WRONG, why)
+        records.append({"task": tasks[i].task_name, "record_id": served[i], "reason": why})
+        job.progress.message(f"{tasks[i].task_name}: record {served[i]} makes the model wrong: marked, never served")
+    return _Blame(withheld=culprits, records=records)
 
 
 def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
@@ -348,24 +413,17 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
     request, settings, progress, model = job.request, job.settings, job.progress, job.model
     target, database, tasks, out_dir = plan.target, plan.database, plan.tasks, plan.out_dir
     tuned_now = sum(1 for i in plan.to_tune if database.best(tasks[i].dispatched[0]) is not None)
+    checks = plan.checks.add(tuned.checks)
 
     # The module is verified and timed on the target's cores, and so is ONNX Runtime.
     threads = tuning_cores(target) if target.kind.name == "llvm" else 0
     if threads:
         use_threads(threads)
-    progress.message("compiling with the database and default schedules")
-    with stage("compile"):
-        compiled = compile_tuned(plan.fused, target, database, cuda_graph=request.cuda_graph)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
-        lib_path = Path(tmp) / "model.so"
         names = list(model.input_shapes)
         device = device_for(target.kind.name)
-        with stage("compile"):
-            compiled.executable.export_library(str(lib_path))
-            tvm_model = TVMModel(lib_path, names, device)
+        inputs = job.inputs
         with stage("verify"):
-            inputs = job.inputs
-            args = tvm_model.prepare(inputs)
             ref = reference_outputs(model.proto, inputs, threads)
             if ref.fallback_reason:
                 progress.message(f"verifying against {ref.name}: {ref.fallback_reason}")
@@ -376,7 +434,34 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
             atol, rtol = (v.fp16_atol, v.fp16_rtol) if fp16 else (v.fp32_atol, v.fp32_rtol)
             hint = (" (in fp16, values somewhere in the model beyond fp16's range, 65504: run it in fp32)"
                     if request.precision == "fp16" else "")
-            comparison = compare(tvm_model.run(args), ref.outputs, out_names, atol, rtol, hint, ref.name)
+        builds = itertools.count()
+
+        def build(withheld: set[int]) -> tuple[Compiled, Path, TVMModel]:
+            """The module, with the records of the `withheld` tasks replaced by default schedules."""
+            database.withheld = {wid for i in withheld for wid in database.workload_ids(tasks[i].dispatched[0])}
+            try:
+                with stage("compile"):
+                    built = compile_tuned(plan.fused, target, database, cuda_graph=request.cuda_graph)
+                    path = Path(tmp) / f"model-{next(builds)}.so"
+                    built.executable.export_library(str(path))
+                    return built, path, TVMModel(path, names, device)
+            finally:
+                database.withheld = set()
+
+        def verify(candidate: TVMModel) -> tuple[list[Any], Comparison]:
+            with stage("verify"):
+                prepared = candidate.prepare(inputs)
+                return prepared, compare(candidate.run(prepared), ref.outputs, out_names, atol, rtol, hint, ref.name)
+
+        progress.message("compiling with the database and default schedules")
+        compiled, lib_path, tvm_model = build(set())
+        blame = _Blame()
+        try:
+            args, comparison = verify(tvm_model)
+        except VerificationError as failure:
+            blame = _blame(job, plan, failure, build, verify)
+            compiled, lib_path, tvm_model = build(set(blame.withheld))
+            args, comparison = verify(tvm_model)
 
         with stage("time"):
             m = settings.measure
@@ -438,6 +523,14 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
             "atol": atol, "rtol": rtol,
         },
         "verified": comparison.verified,
+        # Records whose kernels were checked against their workloads' before being served, and
+        # the ones rejected (wrong output, or a check that could not build or run them).
+        "record_checks": checks.as_dict(),
+        "records_rejected_wrong_output": checks.wrong + len(blame.records),
+        # Tasks whose checked records still made the model fail verification (bisection): the
+        # module was built with their default schedules and the records were marked wrong.
+        "records_blamed": blame.records,
+        "tasks_withheld": [tasks[i].task_name for i in blame.withheld],
         "loops": compiled.loops,
         "cuda_graph": compiled.cuda_graph,
         # TVM runtime threads the module was timed with (CPU; set TVM_NUM_THREADS to the same

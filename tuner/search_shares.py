@@ -23,6 +23,7 @@ from tuner.cluster.worker_tasks import dumps_target
 from .config import Settings
 from .errors import TunerError
 from .progress import Progress, SilentProgress
+from .record_checks import CheckStats
 from .tuning import TuneResult, Workers, per_node, ray_workers, tune, tuning_cores
 from .tuning_database import open_database
 
@@ -94,7 +95,7 @@ def search_share(share: Share) -> dict[str, Any]:
     left = share.trials - done_before
     if left <= 0:
         return {"trials": done_before, "cluster": {}, "defaults_measured": 0, "commit_seconds": 0.0,
-                "node": ray.get_runtime_context().get_node_id()}
+                "checks": CheckStats().as_dict(), "node": ray.get_runtime_context().get_node_id()}
     spec = share.database
     database = open_database(spec.url, share.target, spec.team, spec.job_id, spec.private, spec.warm_start)
     workers = ray_workers(share.settings, tuning_cores(target), share.hardware_key, share.pools)
@@ -105,7 +106,7 @@ def search_share(share: Share) -> dict[str, Any]:
         workers.close()
     return {"trials": done_before + result.trials, "cluster": result.cluster,
             "defaults_measured": result.defaults_measured, "commit_seconds": database.commit_seconds,
-            "node": ray.get_runtime_context().get_node_id()}
+            "checks": result.checks.as_dict(), "node": ray.get_runtime_context().get_node_id()}
 
 
 @dataclass
@@ -182,6 +183,10 @@ def _merge(job: ShareJob, results: list[dict[str, Any]]) -> tuple[TuneResult, fl
     cluster["trials_per_searcher"] = [res["trials"] for res in results]
     cluster["seconds"] = {part: round(sum(res["cluster"].get("seconds", {}).get(part, 0.0) for res in results), 3)
                           for part in ("build", "run")}
+    checks = CheckStats()
+    for res in results:
+        checks = checks.add(CheckStats.from_dict(res["checks"]))
     merged = TuneResult(trials=sum(res["trials"] for res in results), per_task_trials=[],
-                        cluster=cluster, defaults_measured=sum(res["defaults_measured"] for res in results))
+                        cluster=cluster, defaults_measured=sum(res["defaults_measured"] for res in results),
+                        checks=checks)
     return merged, sum(res["commit_seconds"] for res in results)

@@ -20,8 +20,8 @@ from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
 from tvm.s_tir.meta_schedule.utils import fork_seed
 from tvm.target import Target
 
-from tuner.cluster.local import LocalBuilder, LocalRunner
-from tuner.db.database import DEFAULT_MARK
+from tuner.cluster.local import LocalBuilder, LocalChecker, LocalRunner
+from tuner.db.database import DEFAULT_MARK, SQLDatabase
 from tuner.schedules.defaults import default_schedule
 from tuner.schedules.space import (
     SearchConfig,
@@ -38,6 +38,7 @@ from .config import Settings
 from .interrupts import deferred_interrupts
 from .interrupts import requested as interrupt_requested
 from .progress import Progress, ProgressCallback
+from .record_checks import CheckFn, CheckStats, check_records
 
 
 @dataclass
@@ -46,6 +47,7 @@ class TuneResult:
     per_task_trials: list[int]
     cluster: dict[str, Any] = field(default_factory=dict)
     defaults_measured: int = 0  # tasks whose default schedule was measured and stored
+    checks: CheckStats = field(default_factory=CheckStats)  # the tuned tasks' fastest records checked
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Workers:
     failure: Callable[[], Exception | None] = lambda: None
     # Ray: the builder and runner ActorPools, which the job's searchers share.
     pools: tuple[Any, Any] | None = None
+    # Record checks on the hardware the runners measure on (see record_checks.py).
+    check: CheckFn | None = None
 
 
 def local_workers(settings: Settings, cores: int) -> Workers:
@@ -78,7 +82,7 @@ def local_workers(settings: Settings, cores: int) -> Workers:
         "backend": "local", "nodes": 1, "builders": builder.pool.workers, "runners": 1,
         "trials_per_node": {platform.node(): runner.measured},
         "seconds": {"build": round(builder.seconds, 3), "run": round(runner.seconds, 3)},
-    })
+    }, check=LocalChecker(builder.pool.workers, settings.checks.timeout_s, pool=builder.pool))
 
 
 def ray_builder_count(settings: Settings) -> int:
@@ -124,7 +128,7 @@ def ray_workers(settings: Settings, cores: int, hardware_key: str, pools: tuple[
         # Runner "node/gpuN" on GPU nodes: one per GPU.
         "trials_per_runner": dict(runner.counts),
         "seconds": {"build": round(builder.seconds, 3), "run": round(runner.seconds, 3)},
-    }, failure=lambda: runner.failure or builder.failure, pools=(builder.pool, runner.pool))
+    }, failure=lambda: runner.failure or builder.failure, pools=(builder.pool, runner.pool), check=runner.check)
 
 
 def per_node(per_runner: dict[str, int]) -> dict[str, int]:
@@ -280,6 +284,7 @@ def tune(
     # Worker processes start (import TVM) in the background while the contexts are made.
     workers = workers or local_workers(settings, cores)
     defaults: list[float | None] = [None] * len(tasks)
+    checks = CheckStats()
     # Ctrl-C is noted, not raised, until the block ends: raised inside TVM's calls it was
     # swallowed as a failed design space or a failed draw (the run then went on, deaf to a
     # second Ctrl-C) or killed the process from a C++ frame. The searches end at their next
@@ -311,10 +316,14 @@ def tune(
                     measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
                     task_scheduler=ms.task_scheduler.GradientBased(seed=seed),
                 )
+            if isinstance(database, SQLDatabase) and not interrupt_requested():
+                # Before a record the search found can be served, on the hardware it ran on.
+                # (Only our database keeps what a check found.)
+                checks = check_records(tasks, target, database, workers.check, settings, progress)
             cluster = workers.describe()
         finally:
             progress.stop()
             if owned:
                 workers.close()
     return TuneResult(trials=callback.trials, per_task_trials=callback.per_task_trials, cluster=cluster,
-                      defaults_measured=sum(d is not None for d in defaults))
+                      defaults_measured=sum(d is not None for d in defaults), checks=checks)
