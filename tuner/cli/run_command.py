@@ -1,13 +1,11 @@
-"""The `tuner` command line. Errors are one line on stderr and a non-zero exit, never a traceback."""
+"""`tuner run` and `tuner models`: tune a model and print what came of it; list the zoo."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
-import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,23 +13,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_cluster import cluster_app
-from .cli_db import db_app
-from .cli_serve import keys_app, serve, submit
-from .errors import Interrupted, TunerError
-from . import interrupts
+from .. import interrupts
+from ..errors import Interrupted
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tune ONNX models with TVM MetaSchedule.")
-err = Console(stderr=True)
 out = Console()
-app.add_typer(db_app, name="db")
-app.add_typer(cluster_app, name="cluster")
-app.add_typer(keys_app, name="keys")
-app.command()(serve)
-app.command()(submit)
 
 
-@app.command()
 def run(
     model: Annotated[str, typer.Argument(help="Path to an .onnx file, or zoo:NAME (see `tuner models`).")],
     target: Annotated[Optional[list[str]], typer.Option(help='"cpu" (the host), "cuda" (the local GPU) or a TVM target as a JSON dict; repeat for one job on several targets (default: cpu).')] = None,
@@ -53,12 +40,12 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout, nothing else.")] = False,
 ) -> None:
     """Tune MODEL on this machine, compile, verify against ONNX Runtime, write model.so and report.json."""
-    from .config import get_settings
-    from .model_io import parse_input_shapes
-    from .pipeline import RunRequest
-    from .pipeline import run as run_pipeline
-    from .progress import LogProgress, RichProgress
-    from .targets import parse_target
+    from ..config import get_settings
+    from ..model_io import parse_input_shapes
+    from ..pipeline import RunRequest
+    from ..pipeline import run as run_pipeline
+    from ..progress import LogProgress, RichProgress
+    from ..targets import parse_target
 
     settings = get_settings()
     targets = [parse_target(t) for t in (target or ["cpu"])]
@@ -157,12 +144,11 @@ def _print_report(report: dict) -> None:
     out.print(f"report: {Path(report['artifact']['path']).with_name('report.json')}")
 
 
-@app.command()
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """List the model-zoo networks shipped with the onnx package: input shapes and GFLOPs."""
-    from .zoo_info import zoo_table
+    from ..zoo_info import zoo_table
 
     rows = zoo_table()
     if as_json:
@@ -175,46 +161,3 @@ def models(
         inputs = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in row["inputs"].items())
         table.add_row(row["name"], inputs, f"{row['gflops']:.2f}", f"{row['megabytes']:.1f}")
     out.print(table)
-
-
-@app.callback()
-def options(
-    debug: Annotated[bool, typer.Option("--debug", help="On an unexpected error, print its traceback too (also TUNER_DEBUG=1).")] = False,
-) -> None:
-    """Tune ONNX models with TVM MetaSchedule."""
-    if debug:
-        os.environ["TUNER_DEBUG"] = "1"
-
-
-def main() -> None:
-    """Entry point: an error becomes one clear line (the step that failed and why) and its exit
-    code; `--debug` adds the traceback of an unexpected one."""
-    from .stages import StageError, debug_enabled, summary
-
-    try:
-        app()
-    except TunerError as exc:
-        if isinstance(exc, StageError) and exc.__cause__ is not None and debug_enabled():
-            traceback.print_exception(exc.__cause__)
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        if isinstance(exc, Interrupted):
-            # CPython remembers a KeyboardInterrupt that once ended an evaluation (even a caught
-            # one, e.g. inside TVM's FFI) and then exits by SIGINT whatever sys.exit said. Workers
-            # are shut down and every record committed by now, so leave with the promised code.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(exc.exit_code)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("[bold red]error:[/] interrupted")
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - outside a pipeline step: still one line, not a traceback
-        if debug_enabled():
-            traceback.print_exception(exc)
-        err.print(f"[bold red]error:[/] {summary(exc)} (run with --debug for the traceback)", highlight=False,
-                  soft_wrap=True)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -19,7 +19,7 @@ HardwareOption = Annotated[Optional[str], typer.Option("--hardware", help="A har
 
 
 def _settings():  # noqa: ANN202 - Settings, imported lazily to keep --help fast
-    from .config import get_settings
+    from ..config import get_settings
 
     return get_settings()
 
@@ -27,7 +27,7 @@ def _settings():  # noqa: ANN202 - Settings, imported lazily to keep --help fast
 @db_app.command()
 def upgrade(db: DbOption = None) -> None:
     """Apply the Alembic migrations up to the newest schema; a no-op when already there."""
-    from . import dbtools
+    from .. import dbtools
 
     before, after = dbtools.upgrade_database(_settings(), db)
     if before == after:
@@ -44,7 +44,7 @@ def _mb(size: int | None) -> str:
 def stats(db: DbOption = None,
           as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """Workloads and records, per hardware key and per team, and the size on disk."""
-    from . import dbtools
+    from .. import dbtools
 
     report = dbtools.stats(_settings(), db)
     if as_json:
@@ -78,7 +78,7 @@ def export_cmd(
     hardware: HardwareOption = None,
 ) -> None:
     """Write records as a MetaSchedule JSON database, plus tuner_provenance.json (hardware, teams)."""
-    from . import dbtools
+    from .. import dbtools
 
     result = dbtools.export(_settings(), db, out_dir, hardware)
     out.print(f"exported {result.records} records of {result.workloads} workloads "
@@ -95,7 +95,7 @@ def import_cmd(
     team: Annotated[Optional[str], typer.Option(help="Team to attribute the records to (default: the export's, or the configured team).")] = None,
 ) -> None:
     """Import a MetaSchedule JSON database, all or nothing; records already present are skipped."""
-    from . import dbtools
+    from .. import dbtools
 
     r = dbtools.import_(_settings(), db, directory, hardware, team)
     out.print(f"imported {r.records_new} records ({r.records_duplicate} already present) of "
@@ -111,7 +111,7 @@ def prune(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Keep the best K records per workload and hardware (per team for private ones); drop failed ones."""
-    from . import dbtools
+    from .. import dbtools
 
     result = dbtools.prune(_settings(), db, keep_top, dry_run)
     if as_json:
@@ -134,8 +134,8 @@ def verify_cmd(
 
     A run checks a record before serving it; this does it on demand, e.g. after `tuner db import`
     or a TVM upgrade. Wrong records are marked and never served; the next ones are checked."""
-    from . import dbtools
-    from .progress import LogProgress, SilentProgress
+    from .. import dbtools
+    from ..progress import LogProgress, SilentProgress
 
     results = dbtools.verify(_settings(), db, hardware, team, SilentProgress() if as_json else LogProgress())
     if as_json:
@@ -155,3 +155,35 @@ def verify_cmd(
     for key, stats in results:
         for bad in stats.rejected:
             out.print(f"{key} {bad['task']}: record {bad['record_id']} rejected: {bad['reason']}")
+
+
+@db_app.command("model")
+def model_cmd(
+    db: DbOption = None,
+    hardware: Annotated[Optional[str], typer.Option(
+        "--hardware", help="The hardware key whose family's models to show, train or drop (train/drop default: this CPU).")] = None,
+    team: Annotated[Optional[str], typer.Option(help="Train or drop only this team's model (its private records and the shared ones).")] = None,
+    train: Annotated[bool, typer.Option("--train", help="Train the family's models now from its records.")] = False,
+    drop: Annotated[bool, typer.Option("--drop", help="Delete the family's models.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """The cost models every search starts from: one per hardware family (and per team with private records)."""
+    from .. import dbtools
+    from ..errors import TunerError
+
+    if train and drop:
+        raise TunerError("--train and --drop exclude each other")
+    done, rows = dbtools.cost_models(_settings(), db, hardware, team, train, drop)
+    if as_json:
+        print(json.dumps({"done": done, "models": rows}, indent=2))
+        return
+    if done:
+        out.print(done)
+    table = Table(title="cost models")
+    for col in ("family", "owner", "TVM", "records", "workloads", "hold-out rank corr.", "MB", "trained s", "created"):
+        table.add_column(col, justify="right" if col in ("records", "workloads", "hold-out rank corr.", "MB", "trained s") else "left")
+    for m in rows:
+        score = "-" if m["holdout_spearman"] is None else f"{m['holdout_spearman']:.2f}"
+        table.add_row(m["family"], m["owner"], m["tvm_version"], str(m["records"]), str(m["workloads"]), score,
+                      f"{m['bytes'] / 1e6:.1f}", f"{m['train_seconds']:.1f}", m["created_at"][:19])
+    out.print(table)

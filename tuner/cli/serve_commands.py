@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_db import DbOption, _settings
-from .errors import TunerError
+from .db_commands import DbOption, _settings
+from ..errors import TunerError
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys of `tuner serve`, one or more per team.")
 out = Console()
@@ -30,8 +30,8 @@ def serve(
     import uvicorn
     from sqlalchemy.engine import make_url
 
-    from .db.engine import redact_url
-    from .service.app import ServiceConfig, create_app
+    from ..db.engine import redact_url
+    from ..service.app import ServiceConfig, create_app
 
     settings = _settings()
     serve_cfg = settings.serve
@@ -64,7 +64,7 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON on stdout.")] = False,
 ) -> None:
     """Send MODEL to a `tuner serve`; with --wait, show its progress and download the checked module."""
-    from .client import Client
+    from ..client import Client
 
     client = Client(server, key)
     try:
@@ -115,8 +115,8 @@ def _print_done(job: dict, path: Path) -> None:
 @keys_app.command("create")
 def keys_create(team: Annotated[str, typer.Option(help="The team the key acts for.")], db: DbOption = None) -> None:
     """Create a key; it is printed once, alone on the last line, and only its hash is stored."""
-    from .db.keys import create_key
-    from .dbtools import migrated_engine
+    from ..db.keys import create_key
+    from ..dbtools import migrated_engine
 
     with migrated_engine(db or _settings().resolved_db_url()) as engine:
         key, info = create_key(engine, team)
@@ -128,8 +128,8 @@ def keys_create(team: Annotated[str, typer.Option(help="The team the key acts fo
 def keys_list(team: Annotated[Optional[str], typer.Option(help="Only this team's keys.")] = None, db: DbOption = None,
               as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """Keys by prefix, team, creation and revocation time (never the keys themselves)."""
-    from .db.keys import list_keys
-    from .dbtools import migrated_engine
+    from ..db.keys import list_keys
+    from ..dbtools import migrated_engine
 
     with migrated_engine(db or _settings().resolved_db_url()) as engine:
         keys = list_keys(engine, team)
@@ -150,8 +150,8 @@ def keys_list(team: Annotated[Optional[str], typer.Option(help="Only this team's
 def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix as `tuner keys list` shows it.")],
                 db: DbOption = None) -> None:
     """Revoke a key: the service refuses it from the next request on."""
-    from .db.keys import revoke_key
-    from .dbtools import migrated_engine
+    from ..db.keys import revoke_key
+    from ..dbtools import migrated_engine
 
     with migrated_engine(db or _settings().resolved_db_url()) as engine:
         info = revoke_key(engine, prefix)

@@ -1,0 +1,5 @@
+"""`python -m tuner.cli`."""
+
+from . import main
+
+main()
