@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -102,6 +103,29 @@ class TuningRecord(Base):
     checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     workload: Mapped[Workload] = relationship(back_populates="records")
+
+
+class CostModel(Base):
+    """A cost model trained on the records of one hardware family (schedules/cost_model.py):
+    every search on that family starts from it. ``owner`` is "" for the model of the shared
+    records, else the team whose private records it also learned from (served to that team
+    only). A model is valid for the TVM version that extracted its features."""
+
+    __tablename__ = "cost_models"
+    __table_args__ = (UniqueConstraint("family", "tvm_version", "owner", name="uq_cost_model_identity"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    family: Mapped[str] = mapped_column(String(64))
+    tvm_version: Mapped[str] = mapped_column(String(32))
+    owner: Mapped[str] = mapped_column(String(64))
+    records: Mapped[int] = mapped_column(Integer)
+    workloads: Mapped[int] = mapped_column(Integer)
+    # Mean rank correlation of predicted and measured speed on workloads held out of training.
+    holdout_spearman: Mapped[float | None] = mapped_column(Float, nullable=True)
+    blob_format: Mapped[int] = mapped_column(Integer)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    train_seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ApiKey(Base):

@@ -170,13 +170,3 @@ def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | N
         init_min_unmeasured=min(config.init_min_unmeasured, config.population_size),
         genetic_num_iters=config.genetic_num_iters,
     ), report, stop)
-
-
-def cost_model(num_cores: int) -> ms.CostModel:
-    """XGBoost on MetaSchedule's per-store features, trained online on this run's measurements."""
-    return ms.cost_model.XGBModel(
-        extractor=ms.feature_extractor.PerStoreFeature(),
-        num_tuning_cores=num_cores,
-        adaptive_training=True,
-        tree_method="auto",
-    )

@@ -77,6 +77,17 @@ class CheckSettings(BaseModel):
     max_bisect_compiles: int = Field(24, ge=2)
 
 
+class CostModelSettings(BaseModel):
+    """Cost models trained on the database per hardware family (cost_model_training.py)."""
+
+    # Start every search from its family's stored model (when there is one).
+    transfer: bool = True
+    # Retrain a family's model in the background once this many usable records arrived since.
+    retrain_after_records: int = Field(500, ge=1)
+    # Fewer records than this train no model.
+    min_records: int = Field(64, ge=2)
+
+
 class ServeSettings(BaseModel):
     """`tuner serve`: limits per team, the job lease, polling."""
 
@@ -124,6 +135,7 @@ class Settings(BaseSettings):
     measure: MeasureSettings = MeasureSettings()
     verify: VerifySettings = VerifySettings()
     checks: CheckSettings = CheckSettings()
+    cost_model: CostModelSettings = CostModelSettings()
     # `tuner serve`: uploads and artifacts live here; empty = under the user data dir.
     storage_dir: str = ""
     serve: ServeSettings = ServeSettings()

@@ -142,3 +142,33 @@ def verify(settings: Settings, url: str | None, hardware: str | None, team: str 
         finally:
             checker.close()
     return results
+
+
+def cost_models(settings: Settings, url: str | None, hardware: str | None, team: str | None,
+                train: bool, drop: bool) -> tuple[str, list[dict[str, Any]]]:
+    """`tuner db model`: what was done ("" to show), and the models of the family of
+    `hardware` (default: this CPU), or of every family when showing without --hardware."""
+    from tuner.db import cost_models as store
+
+    from tvm.target import Target
+
+    from .cost_model_training import family_of, train_family
+    from .hardware import fingerprint_for
+    from .targets import host_cpu_target
+    from .tuning import tuning_cores
+
+    with migrated_engine(url or settings.resolved_db_url()) as engine:
+        if not (train or drop):
+            family = family_of(engine, hardware) if hardware else None
+            return "", store.listing(engine, family)
+        host = host_cpu_target()
+        key = hardware or fingerprint_for(host).key
+        family = family_of(engine, key)
+        if drop:
+            gone = store.drop(engine, family, team)
+            return f"dropped {gone} model(s) of family {family}", store.listing(engine, family)
+        owners = [team] if team else [store.SHARED, *store.owners_with_private_records(engine, family)]
+        cores = tuning_cores(Target(host))
+        for owner in owners:
+            train_family(engine, family, owner, cores, settings.cost_model.min_records)
+        return f"trained {len(owners)} model(s) of family {family}", store.listing(engine, family)

@@ -38,6 +38,7 @@ from . import __version__
 from .blame import TooManyAttempts, find_culprits
 from .compile import Compiled, compile_tuned, compile_untuned
 from .config import Settings
+from .cost_model_training import retrain_in_background
 from .errors import TunerError, VerificationError
 from .clusters import hardware_units
 from .graph import PRECISIONS, fuse_for_tuning, import_onnx
@@ -194,6 +195,7 @@ class _Tuned:
     cluster: dict[str, Any] = field(default_factory=lambda: {"backend": "none"})
     seconds: float = 0.0
     checks: CheckStats = field(default_factory=CheckStats)
+    cost_model: dict[str, Any] = field(default_factory=lambda: {"transferred": False})
 
 
 @dataclass
@@ -363,7 +365,13 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
         spent["database"] = round(commit_s, 3)
         spent["startup"] = round(startup_s, 3)
         spent["search"] = round(elapsed - sum(spent.values()), 3)
-        tuned[i] = _Tuned(result.trials, result.defaults_measured, cluster, elapsed, result.checks)
+        tuned[i] = _Tuned(result.trials, result.defaults_measured, cluster, elapsed, result.checks,
+                          dict(result.cost_model))
+        plan = plans[i]
+        # The family's cost model learns what this job measured, in its own process, later.
+        tuned[i].cost_model["retraining"] = retrain_in_background(
+            job.db_url, plan.key, plan.database.provenance.family, plan.database.engine,
+            settings.cost_model.retrain_after_records, settings.cost_model.min_records, str(plan.out_dir / "logs"))
     return tuned
 
 
@@ -531,6 +539,9 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         # module was built with their default schedules and the records were marked wrong.
         "records_blamed": blame.records,
         "tasks_withheld": [tasks[i].task_name for i in blame.withheld],
+        # The cost model the search started from (trained on the database for this hardware
+        # family, or none), and whether a retraining was started after this run.
+        "cost_model": tuned.cost_model,
         "loops": compiled.loops,
         "cuda_graph": compiled.cuda_graph,
         # TVM runtime threads the module was timed with (CPU; set TVM_NUM_THREADS to the same

@@ -106,7 +106,8 @@ def search_share(share: Share) -> dict[str, Any]:
         workers.close()
     return {"trials": done_before + result.trials, "cluster": result.cluster,
             "defaults_measured": result.defaults_measured, "commit_seconds": database.commit_seconds,
-            "checks": result.checks.as_dict(), "node": ray.get_runtime_context().get_node_id()}
+            "checks": result.checks.as_dict(), "cost_model": result.cost_model,
+            "node": ray.get_runtime_context().get_node_id()}
 
 
 @dataclass
@@ -188,5 +189,6 @@ def _merge(job: ShareJob, results: list[dict[str, Any]]) -> tuple[TuneResult, fl
         checks = checks.add(CheckStats.from_dict(res["checks"]))
     merged = TuneResult(trials=sum(res["trials"] for res in results), per_task_trials=[],
                         cluster=cluster, defaults_measured=sum(res["defaults_measured"] for res in results),
-                        checks=checks)
+                        checks=checks, cost_model=next((res["cost_model"] for res in results if "cost_model" in res),
+                                                       {"transferred": False}))
     return merged, sum(res["commit_seconds"] for res in results)

@@ -23,9 +23,9 @@ from tvm.target import Target
 from tuner.cluster.local import LocalBuilder, LocalChecker, LocalRunner
 from tuner.db.database import DEFAULT_MARK, SQLDatabase
 from tuner.schedules.defaults import default_schedule
+from tuner.schedules.cost_model import cost_model
 from tuner.schedules.space import (
     SearchConfig,
-    cost_model,
     design_spaces,
     fixed_space,
     sample_builds,
@@ -38,6 +38,7 @@ from .config import Settings
 from .interrupts import deferred_interrupts
 from .interrupts import requested as interrupt_requested
 from .progress import Progress, ProgressCallback
+from .cost_model_training import StartModel, start_model
 from .record_checks import CheckFn, CheckStats, check_records
 
 
@@ -48,6 +49,7 @@ class TuneResult:
     cluster: dict[str, Any] = field(default_factory=dict)
     defaults_measured: int = 0  # tasks whose default schedule was measured and stored
     checks: CheckStats = field(default_factory=CheckStats)  # the tuned tasks' fastest records checked
+    cost_model: dict[str, Any] = field(default_factory=lambda: {"transferred": False})
 
 
 @dataclass
@@ -285,6 +287,7 @@ def tune(
     workers = workers or local_workers(settings, cores)
     defaults: list[float | None] = [None] * len(tasks)
     checks = CheckStats()
+    start = StartModel(None, {"transferred": False})
     # Ctrl-C is noted, not raised, until the block ends: raised inside TVM's calls it was
     # swallowed as a failed design space or a failed draw (the run then went on, deaf to a
     # second Ctrl-C) or killed the process from a C++ frame. The searches end at their next
@@ -300,6 +303,9 @@ def tune(
                 defaults = measure_default_schedules(tasks, target, database, workers)
                 progress.message(f"{sum(d is not None for d in defaults)} default schedule(s) measured in "
                                  f"{time.perf_counter() - t0:.1f} s")
+            # The family's model trained on the database, where there is one (cost_model_training.py).
+            start = (start_model(database, progress) if isinstance(database, SQLDatabase)
+                     and settings.cost_model.transfer else StartModel(None, {"transferred": False}))
             callback = ProgressCallback(weights, [defaults[i] for i in kept], progress.advance)
             progress.start(trials, len(kept))
             if contexts and not interrupt_requested():  # none when no design space could be generated
@@ -312,7 +318,7 @@ def tune(
                     builder=workers.builder,
                     runner=workers.runner,
                     database=database,
-                    cost_model=cost_model(cores),
+                    cost_model=cost_model(cores, start.trained),
                     measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
                     task_scheduler=ms.task_scheduler.GradientBased(seed=seed),
                 )
@@ -326,4 +332,5 @@ def tune(
             if owned:
                 workers.close()
     return TuneResult(trials=callback.trials, per_task_trials=callback.per_task_trials, cluster=cluster,
-                      defaults_measured=sum(d is not None for d in defaults), checks=checks)
+                      defaults_measured=sum(d is not None for d in defaults), checks=checks,
+                      cost_model=start.describe)

@@ -1,0 +1,233 @@
+"""The search's cost model, and what the shared database teaches it before a search starts.
+
+MetaSchedule's XGBoost model learns from nothing in every run: its first rounds pick candidates
+at random. The database already holds every candidate measured on the same hardware family, so
+a model trained on their features (MetaSchedule's per-store features of each record's trace
+applied to its workload) ranks a new task's candidates from the first round, and the search
+keeps adding its own measurements to that data as it goes.
+
+A trained model travels as a blob of plain arrays (numpy's npz, no pickles: a shared database
+must not be able to run code in every tuner that reads it) with the XGBoost booster in its own
+JSON format.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tvm.ir import IRModule
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.schedule import Schedule, Trace
+from tvm.target import Target
+
+# Bumped when the blob's layout changes: a blob of another format is ignored, never misread.
+BLOB_FORMAT = 1
+
+
+class BlobError(ValueError):
+    """A stored model that cannot be used here: corrupted, or of another format or TVM version."""
+
+
+@dataclass
+class Samples:
+    """Measured candidates as the cost model learns them, one group per workload: each
+    candidate's per-store feature rows and its mean run time (seconds)."""
+
+    groups: dict[str, tuple[list[np.ndarray], np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(len(costs) for _, costs in self.groups.values())
+
+    def add(self, group: str, features: list[np.ndarray], costs: np.ndarray) -> None:
+        if group in self.groups:
+            old_features, old_costs = self.groups[group]
+            self.groups[group] = ([*old_features, *features], np.concatenate([old_costs, costs]))
+        else:
+            self.groups[group] = (list(features), np.asarray(costs, dtype="float32"))
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One stored record: its workload, trace, mean run time and argument info."""
+
+    workload: IRModule
+    trace: Trace
+    mean_run_secs: float
+    args_info: list[Any]
+
+
+def record_samples(records: Iterable[Measured], target: Target) -> Samples:
+    """Features of each record's trace replayed on its workload, grouped by workload (a record
+    whose trace no longer replays is skipped: it cannot teach this TVM anything)."""
+    extractor = ms.feature_extractor.PerStoreFeature()
+    by_workload: dict[str, tuple[IRModule, list[Measured]]] = {}
+    for rec in records:
+        key = _group(rec.workload)
+        by_workload.setdefault(key, (rec.workload, []))[1].append(rec)
+    samples = Samples()
+    for key, (mod, recs) in by_workload.items():
+        context = ms.TuneContext(mod=mod, target=target, task_name=key)
+        candidates, costs = [], []
+        for rec in recs:
+            try:
+                sch = Schedule(mod)
+                rec.trace.apply_to_schedule(sch, remove_postproc=False)
+            except Exception:  # noqa: BLE001 - a trace of another TVM version
+                continue
+            candidates.append(ms.MeasureCandidate(sch, rec.args_info))
+            costs.append(rec.mean_run_secs)
+        if not candidates:
+            continue
+        features = [f.numpy().astype("float32") for f in extractor.extract_from(context, candidates)]
+        kept = [i for i, f in enumerate(features) if len(f)]
+        if kept:
+            samples.add(key, [features[i] for i in kept], np.array([costs[i] for i in kept], dtype="float32"))
+    return samples
+
+
+def _group(mod: IRModule) -> str:
+    """The group key XGBModel itself uses for a workload (its structural hash in hex)."""
+    from tvm.s_tir.meta_schedule.utils import shash2hex
+
+    return shash2hex(mod)
+
+
+def _throughputs(costs: np.ndarray) -> np.ndarray:
+    """What the model learns per group: the best time over each candidate's (1: the best)."""
+    return np.divide(costs.min(), costs, out=np.zeros_like(costs), where=costs != 0)
+
+
+def _model(cores: int) -> ms.cost_model.XGBModel:
+    return ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(), num_tuning_cores=cores,
+                                  adaptive_training=True, tree_method="auto")
+
+
+def _fit(samples: Samples, cores: int) -> ms.cost_model.XGBModel:
+    model = _model(cores)
+    xs = [f for features, _ in samples.groups.values() for f in features]
+    ys = np.concatenate([_throughputs(costs) for _, costs in samples.groups.values()])
+    model._train(xs=xs, ys=ys)  # noqa: SLF001 - XGBModel trains only through update(); this is its own fit
+    return model
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def holdout_score(samples: Samples, cores: int, holdout: float = 0.2, seed: int = 0) -> float | None:
+    """Mean Spearman rank correlation between predicted and measured throughput on held-out
+    workloads (a model trained on the others): how well it ranks candidates of a task it never
+    saw, which is what a new search asks of it. None with too few workloads to hold out."""
+    keys = sorted(samples.groups)
+    if len(keys) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(keys, size=max(1, int(round(len(keys) * holdout))), replace=False).tolist())
+    train = Samples({k: v for k, v in samples.groups.items() if k not in held})
+    model = _fit(train, cores)
+    scores = []
+    for key in held:
+        features, costs = samples.groups[key]
+        score = _spearman(model._predict(xs=features), _throughputs(costs))  # noqa: SLF001
+        if score is not None:
+            scores.append(score)
+    return float(np.mean(scores)) if scores else None
+
+
+@dataclass
+class Trained:
+    """A model trained on a family's records: the samples (the search goes on learning from
+    them and its own measurements) and the booster fitted to them."""
+
+    samples: Samples
+    booster: bytes
+    meta: dict[str, Any]
+
+
+def train(samples: Samples, cores: int, meta: dict[str, Any]) -> Trained:
+    model = _fit(samples, cores)
+    raw = model.booster.save_raw(raw_format="json")
+    return Trained(samples, bytes(raw), {**meta, "records": samples.size, "workloads": len(samples.groups)})
+
+
+def to_blob(trained: Trained) -> bytes:
+    """Plain arrays only: features concatenated, rows per candidate, group per candidate."""
+    keys = list(trained.samples.groups)
+    features, rows, group, costs = [], [], [], []
+    for g, key in enumerate(keys):
+        feats, cs = trained.samples.groups[key]
+        features.extend(feats)
+        rows.extend(len(f) for f in feats)
+        group.extend([g] * len(feats))
+        costs.append(cs)
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        format=np.array([BLOB_FORMAT]),
+        meta=np.frombuffer(json.dumps(trained.meta, sort_keys=True).encode(), dtype=np.uint8),
+        keys=np.array(keys, dtype="U"),
+        features=np.concatenate(features).astype("float32") if features else np.zeros((0, 0), "float32"),
+        rows=np.array(rows, dtype="int64"),
+        group=np.array(group, dtype="int64"),
+        costs=np.concatenate(costs).astype("float32") if costs else np.zeros(0, "float32"),
+        booster=np.frombuffer(trained.booster, dtype=np.uint8),
+    )
+    return buf.getvalue()
+
+
+def from_blob(blob: bytes, tvm_version: str) -> Trained:
+    """The model a blob holds; BlobError when it cannot be trusted here."""
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+            if int(data["format"][0]) != BLOB_FORMAT:
+                raise BlobError(f"blob format {int(data['format'][0])}, this tuner reads {BLOB_FORMAT}")
+            meta = json.loads(bytes(data["meta"]).decode())
+            keys, features, rows = data["keys"].tolist(), data["features"], data["rows"]
+            group, costs, booster = data["group"], data["costs"], bytes(data["booster"])
+    except BlobError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a corrupted blob makes numpy raise
+        raise BlobError(f"unreadable blob ({type(exc).__name__}: {exc})") from None
+    if meta.get("tvm_version") != tvm_version:
+        raise BlobError(f"trained with TVM {meta.get('tvm_version')}, this is TVM {tvm_version}")
+    if len(rows) != len(group) or len(rows) != len(costs) or int(rows.sum()) != len(features):
+        raise BlobError("inconsistent blob: feature rows, groups and costs do not match")
+    samples = Samples()
+    starts = np.concatenate([[0], np.cumsum(rows)])
+    for g, key in enumerate(keys):
+        idx = np.nonzero(group == g)[0]
+        samples.add(key, [features[starts[i]:starts[i + 1]] for i in idx], costs[idx])
+    return Trained(samples, booster, meta)
+
+
+def cost_model(num_cores: int, start: Trained | None = None) -> ms.cost_model.XGBModel:
+    """XGBoost on MetaSchedule's per-store features, trained online on this run's measurements;
+    with `start`, beginning from a family's model and its samples (retrained on them plus each
+    new batch: the new task's own measurements count from the first round)."""
+    model = _model(num_cores)
+    if start is None:
+        return model
+    import xgboost as xgb
+
+    from tvm.s_tir.meta_schedule.cost_model.xgb_model import FeatureGroup
+
+    booster = xgb.Booster()
+    booster.load_model(bytearray(start.booster))
+    model.booster = booster
+    model.data = OrderedDict((key, FeatureGroup(key, list(features), np.asarray(costs)))
+                             for key, (features, costs) in start.samples.groups.items())
+    model.data_size = start.samples.size
+    # Adaptive training would retrain only once the data grew by a fifth: with thousands of
+    # transferred samples, never within a task's search. Each batch retrains instead.
+    model.adaptive_training = False
+    return model
