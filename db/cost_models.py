@@ -8,7 +8,6 @@ shared one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +110,3 @@ def owners_with_private_records(engine: Engine, family: str) -> list[str]:
         return sorted(t for t in conn.scalars(select(r.team).distinct().where(
             r.hardware_key.in_(keys), r.private.is_(True), r.team.is_not(None))) if t)
 
-
-def meta_json(row: models.CostModel) -> str:
-    return json.dumps({"records": row.records, "workloads": row.workloads,
-                       "holdout_spearman": row.holdout_spearman})

@@ -19,13 +19,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import tvm
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from tvm.target import Target
 
 from tuner.db import cost_models as store
+from tuner.db import models
 from tuner.db.database import SQLDatabase, TVM_VERSION, record_from_json, workload_of
-from tuner.schedules.cost_model import BLOB_FORMAT, BlobError, Measured, Trained, from_blob, holdout_score, \
-    record_samples, to_blob, train
+from tuner.schedules.cost_model import (
+    BLOB_FORMAT,
+    BlobError,
+    Measured,
+    Trained,
+    from_blob,
+    holdout_score,
+    record_samples,
+    to_blob,
+    train,
+)
 
 from .errors import TunerError
 from .progress import Progress
@@ -98,10 +108,6 @@ def train_family(engine: Engine, family: str, owner: str, cores: int, min_record
 
 
 def family_of(engine: Engine, hardware_key: str) -> str:
-    from sqlalchemy import select
-
-    from tuner.db import models
-
     with engine.connect() as conn:
         family = conn.scalar(select(models.Hardware.family).where(models.Hardware.key == hardware_key))
     if family is None:

@@ -60,12 +60,12 @@ class Workers:
     runner: Any
     close: Callable[[], None]
     describe: Callable[[], dict[str, Any]]
+    # Record checks on the hardware the runners measure on (see record_checks.py).
+    check: CheckFn
     # Why the cluster could not go on (e.g. its last matching node left), when it could not.
     failure: Callable[[], Exception | None] = lambda: None
     # Ray: the builder and runner ActorPools, which the job's searchers share.
     pools: tuple[Any, Any] | None = None
-    # Record checks on the hardware the runners measure on (see record_checks.py).
-    check: CheckFn | None = None
 
 
 def local_workers(settings: Settings, cores: int) -> Workers:
