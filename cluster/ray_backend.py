@@ -219,7 +219,6 @@ class RunnerActor:
         finally:
             os.unlink(path)
 
-
     def check(self, *job: Any) -> tuple:
         """A record check (cluster/kernel_check.py) on this runner's hardware."""
         try:

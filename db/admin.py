@@ -99,8 +99,7 @@ def prune(engine: Engine, keep_top: int, dry_run: bool = False) -> PruneResult:
     ).label("rank")
     # Records a check found wrong are kept (never served, they say what was wrong) and take no
     # place among the best.
-    ranked = select(r.id, rank).where(r.mean_run_secs.is_not(None), or_(
-        r.check_status.is_(None), r.check_status == models.CHECK_OK)).subquery()
+    ranked = select(r.id, rank).where(r.mean_run_secs.is_not(None), models.never_found_wrong(r)).subquery()
     beyond = select(ranked.c.id).where(ranked.c.rank > keep_top)
     doomed = or_(r.mean_run_secs.is_(None), r.id.in_(beyond))
     with engine.begin() as conn:

@@ -24,8 +24,7 @@ def _trainable(r: type[models.TuningRecord], family: str, owner: str) -> list[An
     """Measured records of the family's hardware that no check rejected, as `owner` may read."""
     keys = select(models.Hardware.key).where(models.Hardware.family == family)
     visible = r.private.is_(False) if owner == SHARED else or_(r.private.is_(False), r.team == owner)
-    not_rejected = or_(r.check_status.is_(None), r.check_status == models.CHECK_OK)
-    return [r.hardware_key.in_(keys), r.mean_run_secs.is_not(None), visible, not_rejected]
+    return [r.hardware_key.in_(keys), r.mean_run_secs.is_not(None), visible, models.never_found_wrong(r)]
 
 
 def count_trainable(engine: Engine, family: str, owner: str = SHARED) -> int:

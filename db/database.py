@@ -371,6 +371,15 @@ class SQLDatabase(PyDatabase):
     def _to_tvm(row: models.TuningRecord, workload: Workload) -> TuningRecord:
         return record_from_json(record_payload(row), workload)
 
+    def _fastest(self, columns: list[Any], workload_ids: list[int], *conditions: Any):  # noqa: ANN202 - a Select
+        """The fastest record of these workloads here that we may read and that meets the
+        conditions (ties: the first stored): what serving, cache hits and checks each ask for."""
+        r = models.TuningRecord
+        return (select(*columns)
+                .where(r.hardware_key == self.provenance.hardware_key, self._visible(), r.workload_id.in_(workload_ids),
+                       *conditions)
+                .order_by(r.mean_run_secs, r.id).limit(1))
+
     def _ids(self, mod: IRModule) -> list[int]:
         with self._lock:
             return [wid for wid, _ in self._find(mod)]
@@ -425,12 +434,7 @@ class SQLDatabase(PyDatabase):
         r = models.TuningRecord
         usable = and_(r.mean_run_secs.is_not(None), not_(rejected(r)), *_searched(r, traceless_defaults)) \
             if searched_only else served(r)
-        stmt = (
-            select(r.mean_run_secs, r.team)
-            .where(r.hardware_key == self.provenance.hardware_key, self._visible(), r.workload_id.in_(ids), usable)
-            .order_by(r.mean_run_secs, r.id)
-            .limit(1)
-        )
+        stmt = self._fastest([r.mean_run_secs, r.team], ids, usable)
         with Session(self.engine) as session:
             row = session.execute(stmt).first()
         return Best(float(row[0]), row[1]) if row else None
@@ -458,13 +462,7 @@ class SQLDatabase(PyDatabase):
         if not ids:
             return None
         r = models.TuningRecord
-        stmt = (
-            select(r)
-            .where(r.hardware_key == self.provenance.hardware_key, self._visible(),
-                   r.workload_id.in_(ids), r.mean_run_secs.is_not(None), not_(rejected(r)))
-            .order_by(r.mean_run_secs, r.id)
-            .limit(1)
-        )
+        stmt = self._fastest([r], ids, r.mean_run_secs.is_not(None), not_(rejected(r)))
         with Session(self.engine) as session:
             row = session.scalars(stmt).first()
             if row is None or (row.check_status == CHECK_OK and row.checked_tvm == TVM_VERSION):
@@ -486,11 +484,8 @@ class SQLDatabase(PyDatabase):
         if not ids:
             return None
         r = models.TuningRecord
-        stmt = (select(r.id).where(r.hardware_key == self.provenance.hardware_key, self._visible(),
-                                   r.workload_id.in_(ids), served(r))
-                .order_by(r.mean_run_secs, r.id).limit(1))
         with Session(self.engine) as session:
-            return session.scalar(stmt)
+            return session.scalar(self._fastest([r.id], ids, served(r)))
 
     def workload_ids(self, mod: IRModule) -> list[int]:
         """The stored workloads structurally equal to `mod` (what ``withheld`` takes)."""

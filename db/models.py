@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -18,11 +19,17 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from sqlalchemy.sql.expression import false
+from sqlalchemy.sql.expression import false, or_
 
 
 # What a record's check found (TuningRecord.check_status).
 CHECK_OK, CHECK_WRONG, CHECK_FAILED = "ok", "wrong", "failed"
+
+
+def never_found_wrong(r: type[TuningRecord]) -> Any:
+    """Records no check rejected, under any TVM version: what may teach a cost model and hold a
+    place among the best that prune keeps."""
+    return or_(r.check_status.is_(None), r.check_status == CHECK_OK)
 
 
 def utcnow() -> datetime:

@@ -99,6 +99,8 @@ def check_records(tasks: list[ms.ExtractedTask], target: Target, database: SQLDa
             break
         if stats.checked == 0:
             progress.message(f"checking the output of {len(found)} task(s)' fastest record(s)")
+        # Only a task whose record was just rejected has a next one to check.
+        pending = []
         jobs, ready = [], []
         for i, unchecked in found:
             try:
@@ -107,13 +109,16 @@ def check_records(tasks: list[ms.ExtractedTask], target: Target, database: SQLDa
             except Exception as exc:  # noqa: BLE001 - a trace that no longer applies is unusable
                 _store(database, stats, tasks[i], unchecked, CHECK_FAILED,
                        f"its trace does not apply to the workload: {summary(exc)}")
+                pending.append(i)
         for (i, unchecked), outcome in zip(ready, check(jobs)):
             if outcome.error is not None:
-                _store(database, stats, tasks[i], unchecked, CHECK_FAILED, f"the check could not run it: {outcome.error}")
+                status, detail = CHECK_FAILED, f"the check could not run it: {outcome.error}"
             else:
                 correct, detail = outcome.value
-                _store(database, stats, tasks[i], unchecked, CHECK_OK if correct else CHECK_WRONG, detail)
-        pending = [i for i, _ in found]
+                status = CHECK_OK if correct else CHECK_WRONG
+            _store(database, stats, tasks[i], unchecked, status, detail)
+            if status != CHECK_OK:
+                pending.append(i)
     stats.seconds = time.perf_counter() - t0
     for bad in stats.rejected:
         progress.message(f"{bad['task']}: record {bad['record_id']} rejected, never served: {bad['reason']}")

@@ -304,8 +304,8 @@ def tune(
                 progress.message(f"{sum(d is not None for d in defaults)} default schedule(s) measured in "
                                  f"{time.perf_counter() - t0:.1f} s")
             # The family's model trained on the database, where there is one (cost_model_training.py).
-            start = (start_model(database, progress) if isinstance(database, SQLDatabase)
-                     and settings.cost_model.transfer else StartModel(None, {"transferred": False}))
+            if isinstance(database, SQLDatabase) and settings.cost_model.transfer:
+                start = start_model(database, progress)
             callback = ProgressCallback(weights, [defaults[i] for i in kept], progress.advance)
             progress.start(trials, len(kept))
             if contexts and not interrupt_requested():  # none when no design space could be generated
