@@ -122,6 +122,7 @@ def test_db_model_shows_trains_and_drops(tuned_db: str, tmp_path: Path) -> None:
     base = ["--db", tuned_db]
     empty = json.loads(tuner_cli(["db", "model", "--json", *base], tmp_path).stdout)
     assert empty["models"] == []
+    assert "no cost models in the database yet" in tuner_cli(["db", "model", *base], tmp_path).stdout
     env_min = {"TUNER_COST_MODEL__MIN_RECORDS": "8"}
     trained = tuner_cli(["db", "model", "--train", "--hardware", key, "--json", *base], tmp_path,
                         env={**tiny_env(tmp_path), **env_min})

@@ -179,6 +179,9 @@ def model_cmd(
         return
     if done:
         out.print(done)
+    if not rows:
+        out.print("no cost models in the database yet: `tuner db model --train` trains this CPU family's")
+        return
     table = Table(title="cost models")
     for col in ("family", "owner", "TVM", "records", "workloads", "hold-out rank corr.", "MB", "trained s", "created"):
         table.add_column(col, justify="right" if col in ("records", "workloads", "hold-out rank corr.", "MB", "trained s") else "left")
