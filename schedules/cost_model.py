@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,3 +231,21 @@ def cost_model(num_cores: int, start: Trained | None = None) -> ms.cost_model.XG
     # transferred samples, never within a task's search. Each batch retrains instead.
     model.adaptive_training = False
     return model
+
+
+def default_ranker(trained: Trained, target: Target) -> Callable[[IRModule, list[Schedule]], int] | None:
+    """Ranks a workload's candidate default schedules (schedules/defaults.py) by the trained
+    model's predicted throughput, without measuring any: the index of the best, the first
+    candidate (the plain default) on a tie. None on CUDA, whose defaults are dlight's rules."""
+    if target.kind.name != "llvm":
+        return None
+    model = cost_model(int(target.attrs.get("num-cores", 1)), trained)
+
+    def rank(mod: IRModule, candidates: list[Schedule]) -> int:
+        context = ms.TuneContext(mod=mod, target=target, task_name=_group(mod), num_threads=1)
+        measure = [ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
+                   for sch in candidates]
+        scores = np.asarray(model.predict(context, measure))
+        return int(np.argmax(scores)) if scores.size and scores.max() > scores[0] else 0
+
+    return rank

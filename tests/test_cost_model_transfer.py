@@ -82,8 +82,40 @@ def test_a_model_trains_from_records_is_stored_and_starts_the_next_search(
     report = _tune(net, tmp_path / "new", tuned_db, settings, trials=8)
     assert report["verified"] and report["cost_model"]["transferred"]
     assert report["cost_model"]["records"] == row["records"]
+    # A cache-miss run takes, for each kernel without a record, the default it ranks best.
+    other = onnx_models.save(onnx_models.small_convnet(channels=12), tmp_path / "other.onnx")
+    defaults_only = _tune(other, tmp_path / "other", tuned_db, settings, trials=0)
+    assert defaults_only["verified"] and defaults_only["cost_model"]["ranked_defaults"]
+    assert defaults_only["default_schedules"]["sampled"] >= 1
     with pytest.raises(Exception, match="training needs at least"):
         train_family(db.engine, family, store.SHARED, cores=2, min_records=100000)
+
+
+def test_ranked_defaults_choose_among_valid_redraws_of_the_default_sample() -> None:
+    """The ranker sees the plain default first and re-draws of it after; whatever it picks is a
+    schedule that builds and computes what the kernel's workload computes."""
+    import tvm
+
+    from tests.test_record_checks import TOLERANCES
+    from tests.tir_helpers import matmul
+    from tuner.cluster.kernel_check import check_kernel
+    from tuner.schedules.defaults import default_schedule
+
+    workload = matmul(96)
+    func = workload["main"]
+    target = tvm.target.Target(TARGET)
+    seen: list[int] = []
+
+    def last(_mod: tvm.IRModule, candidates: list) -> int:
+        seen.append(len(candidates))
+        return len(candidates) - 1
+
+    plain = default_schedule(func, target)
+    ranked = default_schedule(func, target, last)
+    assert seen and seen[0] > 8, "the ranker got the default and its re-draws"
+    assert plain.mod.script() != ranked.mod.script(), "a re-draw differs from the default"
+    ok, detail = check_kernel(tvm.ir.save_json(ranked.mod), tvm.ir.save_json(workload), TARGET, TOLERANCES)
+    assert ok, detail
 
 
 def test_a_corrupted_or_foreign_version_model_is_ignored_with_a_warning(tuned_db: str) -> None:

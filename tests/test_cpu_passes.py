@@ -116,3 +116,22 @@ def test_cpu_timing_waits_until_other_work_ends() -> None:
     start = time.monotonic()
     assert wait_for_quiet_cpu(20, limit) < limit and time.monotonic() - start < 5
     assert wait_for_quiet_cpu(0, limit) is None
+
+
+def test_engines_are_timed_in_alternation_so_a_slow_stretch_hits_both() -> None:
+    """The machine slows down (2x) for the second half of the timing: timed one after the other,
+    the second engine would take all of it; alternated, both see the same share, so their ratio
+    is their true ratio (2:1 here)."""
+    from tuner.measure import interleaved_medians_ms
+
+    start = time.monotonic()
+    calls = [0, 0]
+
+    def engine(i: int, base: float) -> None:
+        calls[i] += 1
+        time.sleep(base * (2.0 if time.monotonic() - start > 0.8 else 1.0))
+
+    a, b = interleaved_medians_ms([lambda: engine(0, 0.004), lambda: engine(1, 0.002)], max_runs=400,
+                                  min_seconds=0.8, block_seconds=0.05, pause_s=0.0)
+    assert 1.6 < a / b < 2.5, (a, b)
+    assert all(n <= 401 for n in calls) and min(calls) >= 3

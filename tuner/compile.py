@@ -13,7 +13,7 @@ from tvm.relax.transform import MetaScheduleApplyDatabase
 from tvm.s_tir.meta_schedule import Database
 from tvm.target import Target
 
-from tuner.schedules.defaults import DefaultScheduleStats, apply_default_schedules, count_loops
+from tuner.schedules.defaults import DefaultScheduleStats, Ranker, apply_default_schedules, count_loops
 from tuner.schedules.lowering import lowering_config
 
 
@@ -62,25 +62,29 @@ def prepack_weights(scheduled: IRModule) -> IRModule:
     ])(scheduled)
 
 
-def schedule_module(fused: IRModule, target: Target, database: Database) -> tuple[IRModule, DefaultScheduleStats]:
-    """Every kernel scheduled (best record, else a default schedule), CPU weights pre-packed:
-    the module `relax.build` compiles, whose kernels the benchmark also times one by one."""
+def schedule_module(fused: IRModule, target: Target, database: Database,
+                    ranker: Ranker | None = None) -> tuple[IRModule, DefaultScheduleStats]:
+    """Every kernel scheduled (best record, else a default schedule: `ranker`'s pick where
+    given), CPU weights pre-packed: the module `relax.build` compiles, whose kernels the
+    benchmark also times one by one."""
     with target, database, tvm.transform.PassContext(opt_level=3):
         scheduled = MetaScheduleApplyDatabase()(fused)
-        scheduled, defaults = apply_default_schedules(scheduled, target)
+        scheduled, defaults = apply_default_schedules(scheduled, target, ranker)
     if target.kind.name == "llvm":
         with target, tvm.transform.PassContext(opt_level=3):
             scheduled = prepack_weights(scheduled)
     return scheduled, defaults
 
 
-def compile_tuned(fused: IRModule, target: Target, database: Database, cuda_graph: bool = True) -> Compiled:
+def compile_tuned(fused: IRModule, target: Target, database: Database, cuda_graph: bool = True,
+                  ranker: Ranker | None = None) -> Compiled:
     """Best records from `database`, default schedules for every kernel without one.
 
     ``cuda_graph``: on CUDA, the module's kernel launches are captured into a CUDA graph at the
     first run and replayed after (TVM's RewriteCUDAGraph): a batch-1 model of small kernels is
-    otherwise bound by launch overhead (torch's CUDA graphs beat the module so on an H200)."""
-    scheduled, defaults = schedule_module(fused, target, database)
+    otherwise bound by launch overhead (torch's CUDA graphs beat the module so on an H200).
+    ``ranker``: picks the default schedules of kernels without a record (the family's cost model)."""
+    scheduled, defaults = schedule_module(fused, target, database, ranker)
     loops = count_loops(scheduled)
     config: dict[str, Any] = {}
     if target.kind.name == "cuda":

@@ -113,6 +113,36 @@ def median_ms(fn: Callable[[], Any], max_runs: int, min_seconds: float) -> float
     return statistics.median(times) * 1e3
 
 
+def interleaved_medians_ms(fns: list[Callable[[], Any]], max_runs: int, min_seconds: float,
+                           block_seconds: float = 0.25, pause_s: float = 0.03) -> list[float]:
+    """Median wall time of each of `fns`, timed in alternating blocks of about `block_seconds`
+    each (after one warm-up each) until each has `max_runs` runs or `min_seconds` of them,
+    with `pause_s` between blocks: TVM's idle worker threads spin for a while after a parallel
+    kernel, and an engine started in that window shares the cores with them (ONNX Runtime timed
+    right after single TVM calls took 84-91 ms instead of 43-49 on resnet50, 2 cores).
+
+    The report's ratios compare engines, so they are timed side by side: on the 2-core VMs
+    here the same module's latency drifted by up to 1.8x between stretches of a few seconds
+    (resnet50 tuned 46.6, 79.4, 47.4 ms in three consecutive runs, ONNX Runtime timed after it
+    each time 49.0, 43.9, 48.7), and timed one after the other the drift landed on one side."""
+    firsts = []
+    for fn in fns:
+        start = time.perf_counter()
+        fn()
+        firsts.append(max(time.perf_counter() - start, 1e-6))
+    per_block = [max(1, int(block_seconds / f)) for f in firsts]
+    wanted = [max(3, min(max_runs, math.ceil(min_seconds / f))) for f in firsts]
+    times: list[list[float]] = [[] for _ in fns]
+    while any(len(t) < w for t, w in zip(times, wanted)):
+        for fn, n, t, w in zip(fns, per_block, times, wanted):
+            time.sleep(pause_s)
+            for _ in range(min(n, max(0, w - len(t)))):
+                start = time.perf_counter()
+                fn()
+                t.append(time.perf_counter() - start)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
 @dataclass
 class Comparison:
     max_abs_error: float

@@ -32,18 +32,27 @@ from tuner.cluster.local import LocalChecker
 from tuner.cluster.threads import current_threads, use_threads
 from tuner.db.database import CHECK_WRONG, SQLDatabase
 from tuner.db.engine import redact_url
+from tuner.schedules.cost_model import default_ranker
 from tuner.schedules.intrinsics import load_tensor_intrinsics
 
 from . import __version__
 from .blame import TooManyAttempts, find_culprits
 from .compile import Compiled, compile_tuned, compile_untuned
 from .config import Settings
-from .cost_model_training import retrain_in_background
+from .cost_model_training import retrain_in_background, start_model
 from .errors import TunerError, VerificationError
 from .clusters import hardware_units
 from .graph import PRECISIONS, fuse_for_tuning, import_onnx
 from .hardware import fingerprint_for
-from .measure import Comparison, TVMModel, compare, device_for, median_ms, wait_for_quiet_cpu
+from .measure import (
+    Comparison,
+    TVMModel,
+    compare,
+    device_for,
+    interleaved_medians_ms,
+    median_ms,
+    wait_for_quiet_cpu,
+)
 from .inputs import verification_inputs
 from .reference import reference_outputs
 from .stages import stage
@@ -443,13 +452,19 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
             hint = (" (in fp16, values somewhere in the model beyond fp16's range, 65504: run it in fp32)"
                     if request.precision == "fp16" else "")
         builds = itertools.count()
+        # Kernels without a record get the default the family's cost model ranks best, where the
+        # database holds one (CPU; a cache-miss run otherwise takes the plain default sample).
+        start = (start_model(database, progress) if settings.cost_model.transfer and target.kind.name == "llvm"
+                 else None)
+        ranker = default_ranker(start.trained, target) if start is not None and start.trained is not None else None
 
         def build(withheld: set[int]) -> tuple[Compiled, Path, TVMModel]:
             """The module, with the records of the `withheld` tasks replaced by default schedules."""
             database.withheld = {wid for i in withheld for wid in database.workload_ids(tasks[i].dispatched[0])}
             try:
                 with stage("compile"):
-                    built = compile_tuned(plan.fused, target, database, cuda_graph=request.cuda_graph)
+                    built = compile_tuned(plan.fused, target, database, cuda_graph=request.cuda_graph,
+                                          ranker=ranker)
                     path = Path(tmp) / f"model-{next(builds)}.so"
                     built.executable.export_library(str(path))
                     return built, path, TVMModel(path, names, device)
@@ -479,8 +494,13 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
                 if busy is not None and busy >= m.quiet_busy_percent:
                     progress.message(f"the CPUs are {busy:.0f}% busy with other work: the timings include its noise")
             progress.message("timing tuned, untuned and ONNX Runtime")
-            tuned_ms = median_ms(lambda: tvm_model.call(args), m.model_runs, m.model_min_seconds)
-            ort_ms = median_ms(lambda: ref.ort.run(inputs), m.model_runs, m.model_min_seconds) if ref.ort else None
+            # Tuned module and ONNX Runtime timed in alternation, so their ratio holds when the
+            # machine's speed drifts during the timing.
+            if ref.ort:
+                tuned_ms, ort_ms = interleaved_medians_ms([lambda: tvm_model.call(args), lambda: ref.ort.run(inputs)],
+                                                          m.model_runs, m.model_min_seconds)
+            else:
+                tuned_ms, ort_ms = median_ms(lambda: tvm_model.call(args), m.model_runs, m.model_min_seconds), None
             untuned_ms = None
             if request.measure_untuned:
                 untuned = TVMModel(compile_untuned(job.relax_mod, target), names, device)
@@ -540,8 +560,10 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         "records_blamed": blame.records,
         "tasks_withheld": [tasks[i].task_name for i in blame.withheld],
         # The cost model the search started from (trained on the database for this hardware
-        # family, or none), and whether a retraining was started after this run.
-        "cost_model": tuned.cost_model,
+        # family, or none), whether a retraining was started after this run, and whether it
+        # ranked the default schedules of kernels without a record (`default_schedules.ranked`:
+        # how many it moved off the plain default sample).
+        "cost_model": {**tuned.cost_model, "ranked_defaults": ranker is not None},
         "loops": compiled.loops,
         "cuda_graph": compiled.cuda_graph,
         # TVM runtime threads the module was timed with (CPU; set TVM_NUM_THREADS to the same

@@ -22,8 +22,8 @@ from tvm.target import Target
 
 from tuner.cluster.local import LocalBuilder, LocalChecker, LocalRunner
 from tuner.db.database import DEFAULT_MARK, SQLDatabase
-from tuner.schedules.defaults import default_schedule
-from tuner.schedules.cost_model import cost_model
+from tuner.schedules.cost_model import cost_model, default_ranker
+from tuner.schedules.defaults import Ranker, default_schedule
 from tuner.schedules.space import (
     SearchConfig,
     design_spaces,
@@ -143,7 +143,7 @@ def per_node(per_runner: dict[str, int]) -> dict[str, int]:
 
 
 def measure_default_schedules(tasks: list[ms.ExtractedTask], target: Target, database: ms.Database,
-                              workers: Workers) -> list[float | None]:
+                              workers: Workers, ranker: Ranker | None = None) -> list[float | None]:
     """Measure each task's default schedule (dlight on CUDA; on CPU the register-blocked
     micro-kernel or the default sample) and store it as an ordinary record.
 
@@ -152,12 +152,13 @@ def measure_default_schedules(tasks: list[ms.ExtractedTask], target: Target, dat
     micro-kernel's register block at random, so its first candidates can be slower than the
     analytic pick), and the search starts from a population that already holds that schedule.
     Returns each task's default time in seconds (None where the default did not build or run).
-    Not counted as trials.
+    Not counted as trials. `ranker`: the family's cost model picks the CPU defaults, as
+    compilation does for tasks without records.
     """
     picked = []
     for i, task in enumerate(tasks):
         mod = task.dispatched[0]
-        sch = default_schedule(mod["main"], target)
+        sch = default_schedule(mod["main"], target, ranker)
         if sch is not None:
             # Marked, so that the search never takes it for one of its own (its trace comes from
             # another design space: MetaSchedule's evolutionary search failed replaying a CPU
@@ -297,15 +298,16 @@ def tune(
         try:
             contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress)
             weights = [float(tasks[i].weight) for i in kept]
-            if not interrupt_requested():
-                progress.message(f"measuring the default schedules of {len(tasks)} task(s)")
-                t0 = time.perf_counter()
-                defaults = measure_default_schedules(tasks, target, database, workers)
-                progress.message(f"{sum(d is not None for d in defaults)} default schedule(s) measured in "
-                                 f"{time.perf_counter() - t0:.1f} s")
             # The family's model trained on the database, where there is one (cost_model_training.py).
             if isinstance(database, SQLDatabase) and settings.cost_model.transfer:
                 start = start_model(database, progress)
+            if not interrupt_requested():
+                progress.message(f"measuring the default schedules of {len(tasks)} task(s)")
+                t0 = time.perf_counter()
+                ranker = default_ranker(start.trained, target) if start.trained is not None else None
+                defaults = measure_default_schedules(tasks, target, database, workers, ranker)
+                progress.message(f"{sum(d is not None for d in defaults)} default schedule(s) measured in "
+                                 f"{time.perf_counter() - t0:.1f} s")
             callback = ProgressCallback(weights, [defaults[i] for i in kept], progress.advance)
             progress.start(trials, len(kept))
             if contexts and not interrupt_requested():  # none when no design space could be generated

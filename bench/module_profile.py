@@ -1,0 +1,121 @@
+"""Where a compiled model's time goes inside the module: each kernel's time as the relax VM's
+profiler sees it in the running model, next to the same kernel timed alone (bench/kernels.py),
+and the module's wall time. The difference between the wall time and the sum of the kernels is
+the VM's own work (calls, allocations, layout copies the graph kept); a kernel slower in situ
+than alone waits for memory its neighbours evicted (e.g. weights no longer in cache).
+
+    python3 bench/module_profile.py zoo:resnet50 --db sqlite:////tmp/r50.sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+from rich.console import Console
+from rich.table import Table
+from tvm import relax
+from tvm.target import Target
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernels import kernel_table  # noqa: E402
+from peak import fma_peak_gflops  # noqa: E402
+
+from tuner.cluster.threads import use_threads  # noqa: E402
+from tuner.compile import compile_tuned  # noqa: E402
+from tuner.graph import fuse_for_tuning, import_onnx  # noqa: E402
+from tuner.inputs import verification_inputs  # noqa: E402
+from tuner.measure import TVMModel, median_ms  # noqa: E402
+from tuner.model_io import load_model  # noqa: E402
+from tuner.targets import host_cpu_target  # noqa: E402
+from tuner.tuning_database import open_database  # noqa: E402
+
+
+def in_situ_ms(vm: relax.VirtualMachine, args: list[Any], repeats: int) -> dict[str, float]:
+    """Per called symbol (kernels, and VM builtins such as allocations), milliseconds per
+    inference summed over its calls: the median of `repeats` instrumented inferences.
+    The instrument adds a Python callback per call around, not inside, each timed span."""
+    runs: list[dict[str, float]] = []
+    started: dict[str, float] = {}
+    per: dict[str, float] = defaultdict(float)
+
+    def instrument(_func: Any, symbol: str, before: bool, _ret: Any, *_args: Any) -> int:
+        if before:
+            started[symbol] = time.perf_counter()
+        else:
+            per[symbol] += (time.perf_counter() - started.pop(symbol)) * 1e3
+        return 0
+
+    vm.set_instrument(instrument)
+    vm["main"](*args)  # warm-up
+    for _ in range(repeats):
+        per.clear()
+        vm["main"](*args)
+        runs.append(dict(per))
+    names = set().union(*runs)
+    return {n: float(np.median([r.get(n, 0.0) for r in runs])) for n in names}
+
+
+def profile(model_ref: str, db_url: str, repeats: int) -> dict[str, Any]:
+    target_dict = host_cpu_target()
+    use_threads(int(target_dict["num-cores"]))
+    target = Target(dict(target_dict))
+    loaded = load_model(model_ref, {})
+    fused = fuse_for_tuning(import_onnx(loaded), target)
+    database = open_database(db_url, target_dict, "bench", "bench", False, False)
+    compiled = compile_tuned(fused, target, database)
+    names = list(loaded.input_shapes)
+    model = TVMModel(compiled.executable, names)
+    profiled = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    args = model.prepare(verification_inputs(loaded, None, 0)[0])
+    wall = median_ms(lambda: model.call(args), 200, 3.0)
+    situ = in_situ_ms(profiled, args, repeats)
+    peak = fma_peak_gflops(target, int(target_dict["num-cores"]))
+    alone = {r["kernel"]: r for r in kernel_table(model_ref, target_dict, db_url, peak)}
+    rows = []
+    for name, ms_ in sorted(situ.items(), key=lambda kv: -kv[1]):
+        a = alone.get(name)
+        rows.append({"name": name, "in_situ_ms": ms_, "alone_ms": a["ms"] * a["calls"] if a else None,
+                     "gflop": a["gflop"] * a["calls"] if a else None})
+    kernels_situ = sum(r["in_situ_ms"] for r in rows if r["alone_ms"] is not None)
+    return {"model": model_ref, "wall_ms": wall, "kernels_in_situ_ms": kernels_situ,
+            "kernels_alone_ms": sum(r["alone_ms"] for r in rows if r["alone_ms"] is not None),
+            "vm_builtins_ms": sum(r["in_situ_ms"] for r in rows if r["alone_ms"] is None),
+            "peak_gflops": peak, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--db", required=True, help="SQLAlchemy URL of the tuning database")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    result = profile(args.model, args.db, args.repeats)
+    console = Console(width=150)
+    table = Table(title=f"{args.model}: wall {result['wall_ms']:.2f} ms, kernels in situ "
+                        f"{result['kernels_in_situ_ms']:.2f}, alone {result['kernels_alone_ms']:.2f}, "
+                        f"VM builtins {result['vm_builtins_ms']:.2f}")
+    for col in ("kernel / builtin", "in situ ms", "alone ms", "in situ / alone", "GFLOP/s in situ"):
+        table.add_column(col, justify="left" if col.startswith("kernel") else "right")
+    for r in result["rows"][: args.top]:
+        alone = r["alone_ms"]
+        table.add_row(r["name"], f"{r['in_situ_ms']:.3f}", f"{alone:.3f}" if alone else "-",
+                      f"{r['in_situ_ms'] / alone:.2f}" if alone else "-",
+                      f"{r['gflop'] / r['in_situ_ms'] * 1e3:.0f}" if r["gflop"] else "-")
+    console.print(table)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
