@@ -8,9 +8,17 @@ best measured kernel time, what the progress bar shows) after every batch for bo
 measured latency of both modules, and how many trials the transferred run needed to reach the
 cold run's final estimate. Curves go to a plot beside the JSON.
 
+It also compiles each target model on default schedules only (a `--trials 0` cache miss) twice,
+with the plain default sample and with the defaults the trained model ranks best, verifies both
+against ONNX Runtime and times the two modules and ONNX Runtime in alternation in one process.
+`--db URL` starts from that database (its stored model, else one trained on it) instead of
+filling one; `--defaults-only` skips the two searches.
+
     python3 bench/bench_transfer.py --train-models squeezenet shufflenet densenet121 inception_v1 \\
         bvlc_alexnet zfnet512 --target-models resnet50 transformer --trials-per-task 32 \\
         --out bench/results/transfer.json
+    python3 bench/bench_transfer.py --db sqlite:////tmp/r50.sqlite --defaults-only \
+        --target-models squeezenet shufflenet transformer --out bench/results/ranked-defaults.json
 """
 
 from __future__ import annotations
@@ -24,15 +32,24 @@ import tempfile
 import time
 from pathlib import Path
 
+from tvm.target import Target
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import model_source, task_count  # noqa: E402
 
+from tuner.cluster.threads import use_threads  # noqa: E402
+from tuner.compile import compile_tuned  # noqa: E402
 from tuner.config import get_settings  # noqa: E402
-from tuner.cost_model_training import train_family  # noqa: E402
+from tuner.cost_model_training import start_model, train_family  # noqa: E402
 from tuner.db import cost_models as store  # noqa: E402
+from tuner.graph import fuse_for_tuning, import_onnx  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
+from tuner.inputs import verification_inputs  # noqa: E402
+from tuner.measure import ORTModel, TVMModel, compare, interleaved_medians_ms  # noqa: E402
+from tuner.model_io import load_model  # noqa: E402
 from tuner.pipeline import RunRequest, open_database, run  # noqa: E402
+from tuner.schedules.cost_model import default_ranker  # noqa: E402
 from tuner.progress import LogProgress  # noqa: E402
 from tuner.targets import host_cpu_target  # noqa: E402
 
@@ -54,6 +71,45 @@ def trials_to_reach(points: list[tuple[int, float]], goal: float) -> int | None:
     return next((t for t, ms in points if ms <= goal * 1.0001), None)
 
 
+def ranked_defaults(name: str, source: str, url: str, target: dict) -> dict:
+    """The model on default schedules, plain and ranked by the database's cost model: both
+    verified, then timed in alternation with ONNX Runtime."""
+    tgt = Target(dict(target))
+    use_threads(int(target["num-cores"]))
+    loaded = load_model(source, {})
+    fused = fuse_for_tuning(import_onnx(loaded), tgt)
+    db = open_database(url, target, "bench", "bench", False, False)
+    start = start_model(db, LogProgress(30))
+    if start.trained is None:
+        raise SystemExit(f"no usable cost model in {url}: {start.describe}")
+    ranker = default_ranker(start.trained, tgt)
+    names = list(loaded.input_shapes)
+    inputs = verification_inputs(loaded, None, 0)[0]
+    ort = ORTModel(loaded.proto, int(target["num-cores"]))
+    reference = ort.run(inputs)
+    out_names = [o.name for o in loaded.proto.graph.output]
+    row: dict = {"model": name}
+    modules = {}
+    for label, rank in (("plain", None), ("ranked", ranker)):
+        t0 = time.perf_counter()
+        compiled = compile_tuned(fused, tgt, db, ranker=rank)
+        module = TVMModel(compiled.executable, names)
+        args = module.prepare(inputs)
+        error = compare(module.run(args), reference, out_names, 1e-3, 1e-3).max_abs_error
+        modules[label] = (module, args)
+        row[label] = {"defaults": compiled.defaults.as_dict(), "compile_seconds": time.perf_counter() - t0,
+                      "max_abs_error": error}
+    plain_ms, ranked_ms, ort_ms = interleaved_medians_ms(
+        [lambda: modules["plain"][0].call(modules["plain"][1]), lambda: modules["ranked"][0].call(modules["ranked"][1]),
+         lambda: ort.run(inputs)], 200, 5.0)
+    row["plain"]["ms"], row["ranked"]["ms"], row["onnxruntime_ms"] = plain_ms, ranked_ms, ort_ms
+    row["ranked_vs_plain"] = ranked_ms / plain_ms
+    print(f"[bench] {name} defaults only: plain {plain_ms:.2f} ms, ranked {ranked_ms:.2f} ms "
+          f"({row['ranked']['defaults']['ranked']} of {row['ranked']['defaults']['sampled']} sampled defaults moved; "
+          f"ranked/plain {ranked_ms / plain_ms:.3f}), ORT {ort_ms:.2f} ms", flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-models", nargs="+", default=["squeezenet", "shufflenet", "densenet121",
@@ -62,6 +118,8 @@ def main() -> None:
     parser.add_argument("--trials-per-task", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/transfer.json"))
+    parser.add_argument("--db", help="start from this database instead of filling one with --train-models")
+    parser.add_argument("--defaults-only", action="store_true", help="only compare plain and ranked defaults")
     args = parser.parse_args()
     target = host_cpu_target()
     base = get_settings()
@@ -69,13 +127,18 @@ def main() -> None:
     settings = base.model_copy(update={"cost_model": base.cost_model.model_copy(
         update={"retrain_after_records": 10**9})})
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
-                     "train_models": args.train_models, "targets": []}
+                     "train_models": args.train_models if not args.db else f"from {args.db}", "targets": [],
+                     "ranked_defaults": []}
     with tempfile.TemporaryDirectory(prefix="tuner-transfer-") as tmp:
         work = Path(tmp)
         db_file = work / "shared.sqlite"
         url = f"sqlite:///{db_file}"
         t0 = time.perf_counter()
-        for name in args.train_models:
+        if args.db:
+            if not args.db.startswith("sqlite:///"):
+                raise SystemExit("--db: a SQLite URL (it is copied for each run)")
+            shutil.copy(args.db.removeprefix("sqlite:///"), db_file)
+        for name in [] if args.db else args.train_models:
             source = model_source(name, work)
             budget = args.trials_per_task * task_count(source, target)
             run(RunRequest(model=source, target=target, trials=budget, out_dir=work / name, db_url=url,
@@ -83,12 +146,15 @@ def main() -> None:
         results["fill_seconds"] = time.perf_counter() - t0
         db = open_database(url, target)
         t0 = time.perf_counter()
-        model = train_family(db.engine, db.provenance.family, store.SHARED, int(target["num-cores"]),
-                             settings.cost_model.min_records)
+        stored = [m for m in store.listing(db.engine, db.provenance.family) if m["owner"] == "shared"]
+        model = stored[0] if args.db and stored else train_family(
+            db.engine, db.provenance.family, store.SHARED, int(target["num-cores"]), settings.cost_model.min_records)
         results["model"] = {**model, "seconds": time.perf_counter() - t0}
         print(f"[bench] trained on {model['records']} records of {model['workloads']} workloads, hold-out rank "
               f"correlation {model['holdout_spearman']}", flush=True)
         for name in args.target_models:
+            results["ranked_defaults"].append(ranked_defaults(name, model_source(name, work), url, target))
+        for name in [] if args.defaults_only else args.target_models:
             source = model_source(name, work)
             budget = args.trials_per_task * task_count(source, target)
             row: dict = {"model": name, "trials": budget}
@@ -116,8 +182,9 @@ def main() -> None:
             results["targets"].append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    plot(results, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    if results["targets"]:
+        plot(results, args.out.with_suffix(".png"))
+    print(f"wrote {args.out}" + (f" and {args.out.with_suffix('.png')}" if results["targets"] else ""))
 
 
 def plot(results: dict, path: Path) -> None:

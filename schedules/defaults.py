@@ -11,10 +11,11 @@ the inner one vectorized. It costs no measurement. When no sample passes the pos
 own postprocessor applies what is legal. A kernel with nothing to parallelize stays as it is and
 is counted as `unscheduled`.
 
-Where the database holds a cost model of the hardware family (schedules/cost_model.py), a CPU
-task's default is instead the best the model predicts among that sample and `RANKED_SAMPLES`
-re-draws of its decisions (register blocks, tiles, unroll): still unmeasured, but chosen by
-what every team measured on that hardware (report: `default_schedules.ranked`).
+Where the database holds a cost model of the hardware family (schedules/cost_model.py) and the
+run asks for it (`cost_model.rank_defaults`), a CPU task's default is instead the best the
+model predicts among that sample and `RANKED_SAMPLES` re-draws of its decisions (register
+blocks, tiles, unroll): still unmeasured, but chosen by what every team measured on that
+hardware (report: `default_schedules.ranked`).
 """
 
 from __future__ import annotations

@@ -82,9 +82,12 @@ def test_a_model_trains_from_records_is_stored_and_starts_the_next_search(
     report = _tune(net, tmp_path / "new", tuned_db, settings, trials=8)
     assert report["verified"] and report["cost_model"]["transferred"]
     assert report["cost_model"]["records"] == row["records"]
-    # A cache-miss run takes, for each kernel without a record, the default it ranks best.
+    # Asked to, a cache-miss run takes for each kernel without a record the default it ranks
+    # best (off by default: not yet shown to pay).
     other = onnx_models.save(onnx_models.small_convnet(channels=12), tmp_path / "other.onnx")
-    defaults_only = _tune(other, tmp_path / "other", tuned_db, settings, trials=0)
+    assert not _tune(other, tmp_path / "plain", tuned_db, settings, trials=0)["cost_model"]["ranked_defaults"]
+    ranking = settings.model_copy(update={"cost_model": settings.cost_model.model_copy(update={"rank_defaults": True})})
+    defaults_only = _tune(other, tmp_path / "other", tuned_db, ranking, trials=0)
     assert defaults_only["verified"] and defaults_only["cost_model"]["ranked_defaults"]
     assert defaults_only["default_schedules"]["sampled"] >= 1
     with pytest.raises(Exception, match="training needs at least"):

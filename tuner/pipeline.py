@@ -39,7 +39,7 @@ from . import __version__
 from .blame import TooManyAttempts, find_culprits
 from .compile import Compiled, compile_tuned, compile_untuned
 from .config import Settings
-from .cost_model_training import retrain_in_background, start_model
+from .cost_model_training import retraining_due, start_model, start_retraining
 from .errors import TunerError, VerificationError
 from .clusters import hardware_units
 from .graph import PRECISIONS, fuse_for_tuning, import_onnx
@@ -287,10 +287,15 @@ def _run_job(job: _Job, targets: list[dict[str, Any]], databases: list[SQLDataba
     with stage("tuning"):
         tuned = _tune(job, plans)
     reports = []
-    for n, (plan, result) in enumerate(zip(plans, tuned), 1):
-        if several:
-            progress.message(f"target {n}/{len(targets)}: {plan.target_dict.get('kind')} ({plan.key})")
-        reports.append(_finish(job, plan, result))
+    try:
+        for n, (plan, result) in enumerate(zip(plans, tuned), 1):
+            if several:
+                progress.message(f"target {n}/{len(targets)}: {plan.target_dict.get('kind')} ({plan.key})")
+            reports.append(_finish(job, plan, result))
+    finally:  # the records are stored whether or not the module verified
+        for plan, result in zip(plans, tuned):
+            if result.cost_model.get("retraining"):
+                start_retraining(job.db_url, plan.key, job.settings.cost_model.min_records, str(plan.out_dir / "logs"))
     if not several:
         return reports[0]
     report = {
@@ -377,10 +382,10 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
         tuned[i] = _Tuned(result.trials, result.defaults_measured, cluster, elapsed, result.checks,
                           dict(result.cost_model))
         plan = plans[i]
-        # The family's cost model learns what this job measured, in its own process, later.
-        tuned[i].cost_model["retraining"] = retrain_in_background(
-            job.db_url, plan.key, plan.database.provenance.family, plan.database.engine,
-            settings.cost_model.retrain_after_records, settings.cost_model.min_records, str(plan.out_dir / "logs"))
+        # The family's cost model learns what this job measured, in its own process, once this
+        # run is done (_run_job).
+        tuned[i].cost_model["retraining"] = retraining_due(
+            plan.database.engine, plan.database.provenance.family, settings.cost_model.retrain_after_records)
     return tuned
 
 
@@ -454,8 +459,8 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         builds = itertools.count()
         # Kernels without a record get the default the family's cost model ranks best, where the
         # database holds one (CPU; a cache-miss run otherwise takes the plain default sample).
-        start = (start_model(database, progress) if settings.cost_model.transfer and target.kind.name == "llvm"
-                 else None)
+        ranking = settings.cost_model.transfer and settings.cost_model.rank_defaults and target.kind.name == "llvm"
+        start = start_model(database, progress) if ranking else None
         ranker = default_ranker(start.trained, target) if start is not None and start.trained is not None else None
 
         def build(withheld: set[int]) -> tuple[Compiled, Path, TVMModel]:

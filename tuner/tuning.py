@@ -304,7 +304,8 @@ def tune(
             if not interrupt_requested():
                 progress.message(f"measuring the default schedules of {len(tasks)} task(s)")
                 t0 = time.perf_counter()
-                ranker = default_ranker(start.trained, target) if start.trained is not None else None
+                ranker = (default_ranker(start.trained, target)
+                          if start.trained is not None and settings.cost_model.rank_defaults else None)
                 defaults = measure_default_schedules(tasks, target, database, workers, ranker)
                 progress.message(f"{sum(d is not None for d in defaults)} default schedule(s) measured in "
                                  f"{time.perf_counter() - t0:.1f} s")
