@@ -458,7 +458,8 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
                     if request.precision == "fp16" else "")
         builds = itertools.count()
         # Kernels without a record get the default the family's cost model ranks best, where the
-        # database holds one (CPU; a cache-miss run otherwise takes the plain default sample).
+        # database holds one and `cost_model.rank_defaults` asks for it (CPU; otherwise the plain
+        # default sample).
         ranking = settings.cost_model.transfer and settings.cost_model.rank_defaults and target.kind.name == "llvm"
         start = start_model(database, progress) if ranking else None
         ranker = default_ranker(start.trained, target) if start is not None and start.trained is not None else None
