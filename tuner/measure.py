@@ -115,8 +115,9 @@ def median_ms(fn: Callable[[], Any], max_runs: int, min_seconds: float) -> float
 
 def interleaved_medians_ms(fns: list[Callable[[], Any]], max_runs: int, min_seconds: float,
                            block_seconds: float = 0.25, pause_s: float = 0.03) -> list[float]:
-    """Median wall time of each of `fns`, timed in alternating blocks of about `block_seconds`
-    each (after one warm-up each) until each has `max_runs` runs or `min_seconds` of them,
+    """Median wall time of each of `fns`, timed in alternating blocks (the longest about
+    `block_seconds`; after one warm-up each), each engine's `max_runs` runs, or `min_seconds`
+    of them, spread evenly over the same rounds,
     with `pause_s` between blocks: TVM's idle worker threads spin for a while after a parallel
     kernel, and an engine started in that window shares the cores with them (ONNX Runtime timed
     right after single TVM calls took 84-91 ms instead of 43-49 on resnet50, 2 cores).
@@ -130,13 +131,15 @@ def interleaved_medians_ms(fns: list[Callable[[], Any]], max_runs: int, min_seco
         start = time.perf_counter()
         fn()
         firsts.append(max(time.perf_counter() - start, 1e-6))
-    per_block = [max(1, int(block_seconds / f)) for f in firsts]
     wanted = [max(3, min(max_runs, math.ceil(min_seconds / f))) for f in firsts]
+    # As many rounds as the engine that needs the most blocks; each engine's runs spread evenly
+    # over all of them, so every engine is timed across the whole span.
+    rounds = max(math.ceil(w / max(1, int(block_seconds / f))) for w, f in zip(wanted, firsts))
     times: list[list[float]] = [[] for _ in fns]
-    while any(len(t) < w for t, w in zip(times, wanted)):
-        for fn, n, t, w in zip(fns, per_block, times, wanted):
+    for r in range(rounds):
+        for fn, t, w in zip(fns, times, wanted):
             time.sleep(pause_s)
-            for _ in range(min(n, max(0, w - len(t)))):
+            for _ in range(w * (r + 1) // rounds - len(t)):
                 start = time.perf_counter()
                 fn()
                 t.append(time.perf_counter() - start)
