@@ -31,7 +31,7 @@ from kernels import kernel_table  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
 from transformer import encoder  # noqa: E402
 
-from tuner.config import get_settings  # noqa: E402
+from tuner.config import Settings, get_settings  # noqa: E402
 from tuner.hardware import fingerprint_for  # noqa: E402
 from tuner.pipeline import RunRequest, run  # noqa: E402
 from tuner.progress import LogProgress  # noqa: E402
@@ -57,13 +57,19 @@ def task_count(source: str, target: dict) -> int:
     return len(ms.relax_integration.extract_tasks(fuse_for_tuning(import_onnx(load_model(source, {})), t), t))
 
 
+def bench_settings(**cost_model: object) -> Settings:
+    """The configured settings with no cost-model retraining in the background (it would run
+    beside the benchmark's next timing or search), and these `cost_model` fields changed."""
+    base = get_settings()
+    update = {"retrain_after_records": 10**9, **cost_model}
+    return base.model_copy(update={"cost_model": base.cost_model.model_copy(update=update)})
+
+
 def bench_model(name: str, trials: int | None, per_task: int, work: Path, seed: int, peak: float) -> dict:
     source = model_source(name, work)
     db = f"sqlite:///{work / f'{name}.sqlite'}"
     target = host_cpu_target()
-    base = get_settings()
-    # No cost-model retraining in the background: it would run beside the next timing or search.
-    settings = base.model_copy(update={"cost_model": base.cost_model.model_copy(update={"retrain_after_records": 10**9})})
+    settings = bench_settings()
     budget = trials if trials is not None else per_task * task_count(source, target)
     t0 = time.perf_counter()
     cold = run(RunRequest(model=source, target=target, trials=budget, out_dir=work / name / "cold",

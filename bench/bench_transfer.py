@@ -36,18 +36,16 @@ from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import model_source, task_count  # noqa: E402
+from bench import bench_settings, model_source, task_count  # noqa: E402
+from kernels import model_on_database  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
-from tuner.config import get_settings  # noqa: E402
 from tuner.cost_model_training import start_model, train_family  # noqa: E402
 from tuner.db import cost_models as store  # noqa: E402
-from tuner.graph import fuse_for_tuning, import_onnx  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
 from tuner.inputs import verification_inputs  # noqa: E402
 from tuner.measure import ORTModel, TVMModel, compare, interleaved_medians_ms  # noqa: E402
-from tuner.model_io import load_model  # noqa: E402
 from tuner.pipeline import RunRequest, open_database, run  # noqa: E402
 from tuner.schedules.cost_model import default_ranker  # noqa: E402
 from tuner.progress import LogProgress  # noqa: E402
@@ -76,9 +74,7 @@ def ranked_defaults(name: str, source: str, url: str, target: dict) -> dict:
     verified, then timed in alternation with ONNX Runtime."""
     tgt = Target(dict(target))
     use_threads(int(target["num-cores"]))
-    loaded = load_model(source, {})
-    fused = fuse_for_tuning(import_onnx(loaded), tgt)
-    db = open_database(url, target, "bench", "bench", False, False)
+    loaded, fused, db = model_on_database(source, target, url)
     start = start_model(db, LogProgress(30))
     if start.trained is None:
         raise SystemExit(f"no usable cost model in {url}: {start.describe}")
@@ -122,10 +118,8 @@ def main() -> None:
     parser.add_argument("--defaults-only", action="store_true", help="only compare plain and ranked defaults")
     args = parser.parse_args()
     target = host_cpu_target()
-    base = get_settings()
     # Retraining is done here, once, where the benchmark says: never in the background meanwhile.
-    settings = base.model_copy(update={"cost_model": base.cost_model.model_copy(
-        update={"retrain_after_records": 10**9})})
+    settings = bench_settings()
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
                      "train_models": args.train_models if not args.db else f"from {args.db}", "targets": [],
                      "ranked_defaults": []}
@@ -162,8 +156,7 @@ def main() -> None:
                 copy = work / f"{name}-{label}.sqlite"
                 shutil.copy(db_file, copy)
                 curve = Curve()
-                run_settings = settings.model_copy(update={"cost_model": settings.cost_model.model_copy(
-                    update={"transfer": transfer})})
+                run_settings = bench_settings(transfer=transfer)
                 report = run(RunRequest(model=source, target=target, trials=budget, out_dir=work / f"{name}-{label}",
                                         db_url=f"sqlite:///{copy}", seed=args.seed, measure_untuned=False, name=name),
                              run_settings, curve)

@@ -14,8 +14,9 @@ from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.target import Target
 
 from tuner.compile import schedule_module
+from tuner.db.database import SQLDatabase
 from tuner.graph import fuse_for_tuning, import_onnx
-from tuner.model_io import load_model
+from tuner.model_io import LoadedModel, load_model
 from tuner.tuning_database import open_database
 
 
@@ -34,14 +35,21 @@ def _time_kernel(func: tirx.PrimFunc, target: Target) -> float:
     return float(timer(*args).median) * 1e3
 
 
+def model_on_database(model: str, target_dict: dict[str, Any], db_url: str,
+                      fast_math: bool = True) -> tuple[LoadedModel, tvm.IRModule, SQLDatabase]:
+    """The model loaded, fused as tuning and compilation fuse it, and the tuning database a
+    benchmark compiles it with (as team and job "bench")."""
+    loaded = load_model(model, {})
+    fused = fuse_for_tuning(import_onnx(loaded), Target(dict(target_dict)), fast_math)
+    return loaded, fused, open_database(db_url, target_dict, "bench", "bench", False, False)
+
+
 def kernel_table(model: str, target_dict: dict[str, Any], db_url: str, peak_gflops: float,
                  fast_math: bool = True) -> list[dict[str, Any]]:
     """Every kernel of `model` as compiled from the database at `db_url` (records, else
     defaults), slowest first."""
     target = Target(dict(target_dict))
-    loaded = load_model(model, {})
-    fused = fuse_for_tuning(import_onnx(loaded), target, fast_math)
-    database = open_database(db_url, target_dict, "bench", "bench", False, False)
+    _, fused, database = model_on_database(model, target_dict, db_url, fast_math)
     scheduled, _ = schedule_module(fused, target, database)
     calls: dict[str, int] = {}
     for binding in _bindings(scheduled["main"]):

@@ -26,17 +26,14 @@ from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernels import kernel_table  # noqa: E402
+from kernels import kernel_table, model_on_database  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
-from tuner.graph import fuse_for_tuning, import_onnx  # noqa: E402
 from tuner.inputs import verification_inputs  # noqa: E402
 from tuner.measure import TVMModel, median_ms  # noqa: E402
-from tuner.model_io import load_model  # noqa: E402
 from tuner.targets import host_cpu_target  # noqa: E402
-from tuner.tuning_database import open_database  # noqa: E402
 
 
 def in_situ_ms(vm: relax.VirtualMachine, args: list[Any], repeats: int) -> dict[str, float]:
@@ -68,9 +65,7 @@ def profile(model_ref: str, db_url: str, repeats: int) -> dict[str, Any]:
     target_dict = host_cpu_target()
     use_threads(int(target_dict["num-cores"]))
     target = Target(dict(target_dict))
-    loaded = load_model(model_ref, {})
-    fused = fuse_for_tuning(import_onnx(loaded), target)
-    database = open_database(db_url, target_dict, "bench", "bench", False, False)
+    loaded, fused, database = model_on_database(model_ref, target_dict, db_url)
     compiled = compile_tuned(fused, target, database)
     names = list(loaded.input_shapes)
     model = TVMModel(compiled.executable, names)
