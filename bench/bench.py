@@ -6,7 +6,8 @@ FMA peak. Prints ratios measured in one process and writes them as JSON.
         --trials-per-task 64 --out bench/results/cpu.json
     python3 bench/bench.py --trials 0        # default schedules only (a cache miss)
 
-`transformer` is bench/transformer.py's encoder (seq 128, hidden 256, 2 layers); the others
+`transformer` is bench/transformer.py's encoder (seq 128, hidden 256, 2 layers), `mobilenetv2`
+bench/mobilenet.py's MobileNetV2 (224x224, ReLU6 as Clip); the others
 are the onnx package's light zoo models.
 """
 
@@ -20,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import onnx
 from rich.console import Console
 from rich.table import Table
 from tvm.target import Target
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernels import kernel_table  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
-from transformer import encoder  # noqa: E402
+from models import model_spec  # noqa: E402
 
 from tuner.config import Settings, get_settings  # noqa: E402
 from tuner.hardware import fingerprint_for  # noqa: E402
@@ -37,14 +37,6 @@ from tuner.pipeline import RunRequest, run  # noqa: E402
 from tuner.progress import LogProgress  # noqa: E402
 from tuner.schedules.isa import vector_isa  # noqa: E402
 from tuner.targets import host_cpu_target  # noqa: E402
-
-
-def model_source(name: str, work: Path) -> str:
-    if name == "transformer":
-        path = work / "transformer.onnx"
-        onnx.save(encoder(), str(path))
-        return str(path)
-    return f"zoo:{name}"
 
 
 def task_count(source: str, target: dict) -> int:
@@ -66,7 +58,7 @@ def bench_settings(**cost_model: object) -> Settings:
 
 
 def bench_model(name: str, trials: int | None, per_task: int, work: Path, seed: int, peak: float) -> dict:
-    source = model_source(name, work)
+    source = model_spec(name, work)
     db = f"sqlite:///{work / f'{name}.sqlite'}"
     target = host_cpu_target()
     settings = bench_settings()

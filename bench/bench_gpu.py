@@ -45,28 +45,13 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transformer import encoder  # noqa: E402
-from weights import he_weights  # noqa: E402
+from models import is_built, model_spec  # noqa: E402
 
 from tuner.config import get_settings  # noqa: E402
 from tuner.model_io import load_model  # noqa: E402
 from tuner.pipeline import RunRequest, run  # noqa: E402
 from tuner.progress import LogProgress  # noqa: E402
 from tuner.targets import local_cuda_target  # noqa: E402
-
-
-def model_spec(name: str, work: Path, weights: str = "zoo") -> str:
-    """The model to tune: the transformer built here, or a zoo net with its own placeholder
-    weights (`zoo`) or the same graph with well-scaled random weights (`he`, see weights.py)."""
-    if name == "transformer":
-        path = work / "transformer.onnx"
-        onnx.save(encoder(), path)
-        return str(path)
-    if weights == "he":
-        path = work / f"{name}-he.onnx"
-        onnx.save(he_weights(load_model(f"zoo:{name}").proto), path)
-        return str(path)
-    return f"zoo:{name}"
 
 
 def torch_ms(fn: Any, runs: int = 50, min_seconds: float = 1.0) -> float:
@@ -233,7 +218,7 @@ def bench_one(name: str, precision: str, trials: int, db: str, work: Path, compi
                             db_url=db, precision=precision, refine=refine, cuda_graph=cuda_graph),
                  get_settings(), LogProgress(30))
     row: dict[str, Any] = {
-        "model": name, "weights": "built here" if name == "transformer" else weights,
+        "model": name, "weights": "built here" if is_built(name) else weights,
         "precision": precision, "trials_budget": trials, "trials": report["trials"],
         "tasks": report["tasks"], "tasks_from_db": report["tasks_from_db"], "tasks_tuned": report["tasks_tuned"],
         "tasks_default_measured": report["tasks_default_measured"],

@@ -36,7 +36,8 @@ from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import bench_settings, model_source, task_count  # noqa: E402
+from bench import bench_settings, task_count  # noqa: E402
+from models import model_spec  # noqa: E402
 from kernels import model_on_database  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
@@ -133,7 +134,7 @@ def main() -> None:
                 raise SystemExit("--db: a SQLite URL (it is copied for each run)")
             shutil.copy(args.db.removeprefix("sqlite:///"), db_file)
         for name in [] if args.db else args.train_models:
-            source = model_source(name, work)
+            source = model_spec(name, work)
             budget = args.trials_per_task * task_count(source, target)
             run(RunRequest(model=source, target=target, trials=budget, out_dir=work / name, db_url=url,
                            seed=args.seed, measure_untuned=False, name=name), settings, LogProgress(30))
@@ -147,9 +148,9 @@ def main() -> None:
         print(f"[bench] trained on {model['records']} records of {model['workloads']} workloads, hold-out rank "
               f"correlation {model['holdout_spearman']}", flush=True)
         for name in args.target_models:
-            results["ranked_defaults"].append(ranked_defaults(name, model_source(name, work), url, target))
+            results["ranked_defaults"].append(ranked_defaults(name, model_spec(name, work), url, target))
         for name in [] if args.defaults_only else args.target_models:
-            source = model_source(name, work)
+            source = model_spec(name, work)
             budget = args.trials_per_task * task_count(source, target)
             row: dict = {"model": name, "trials": budget}
             for label, transfer in (("transferred", True), ("cold", False)):
