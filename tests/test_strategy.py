@@ -84,3 +84,16 @@ def test_a_task_whose_search_raises_ends_alone(monkeypatch: pytest.MonkeyPatch, 
     # Records: the trials, and each task's default schedule, measured before the search.
     assert result.defaults_measured == 2
     assert len(database.get_all_tuning_records()) == result.per_task_trials[1] + result.defaults_measured
+
+
+def test_the_budget_goes_where_the_time_is(settings: Settings, tmp_path: Path) -> None:
+    """After one round of every task, MetaSchedule's gradient scheduler gives the rest of the
+    budget to the task that holds the time. With the budget's even share as the round size
+    (64 trials for 2 tasks: 32 each) the first round spent everything, 32 and 32."""
+    settings = settings.model_copy(update={"search": settings.search.model_copy(update={"max_trials_per_iter": 64})})
+    target = Target(TARGET)
+    tasks = [ms.ExtractedTask(name, mod, target, [mod], 1) for name, mod in (("heavy", matmul(128)), ("light", matmul(8)))]
+    assert tuning.trials_per_iter(64, 2, 64) == tuning.MIN_TRIALS_PER_ITER
+    result = tuning.tune(tasks, target, ms.database.MemoryDatabase(), 64, settings, 0, tmp_path / "logs", Messages())
+    heavy, light = result.per_task_trials
+    assert heavy + light >= 64 and light == tuning.MIN_TRIALS_PER_ITER and heavy > 3 * light, result.per_task_trials
