@@ -50,6 +50,8 @@ class MeasureSettings(BaseModel):
     cpu_cache_flush: bool = True
     model_runs: int = Field(20, ge=1)
     model_min_seconds: float = Field(1.0, ge=0)
+    # CPU: instances of each engine (module VMs, ONNX Runtime sessions) timed; the fastest counts.
+    instances: int = Field(3, ge=1)
     # CPU timing waits (at most quiet_wait_s) until the machine's other work uses less than
     # quiet_busy_percent of its CPUs: a latency timed beside another job is that job's too.
     quiet_wait_s: float = Field(20.0, ge=0)

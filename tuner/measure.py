@@ -61,7 +61,14 @@ class ORTModel:
     `threads`: its intra-op threads, the same as the TVM module's, so the two are timed on
     the same cores (0 = ORT's default, one per physical core). A count equal to that default is
     left to ORT: asked for explicitly, ORT does not pin its threads, and in a process where TVM
-    ran it was 2x slower here (1.6-1.9 ms vs 0.6-0.8 on a 128x256x1024 MatMul, 2 cores)."""
+    ran it was 2x slower here (1.6-1.9 ms vs 0.6-0.8 on a 128x256x1024 MatMul, 2 cores).
+
+    ORT's own defaults otherwise, spinning idle threads included: that is the ORT a user
+    deploys. With spinning off (as the report timed it until 2026-12-03, to keep ORT's spinning
+    threads away from TVM's timing) ORT was 15-20% slower on the transformer and squeezenet and
+    its time swung when interleaved with TVM's (squeezenet 4.9-7.5 ms vs 4.0-4.5 spinning, 2-core
+    EPYC), while the TVM module timed beside spinning ORT was as fast as alone: the pause between
+    the alternating blocks (`interleaved_medians_ms`) outlasts ORT's spin."""
 
     def __init__(self, proto: onnx.ModelProto, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -69,14 +76,21 @@ class ORTModel:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # its errors come back as exceptions, which the run reports
-        # ORT's idle intra-op threads spin: a TVM module timed in the same process after an ORT
-        # run took 4.0 ms instead of 0.62 here (2 cores). Without spinning ORT itself was as
-        # fast (0.78 vs 0.86 ms), and neither engine's timing disturbs the other's.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads and threads != psutil.cpu_count(logical=False):
             opts.intra_op_num_threads = threads
         self.threads = threads or psutil.cpu_count(logical=False) or 1
-        self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self._model = proto.SerializeToString()
+        self._opts = opts
+        self.session = ort.InferenceSession(self._model, opts, providers=["CPUExecutionProvider"])
+
+    def another(self) -> ORTModel:
+        """A second session of the same model and options (its own threads and memory)."""
+        twin = object.__new__(ORTModel)
+        twin.threads, twin._model, twin._opts = self.threads, self._model, self._opts
+        import onnxruntime as ort
+
+        twin.session = ort.InferenceSession(self._model, self._opts, providers=["CPUExecutionProvider"])
+        return twin
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(x) for x in self.session.run(None, inputs)]
@@ -184,3 +198,27 @@ def compare(outputs: list[np.ndarray], reference: list[np.ndarray], names: list[
                 f"(tolerance {atol:g} + {rtol:g}*|ref|); the module was not written"
             )
     return Comparison(max_abs_error=worst, verified=True)
+
+
+def fastest_instance_ms(engines: list[list[Callable[[], Any]]], max_runs: int,
+                        min_seconds: float) -> list[tuple[float, list[float]]]:
+    """Per engine, the median of its fastest instance, and every instance's median: all
+    instances of all engines timed in alternation (`interleaved_medians_ms`).
+
+    An engine is given as several instances of itself (ONNX Runtime sessions of the same model,
+    VMs of the same module) because one instance could stay slow for a whole timing while a
+    twin created beside it was not: in one process after tuning, three ORT sessions of squeezenet
+    timed in the same alternation read 4.29, 7.36 and 16.04 ms, and in the next run 12.36, 4.60
+    and 4.53 (a fresh process: 4.1-4.8), while the TVM module read 5.5-5.7 throughout (2-core EPYC).
+    The cause was not found (not the other sessions' spinning, not ORT's thread pinning: a
+    pinned and an unpinned session were each the slow one once). The fastest instance of each is
+    what a deployment of that engine gets."""
+    flat = [fn for instances in engines for fn in instances]
+    times = interleaved_medians_ms(flat, max_runs, min_seconds)
+    out, start = [], 0
+    for instances in engines:
+        mine = times[start:start + len(instances)]
+        out.append((min(mine), mine))
+        start += len(instances)
+    return out
+
