@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kernels", type=int, default=6, help="slowest kernels shown per model")
     parser.add_argument("--out", type=Path, default=Path("bench/results/cpu.json"))
+    parser.add_argument("--work", type=Path,
+                        help="keep the models, databases (<model>.sqlite) and modules here (e.g. for module_profile.py)")
     args = parser.parse_args()
     target = host_cpu_target()
     isa = vector_isa(Target(dict(target)))
@@ -134,6 +136,9 @@ def main() -> None:
         }, indent=2))
 
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+        if args.work:
+            args.work.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.work)
         for name in args.models:
             rows.append(bench_model(name, args.trials, args.trials_per_task, Path(tmp), args.seed, peak))
             write()
