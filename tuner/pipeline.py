@@ -501,8 +501,8 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
                     progress.message(f"the CPUs are {busy:.0f}% busy with other work: the timings include its noise")
             progress.message("timing tuned, untuned and ONNX Runtime")
             # Tuned module and ONNX Runtime timed in alternation, so their ratio holds when the
-            # machine's speed drifts during the timing.
-            # CPU: each engine as several instances, the fastest counts (see fastest_instance_ms).
+            # machine's speed drifts during the timing; on the CPU each engine as several
+            # instances, its fastest counting (see fastest_instance_ms).
             count = m.instances if threads else 1
             tvms = [tvm_model] + [TVMModel(lib_path, names, device) for _ in range(count - 1)]
             engines = [[(lambda t=t, a=t.prepare(inputs): t.call(a)) for t in tvms]]
