@@ -6,9 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tvm_ffi
 from onnx import TensorProto, helper, numpy_helper
 from tvm import tirx
@@ -118,10 +120,10 @@ def test_cpu_timing_waits_until_other_work_ends() -> None:
     assert wait_for_quiet_cpu(0, limit) is None
 
 
-def test_engines_are_timed_in_alternation_so_a_slow_stretch_hits_both(monkeypatch) -> None:  # noqa: ANN001
-    """The machine slows down (2x) for the last part of the timing: timed one after the other,
-    the second engine takes all of it; alternated, both see the same share, so their ratio is
-    their true ratio (2:1 here). A virtual clock keeps the test independent of the machine."""
+@pytest.fixture
+def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """tuner.measure's clock made virtual: the returned `sleep` advances it (as does the timing's
+    own pause), so timing tests do not depend on the machine's speed. `sleep.now[0]` is the time."""
     from types import SimpleNamespace
 
     import tuner.measure as measure
@@ -131,7 +133,18 @@ def test_engines_are_timed_in_alternation_so_a_slow_stretch_hits_both(monkeypatc
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
+    sleep.now = now  # type: ignore[attr-defined]
     monkeypatch.setattr(measure, "time", SimpleNamespace(perf_counter=lambda: now[0], sleep=sleep))
+    return sleep
+
+
+def test_engines_are_timed_in_alternation_so_a_slow_stretch_hits_both(virtual_clock) -> None:  # noqa: ANN001
+    """The machine slows down (2x) for the last part of the timing: timed one after the other,
+    the second engine takes all of it; alternated, both see the same share, so their ratio is
+    their true ratio (2:1 here). A virtual clock keeps the test independent of the machine."""
+    import tuner.measure as measure
+
+    sleep, now = virtual_clock, virtual_clock.now
     calls = [0, 0]
 
     def engine(i: int, base: float) -> None:
@@ -149,19 +162,12 @@ def test_engines_are_timed_in_alternation_so_a_slow_stretch_hits_both(monkeypatc
     assert first / second < 1.2, (first, second)
 
 
-def test_an_engine_counts_its_fastest_instance(monkeypatch) -> None:  # noqa: ANN001
+def test_an_engine_counts_its_fastest_instance(virtual_clock) -> None:  # noqa: ANN001
     """One of three ORT sessions stays 3x slow for the whole timing (as seen after tuning on
     the 2-core VM): the engine's figure is its fastest instance, each instance's is kept."""
-    from types import SimpleNamespace
-
     import tuner.measure as measure
 
-    now = [0.0]
-
-    def sleep(seconds: float) -> None:
-        now[0] += seconds
-
-    monkeypatch.setattr(measure, "time", SimpleNamespace(perf_counter=lambda: now[0], sleep=sleep))
+    sleep = virtual_clock
     tvm = [lambda: sleep(0.005), lambda: sleep(0.0052)]
     ort = [lambda: sleep(0.012), lambda: sleep(0.004), lambda: sleep(0.0041)]
     (tvm_ms, tvm_all), (ort_ms, ort_all) = measure.fastest_instance_ms([tvm, ort], max_runs=20, min_seconds=0.05)

@@ -79,18 +79,12 @@ class ORTModel:
         if threads and threads != psutil.cpu_count(logical=False):
             opts.intra_op_num_threads = threads
         self.threads = threads or psutil.cpu_count(logical=False) or 1
-        self._model = proto.SerializeToString()
-        self._opts = opts
-        self.session = ort.InferenceSession(self._model, opts, providers=["CPUExecutionProvider"])
+        self.proto = proto
+        self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def another(self) -> ORTModel:
         """A second session of the same model and options (its own threads and memory)."""
-        twin = object.__new__(ORTModel)
-        twin.threads, twin._model, twin._opts = self.threads, self._model, self._opts
-        import onnxruntime as ort
-
-        twin.session = ort.InferenceSession(self._model, self._opts, providers=["CPUExecutionProvider"])
-        return twin
+        return ORTModel(self.proto, self.threads)
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(x) for x in self.session.run(None, inputs)]
@@ -221,4 +215,3 @@ def fastest_instance_ms(engines: list[list[Callable[[], Any]]], max_runs: int,
         out.append((min(mine), mine))
         start += len(instances)
     return out
-

@@ -504,8 +504,9 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
             # machine's speed drifts during the timing; on the CPU each engine as several
             # instances, its fastest counting (see fastest_instance_ms).
             count = m.instances if threads else 1
-            tvms = [tvm_model] + [TVMModel(lib_path, names, device) for _ in range(count - 1)]
-            engines = [[(lambda t=t, a=t.prepare(inputs): t.call(a)) for t in tvms]]
+            twins = [TVMModel(lib_path, names, device) for _ in range(count - 1)]
+            runs = [(tvm_model, args)] + [(t, t.prepare(inputs)) for t in twins]
+            engines = [[(lambda t=t, a=a: t.call(a)) for t, a in runs]]
             if ref.ort:
                 orts = [ref.ort] + [ref.ort.another() for _ in range(count - 1)]
                 engines.append([(lambda o=o: o.run(inputs)) for o in orts])

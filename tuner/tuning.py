@@ -228,7 +228,7 @@ def trials_per_iter(trials: int, tasks: int, cap: int) -> int:
 
     A round used to be the even share (64 trials per task: 64 per round): the first round then
     spent the whole budget, every task got the same 64 trials, and on resnet50 the convolutions
-    that held the time stayed at 51-65% of the FMA peak while small ones reached 100%."""
+    that held the time stayed at 51-66% of the FMA peak while small ones reached 100%."""
     even = trials // max(1, tasks)
     return max(1, min(cap, max(min(even, MIN_TRIALS_PER_ITER), even // FIRST_ROUND_SHARE)))
 
