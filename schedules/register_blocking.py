@@ -261,7 +261,7 @@ def _epilogue(sch: Schedule, block_rv: SBlockRV) -> list[SBlockRV]:
     """Elementwise consumers of the block, the chain inlined into its last blocks, in order.
     Empty when the block writes a function output (nothing to fuse)."""
     consumers = sch.get_consumers(block_rv)
-    if not consumers:
+    if not consumers or any(_is_reduction(sch, c) for c in consumers):
         return []
     blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
     mine = sch.get(block_rv)
@@ -357,7 +357,7 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     epilogue = _epilogue(sch, block_rv)
     out = sch.get(block_rv).writes[0].source
     if not epilogue:
-        if not _is_param(sch, out):
+        if not _is_param(sch, out) and not any(_is_reduction(sch, c) for c in sch.get_consumers(block_rv)):
             return None
         epilogue = [sch.cache_write(block_rv, 0, "local")]
     else:
@@ -493,6 +493,8 @@ def _parallel_producers(sch: Schedule, block_rv: SBlockRV) -> None:
     block's tile that starts mid-row, the padding's loops get a dynamic extent and the
     candidate is rejected."""
     for producer in sch.get_producers(block_rv):
+        if _is_reduction(sch, producer):
+            continue  # a kernel of its own (a Winograd input transform), scheduled by its rule
         sch.annotate(producer, _ANNOTATION, RULE_NAME)
         loops = sch.get_loops(producer)
         if len(loops) < 2:
@@ -502,6 +504,12 @@ def _parallel_producers(sch: Schedule, block_rv: SBlockRV) -> None:
             sch.vectorize(loops[-1])
         except Exception:  # noqa: BLE001 - a producer that cannot be parallel stays serial
             continue
+
+
+def _is_reduction(sch: Schedule, block_rv: SBlockRV) -> bool:
+    """A consumer that reduces over what it reads (a Winograd GEMM's inverse transform) runs
+    on its own: it cannot be an epilogue of the GEMM's register block."""
+    return any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block_rv).iter_vars)
 
 
 def _is_param(sch: Schedule, buf: tirx.Buffer) -> bool:

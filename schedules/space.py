@@ -20,6 +20,7 @@ from .intrinsics import load_tensor_intrinsics
 from .lowering import lowering_config
 from .register_blocking import RegisterBlockedGemm
 from .strategy import ContainedSearch
+from .winograd import register_rules as register_winograd_rules
 
 # Relax legalizes pooling into kernels annotated `schedule_rule = "meta_schedule.pool_max"`
 # (and these others), asking MetaSchedule for a custom rule that TVM 0.27 does not ship.
@@ -94,6 +95,7 @@ def space_generator(target: Target, mod: IRModule | None = None, tensor_cores: b
     # way: import them first, once per process, in seconds.
     load_tensor_intrinsics()
     register_pool_rules()
+    register_winograd_rules()
     rules: str | list = key
     if key == "llvm":
         stock = ms.ScheduleRule.create("llvm")

@@ -22,6 +22,7 @@ from tvm.target import Target
 from .errors import TunerError
 from .model_io import LoadedModel
 from .stages import last_line
+from .winograd import winograd_convolutions
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -192,7 +193,7 @@ def import_onnx(model: LoadedModel, precision: str = "fp32") -> IRModule:
     return tvm.transform.Sequential(passes)(mod)
 
 
-def fusion_passes(target: Target, fast_math: bool = True) -> list[tvm.transform.Pass]:
+def fusion_passes(target: Target, fast_math: bool = True, winograd: bool = True) -> list[tvm.transform.Pass]:
     """Legalize and fuse operators into TIR kernels (the tasks), as MetaSchedule expects.
 
     ``fast_math``: erf, exp, tanh and softmax as TVM's polynomial forms (`topi.fast_*`), which
@@ -201,7 +202,9 @@ def fusion_passes(target: Target, fast_math: bool = True) -> list[tvm.transform.
     layout-free, so the search may choose a packed weight layout (MetaSchedule's RewriteLayout)
     that compilation then applies once to the constants (`compile.prepack_weights`). Both change
     the kernels, hence their workload hashes: records of the plain kernels are never applied to
-    these."""
+    these.
+
+    ``winograd``: CPU 3x3 convolutions as Winograd F(4x4, 3x3) kernels (`tuner/winograd.py`)."""
     try:
         dispatch = list(relax_pipeline.library_dispatch_passes(target))
     except (ValueError, AttributeError):
@@ -210,6 +213,7 @@ def fusion_passes(target: Target, fast_math: bool = True) -> list[tvm.transform.
         *dispatch,
         *([fast_math_where_possible] if fast_math else []),
         *([channels_last] if target.kind.name == "llvm" else []),
+        *([winograd_convolutions] if winograd and target.kind.name == "llvm" else []),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -249,6 +253,6 @@ def channels_last(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
         return mod
 
 
-def fuse_for_tuning(mod: IRModule, target: Target, fast_math: bool = True) -> IRModule:
+def fuse_for_tuning(mod: IRModule, target: Target, fast_math: bool = True, winograd: bool = True) -> IRModule:
     with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential(fusion_passes(target, fast_math))(mod)
+        return tvm.transform.Sequential(fusion_passes(target, fast_math, winograd))(mod)

@@ -42,6 +42,7 @@ from .config import Settings
 from .cost_model_training import retraining_due, start_model, start_retraining
 from .errors import TunerError, VerificationError
 from .clusters import hardware_units
+from . import winograd
 from .graph import PRECISIONS, fuse_for_tuning, import_onnx
 from .hardware import fingerprint_for
 from .measure import (
@@ -90,6 +91,8 @@ class RunRequest:
     searchers: int | None = None
     # erf/exp/tanh/softmax as vectorizable polynomials (TVM's fast math); False: libm calls.
     fast_math: bool = True
+    # CPU: 3x3 convolutions as Winograd F(4x4, 3x3) kernels; False: direct convolutions.
+    winograd: bool = True
     # CUDA: kernel launches captured once and replayed as a CUDA graph.
     cuda_graph: bool = True
     # Inputs to verify and time on (an .npz with one array per input); None: random ones.
@@ -315,7 +318,7 @@ def _folder_name(target: dict[str, Any], key: str) -> str:
 
 def _plan(job: _Job, target_dict: dict[str, Any], database: SQLDatabase, out_dir: Path) -> _Plan:
     target = Target(dict(target_dict))
-    fused = fuse_for_tuning(job.relax_mod, target, job.request.fast_math)
+    fused = fuse_for_tuning(job.relax_mod, target, job.request.fast_math, job.request.winograd)
     tasks = ms.relax_integration.extract_tasks(fused, target)
     # Tuning stores each task's default schedule beside the search's records: a task that holds
     # only that is still to tune. (On CPU a searched trace may have no sampling decision, so
@@ -556,6 +559,7 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         "max_abs_error": comparison.max_abs_error,
         "precision": request.precision,
         "fast_math": request.fast_math,
+        "winograd_kernels": winograd.kernels(plan.fused),
         # fp16 is checked against the fp32 reference, with the looser fp16 tolerance.
         "tolerance": {"atol": atol, "rtol": rtol, "reference": f"{ref.name} fp32"},
         "verify": {

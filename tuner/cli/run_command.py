@@ -34,6 +34,7 @@ def run(
     team: Annotated[Optional[str], typer.Option(help="Team the new records belong to (env TUNER_TEAM).")] = None,
     private: Annotated[Optional[bool], typer.Option("--private/--shared", help="Serve this run's records only to its team (default: shared, or TUNER_PRIVATE).")] = None,
     precise_math: Annotated[bool, typer.Option("--precise-math", help="Keep erf/exp/tanh/softmax as libm calls instead of TVM's vectorizable polynomial forms (fast math, the default; verified within the tolerance either way).")] = False,
+    winograd: Annotated[bool, typer.Option("--winograd/--no-winograd", help="CPU: 3x3 convolutions as Winograd F(4x4, 3x3), ~3x fewer multiplications (the default; verified within the tolerance either way).")] = True,
     refine: Annotated[bool, typer.Option("--refine", help="Also tune tasks the database already serves, starting from their best records (spend more budget on a model tuned before).")] = False,
     inputs: Annotated[Optional[Path], typer.Option("--inputs", help="An .npz (numpy.savez) with one array per model input, by name: verify and time on these instead of random inputs.")] = None,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph/--no-cuda-graph", help="CUDA: capture the module's kernel launches once and replay them as one CUDA graph (the default).")] = True,
@@ -66,6 +67,7 @@ def run(
         refine=refine,
         searchers=searchers,
         fast_math=not precise_math,
+        winograd=winograd,
         cuda_graph=cuda_graph,
         inputs_path=inputs,
     )

@@ -1,0 +1,156 @@
+"""Winograd F(4x4, 3x3) for the CPU's 3x3 convolutions: the same result for ~3x fewer
+multiplications.
+
+A 3x3, stride-1 convolution in NHWC becomes three kernels in one: the input cut into 6x6 tiles
+and transformed (B^T d B), 36 independent GEMMs over the channels, and the inverse transform
+(A^T M A) into 4x4 output tiles. The weights' transform (G g G^T) runs here, once, in float64
+on the constant weights, so inference never repeats it. On resnet50 the 3x3 convolutions are
+about half of the FLOPs and already ran at 87-102% of the FMA peak as direct convolutions: fewer
+multiplications was the lever left (ONNX Runtime runs the same net at about the same rate).
+
+The transforms name their schedule rules (`schedules/winograd.py`) in `schedule_rule` block
+annotations; the GEMM is the register-blocked rule's (schedules/register_blocking.py) like any
+other, its transformed weights layout-free.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te
+from tvm.ir import IRModule
+from tvm.topi.nn.pad import pad
+from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points, winograd_transform_matrices
+
+from tuner.schedules import winograd as rules
+
+TILE = 4
+KERNEL = 3
+# Below these channel counts the transforms' memory traffic outweighs the saved multiplications.
+MIN_CHANNELS = 16
+
+_CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
+
+
+def transform_weight(weight_ohwi: np.ndarray, tile: int = TILE) -> np.ndarray:
+    """G g G^T of every (output, input) channel pair: (alpha, alpha, O, I), float32."""
+    _, _, g = _cook_toom_convolution(_interpolation_points(tile + KERNEL - 2), tile, KERNEL)
+    packed = np.einsum("ak,okli,bl->aboi", g, weight_ohwi.astype(np.float64), g)
+    return packed.astype(np.float32)
+
+
+def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, padding: tuple[int, int, int, int],
+                tile: int = TILE) -> te.Tensor:
+    """The convolution of `data` (N, H, W, I) with weights already transformed by
+    `transform_weight` (alpha, alpha, O, I); padding (top, left, bottom, right).
+
+    topi's `conv2d_winograd_nhwc` computes the same, but raises for pre-computed weights in
+    TVM 0.27 ("LEGACY-FLOW")."""
+    n, h, w, ci = (int(d) for d in data.shape)
+    alpha, _, co, _ = (int(d) for d in packed.shape)
+    m = tile
+    pad_t, pad_l, pad_b, pad_r = padding
+    a_mat, b_mat, _ = winograd_transform_matrices(m, KERNEL, str(data.dtype))
+    out_h, out_w = h + pad_t + pad_b - KERNEL + 1, w + pad_l + pad_r - KERNEL + 1
+    n_h, n_w = (out_h + m - 1) // m, (out_w + m - 1) // m
+    tiles = n * n_h * n_w
+    extra_h = (n_h - 1) * m + alpha - (h + pad_t + pad_b)
+    extra_w = (n_w - 1) * m + alpha - (w + pad_l + pad_r)
+    data_pad = pad(data, (0, pad_t, pad_l, 0), (0, pad_b + extra_h, pad_r + extra_w, 0),
+                   name="data_pad", attrs={"schedule_rule": "None"})
+    input_tile = te.compute(
+        (alpha, alpha, tiles, ci),
+        lambda eps, nu, p, c: data_pad[p // (n_h * n_w), ((p // n_w) % n_h) * m + eps, (p % n_w) * m + nu, c],
+        name="input_tile", attrs={"schedule_rule": "None"})
+    r_a, r_b = te.reduce_axis((0, alpha), "r_a"), te.reduce_axis((0, alpha), "r_b")
+    data_pack = te.compute(
+        (alpha, alpha, tiles, ci),
+        lambda eps, nu, p, c: te.sum(input_tile[r_a, r_b, p, c] * b_mat[r_a, eps] * b_mat[r_b, nu], axis=[r_a, r_b]),
+        name="data_pack", attrs={"schedule_rule": rules.DATA_PACK})
+    rc = te.reduce_axis((0, ci), name="rc")
+    bgemm = te.compute(
+        (alpha, alpha, tiles, co),
+        lambda eps, nu, p, k: te.sum(data_pack[eps, nu, p, rc] * packed[eps, nu, k, rc], axis=[rc]),
+        name="bgemm", attrs={"layout_free_placeholders": [packed]})
+    r_a, r_b = te.reduce_axis((0, alpha), "r_a"), te.reduce_axis((0, alpha), "r_b")
+    inverse = te.compute(
+        (m, m, tiles, co),
+        lambda vh, vw, p, k: te.sum(bgemm[r_a, r_b, p, k] * a_mat[r_a, vh] * a_mat[r_b, vw], axis=[r_a, r_b]),
+        name="inverse", attrs={"schedule_rule": rules.INVERSE})
+    return te.compute(
+        (n, out_h, out_w, co),
+        lambda b, y, x, k: inverse[y % m, x % m, b * n_h * n_w + (y // m) * n_w + x // m, k],
+        name="conv2d_winograd")
+
+
+def _static_shape(expr: relax.Expr) -> list[int] | None:
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    dims = ty.shape.values
+    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None
+    return [int(d) for d in dims]
+
+
+def eligible(call: relax.Call, min_channels: int = MIN_CHANNELS) -> bool:
+    """A float32 NHWC/OHWI 3x3 convolution with stride 1, no dilation or groups, constant
+    weights and at least `min_channels` input and output channels."""
+    if not isinstance(call.op, tvm.ir.Op) or not call.op.same_as(_CONV2D):
+        return False
+    attrs = call.attrs
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "OHWI", "NHWC"):
+        return False
+    if [int(s) for s in attrs.strides] != [1, 1] or [int(d) for d in attrs.dilation] != [1, 1]:
+        return False
+    if int(attrs.groups) != 1 or str(attrs.out_dtype) not in ("", "None", "float32", "void"):
+        return False
+    data, weight = call.args
+    if not isinstance(weight, tvm.ir.expr.GenericConst) or str(weight.value.dtype) != "float32":
+        return False
+    shape = _static_shape(data)
+    if shape is None or len(shape) != 4 or str(data.ty.dtype) != "float32":
+        return False
+    out_c, kh, kw, in_c = weight.value.shape
+    return (kh, kw) == (KERNEL, KERNEL) and min(out_c, in_c) >= min_channels
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod: IRModule, min_channels: int) -> None:
+        super().__init__(mod)
+        self.min_channels = min_channels
+        self.rewritten = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not isinstance(call, relax.Call) or not eligible(call, self.min_channels):
+            return call
+        data, weight = call.args
+        packed = relax.const(transform_weight(weight.value.numpy()))
+        padding = tuple(int(p) for p in call.attrs.padding)
+        self.rewritten += 1
+        return self.builder_.call_te(conv2d_nhwc, data, packed, padding, primfunc_name_hint="conv2d_winograd")
+
+
+def rewrite(mod: IRModule, min_channels: int = MIN_CHANNELS) -> tuple[IRModule, int]:
+    """`mod` with its eligible convolutions as Winograd kernels, and how many there were.
+    Constants are folded first, so weights that ConvertLayout transposed are constants again."""
+    mod = relax.transform.FoldConstant()(mod)
+    rewriter = _Rewriter(mod, min_channels)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.get(), rewriter.rewritten
+
+
+@tvm.transform.module_pass(opt_level=0, name="tuner.Winograd")
+def winograd_convolutions(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
+    """The module pass of `rewrite` (CPU only: it runs after `channels_last`)."""
+    return rewrite(mod)[0]
+
+
+def kernels(mod: IRModule) -> int:
+    """How many kernels of a fused module compute a Winograd convolution (for the report)."""
+    return sum(1 for gv, f in mod.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc) and "conv2d_winograd" in gv.name_hint)
