@@ -55,8 +55,10 @@ def test_efficiency_prefers_enough_accumulators_to_cover_the_fma_latency() -> No
 
 
 def _tasks(path: Path, target: Target) -> list[ms.ExtractedTask]:
+    """The tasks with direct convolutions (these tests are about the direct conv's micro-kernel;
+    tests/test_winograd.py has the Winograd ones)."""
     model = load_model(str(path), {})
-    return ms.relax_integration.extract_tasks(fuse_for_tuning(import_onnx(model), target), target)
+    return ms.relax_integration.extract_tasks(fuse_for_tuning(import_onnx(model), target, winograd=False), target)
 
 
 @pytest.mark.parametrize("which", ["matmul", "conv"])
@@ -97,7 +99,7 @@ def test_default_schedules_are_micro_kernels_with_prepacked_weights_and_match_or
     model = MODELS[which]()
     path = onnx_models.save(model, tmp_path / f"{which}.onnx")
     loaded = load_model(str(path), {})
-    fused = fuse_for_tuning(import_onnx(loaded), AVX2)
+    fused = fuse_for_tuning(import_onnx(loaded), AVX2, winograd=False)
     scheduled, stats = schedule_module(fused, AVX2, ms.database.MemoryDatabase())
     kernels = {gv.name_hint: f for gv, f in scheduled.functions.items() if isinstance(f, tirx.PrimFunc)}
     gemm = [f for name, f in kernels.items() if ("matmul" if which == "matmul" else "conv2d") in name]
