@@ -261,7 +261,7 @@ def _epilogue(sch: Schedule, block_rv: SBlockRV) -> list[SBlockRV]:
     """Elementwise consumers of the block, the chain inlined into its last blocks, in order.
     Empty when the block writes a function output (nothing to fuse)."""
     consumers = sch.get_consumers(block_rv)
-    if not consumers or any(_is_reduction(sch, c) for c in consumers):
+    if not consumers or any(_runs_alone(sch, c) for c in consumers):
         return []
     blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
     mine = sch.get(block_rv)
@@ -357,7 +357,7 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     epilogue = _epilogue(sch, block_rv)
     out = sch.get(block_rv).writes[0].source
     if not epilogue:
-        if not _is_param(sch, out) and not any(_is_reduction(sch, c) for c in sch.get_consumers(block_rv)):
+        if not _is_param(sch, out) and not any(_runs_alone(sch, c) for c in sch.get_consumers(block_rv)):
             return None
         epilogue = [sch.cache_write(block_rv, 0, "local")]
     else:
@@ -493,7 +493,7 @@ def _parallel_producers(sch: Schedule, block_rv: SBlockRV) -> None:
     block's tile that starts mid-row, the padding's loops get a dynamic extent and the
     candidate is rejected."""
     for producer in sch.get_producers(block_rv):
-        if _is_reduction(sch, producer):
+        if _runs_alone(sch, producer):
             continue  # a kernel of its own (a Winograd input transform), scheduled by its rule
         sch.annotate(producer, _ANNOTATION, RULE_NAME)
         loops = sch.get_loops(producer)
@@ -507,9 +507,13 @@ def _parallel_producers(sch: Schedule, block_rv: SBlockRV) -> None:
 
 
 def _is_reduction(sch: Schedule, block_rv: SBlockRV) -> bool:
-    """A consumer that reduces over what it reads (a Winograd GEMM's inverse transform) runs
-    on its own: it cannot be an epilogue of the GEMM's register block."""
     return any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block_rv).iter_vars)
+
+
+def _runs_alone(sch: Schedule, block_rv: SBlockRV) -> bool:
+    """A consumer that reduces over what it reads, or that a rule of its own schedules (a
+    Winograd GEMM's inverse transform), cannot be an epilogue of the GEMM's register block."""
+    return _is_reduction(sch, block_rv) or _ANNOTATION in sch.get(block_rv).annotations
 
 
 def _is_param(sch: Schedule, buf: tirx.Buffer) -> bool:
@@ -543,7 +547,11 @@ class RegisterBlockedGemm(ms.schedule_rule.PyScheduleRule):
             result = None
         if result is None:
             return [sch]
-        return [result, sch] if self.keep_stock else [result]
+        # A GEMM whose consumer another rule schedules (a Winograd kernel's inverse transform)
+        # gets no stock variant: MetaSchedule's tiling computes its cache write at that consumer
+        # and fails ("TensorRegion pattern match failed"), which ends the design space.
+        alone = any(_runs_alone(sch, c) for c in sch.get_consumers(block))
+        return [result, sch] if self.keep_stock and not alone else [result]
 
     def clone(self) -> ms.schedule_rule.ScheduleRule:
         rule = RegisterBlockedGemm(self.keep_stock)

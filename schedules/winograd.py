@@ -26,6 +26,8 @@ from .register_blocking import RULE_NAME as BLOCKED, register_annotation
 
 DATA_PACK = "tuner.winograd_data_pack"
 INVERSE = "tuner.winograd_inverse"
+# The first 1-D pass of each transform: computed by its transform's rule, per tile.
+STAGE = BLOCKED
 _ANNOTATION = "schedule_rule"
 
 
@@ -35,8 +37,8 @@ def _lanes(extent: int) -> int:
 
 
 def _inline_producers(sch: Schedule, block: SBlockRV) -> None:
-    """Padding, tile gather and constant matrices (the blocks `tuner/winograd.py` marks as
-    having no rule of their own) computed where the transform reads them."""
+    """Padding and tile gather (the blocks `tuner/winograd.py` marks as having no rule of
+    their own) computed where the block reads them."""
     pending = list(sch.get_producers(block))
     while pending:
         producer = pending.pop()
@@ -48,20 +50,28 @@ def _inline_producers(sch: Schedule, block: SBlockRV) -> None:
 
 
 def _transform(sch: Schedule, block: SBlockRV) -> None:
-    """Loops (i, j, tile, channel, r_a, r_b) -> parallel (tile, channel vectors), unrolled
-    i, j, r_a, r_b, vectorized channels."""
-    i, j, tile, chan, r_a, r_b = sch.get_loops(block)
+    """A 2-D transform's second pass, loops (i, j, tile, channel), and its first pass (the
+    block's producer marked STAGE): parallel over (tile, channel vector); per iteration the
+    first pass into a small local buffer, both passes' i and j unrolled (the coefficients fold
+    into constants) and the channels one vector."""
+    (first,) = [b for b in sch.get_producers(block) if sch.get(b).annotations.get(_ANNOTATION) == STAGE]
+    _inline_producers(sch, first)
+    i, j, tile, chan = sch.get_loops(block)
     lanes = _lanes(int(sch.get(chan).extent))
     chan_o, chan_i = sch.split(chan, [None, lanes])
-    sch.reorder(tile, chan_o, i, j, r_a, r_b, chan_i)
-    sch.parallel(sch.fuse(tile, chan_o))
-    for lp in (i, j, r_a, r_b):
-        sch.unroll(lp)
+    sch.reorder(tile, chan_o, i, j, chan_i)
+    outer = sch.fuse(tile, chan_o)
+    sch.parallel(outer)
+    sch.unroll(i)
+    sch.unroll(j)
     sch.vectorize(chan_i)
-    init = sch.decompose_reduction(block, r_a)
-    sch.vectorize(sch.get_loops(init)[-1])
-    for b in (block, init):
-        sch.annotate(b, _ANNOTATION, BLOCKED)
+    sch.compute_at(first, outer, preserve_unit_loops=True)
+    sch.set_scope(first, 0, "local")
+    fi, fj, _, fchan = sch.get_loops(first)[1:]
+    sch.unroll(fi)
+    sch.unroll(fj)
+    sch.vectorize(fchan)
+    sch.annotate(block, _ANNOTATION, BLOCKED)
     # The whole kernel is scheduled by tuner's rules: MetaSchedule's parallelize/vectorize
     # postprocessor must not re-fuse these loops (as for the register-blocked GEMM).
     sch.annotate(sch.get_sblock("root"), _ANNOTATION, BLOCKED)
@@ -93,13 +103,11 @@ def _output_stage(sch: Schedule, inverse: SBlockRV) -> None:
 
 
 def data_pack_rule(sch: Schedule, block: SBlockRV) -> list[Schedule]:
-    _inline_producers(sch, block)
     _transform(sch, block)
     return [sch]
 
 
 def inverse_rule(sch: Schedule, block: SBlockRV) -> list[Schedule]:
-    _inline_producers(sch, block)
     _output_stage(sch, block)
     _transform(sch, block)
     return [sch]

@@ -15,12 +15,16 @@ other, its transformed weights layout-free.
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Callable
+
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax, te, tirx
 from tvm.ir import IRModule
 from tvm.topi.nn.pad import pad
-from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points, winograd_transform_matrices
+from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
 
 from tuner.schedules import winograd as rules
 
@@ -34,9 +38,34 @@ _CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 
 def transform_weight(weight_ohwi: np.ndarray, tile: int = TILE) -> np.ndarray:
     """G g G^T of every (output, input) channel pair: (alpha, alpha, O, I), float32."""
-    _, _, g = _cook_toom_convolution(_interpolation_points(tile + KERNEL - 2), tile, KERNEL)
+    _, _, g = _matrices(tile)
     packed = np.einsum("ak,okli,bl->aboi", g, weight_ohwi.astype(np.float64), g)
     return packed.astype(np.float32)
+
+
+def _matrices(tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cook-Toom's A (alpha x m), B (alpha x alpha) and G (alpha x 3), as topi computes them."""
+    return _cook_toom_convolution(_interpolation_points(tile + KERNEL - 2), tile, KERNEL)
+
+
+def _times(matrix: np.ndarray, index: tirx.PrimExpr, load: Callable[[int], tirx.PrimExpr],
+           dtype: str) -> tirx.PrimExpr:
+    """``sum_k matrix[k, index] * load(k)`` with the coefficients written out and the zero
+    terms left out: one sum per value of `index`, chosen by a select. Once the schedule unrolls
+    `index` the select is gone and only the sum of the non-zero terms is left.
+
+    Written as a reduction over a constant matrix (as topi does) the unrolled kernel carried
+    36-deep select chains that took TVM and LLVM 8 s to compile per candidate (0.09 s for a
+    direct convolution), so tuning a Winograd task took 3x as long as the direct one."""
+    sums = []
+    for j in range(matrix.shape[1]):
+        terms = [load(k) if matrix[k, j] == 1 else load(k) * tirx.const(float(matrix[k, j]), dtype)
+                 for k in range(matrix.shape[0]) if matrix[k, j] != 0]
+        sums.append(functools.reduce(operator.add, terms) if terms else tirx.const(0.0, dtype))
+    expr = sums[-1]
+    for j in reversed(range(len(sums) - 1)):
+        expr = tirx.Select(index == j, sums[j], expr)
+    return expr
 
 
 def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, padding: tuple[int, int, int, int],
@@ -44,38 +73,49 @@ def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, padding: tuple[int, int, int
     """The convolution of `data` (N, H, W, I) with weights already transformed by
     `transform_weight` (alpha, alpha, O, I); padding (top, left, bottom, right).
 
-    topi's `conv2d_winograd_nhwc` computes the same, but raises for pre-computed weights in
-    TVM 0.27 ("LEGACY-FLOW")."""
+    Each 2-D transform is two 1-D ones (rows, then columns: 2 x 6 x 6 x 6 multiply-adds before
+    the zeros are dropped instead of 6^4). topi's `conv2d_winograd_nhwc` computes the same with
+    one 2-D reduction per transform, and raises for pre-computed weights in TVM 0.27
+    ("LEGACY-FLOW")."""
     n, h, w, ci = (int(d) for d in data.shape)
     alpha, _, co, _ = (int(d) for d in packed.shape)
-    m = tile
+    m, dtype = tile, str(data.dtype)
+    a_mat, b_mat, _ = _matrices(tile)
     pad_t, pad_l, pad_b, pad_r = padding
-    a_mat, b_mat, _ = winograd_transform_matrices(m, KERNEL, str(data.dtype))
     out_h, out_w = h + pad_t + pad_b - KERNEL + 1, w + pad_l + pad_r - KERNEL + 1
     n_h, n_w = (out_h + m - 1) // m, (out_w + m - 1) // m
     tiles = n * n_h * n_w
     extra_h = (n_h - 1) * m + alpha - (h + pad_t + pad_b)
     extra_w = (n_w - 1) * m + alpha - (w + pad_l + pad_r)
-    data_pad = pad(data, (0, pad_t, pad_l, 0), (0, pad_b + extra_h, pad_r + extra_w, 0),
-                   name="data_pad", attrs={"schedule_rule": "None"})
+    inline = {"schedule_rule": "None"}  # computed where they are read (schedules/winograd.py)
+    data_pad = pad(data, (0, pad_t, pad_l, 0), (0, pad_b + extra_h, pad_r + extra_w, 0), name="data_pad",
+                   attrs=inline)
     input_tile = te.compute(
         (alpha, alpha, tiles, ci),
         lambda eps, nu, p, c: data_pad[p // (n_h * n_w), ((p // n_w) % n_h) * m + eps, (p % n_w) * m + nu, c],
-        name="input_tile", attrs={"schedule_rule": "None"})
-    r_a, r_b = te.reduce_axis((0, alpha), "r_a"), te.reduce_axis((0, alpha), "r_b")
+        name="input_tile", attrs=inline)
+    # B^T d B: the tile's columns, then its rows.
+    data_rows = te.compute(
+        (alpha, alpha, tiles, ci),
+        lambda eps, col, p, c: _times(b_mat, eps, lambda k: input_tile[k, col, p, c], dtype),
+        name="data_pack_rows", attrs={"schedule_rule": rules.STAGE})
     data_pack = te.compute(
         (alpha, alpha, tiles, ci),
-        lambda eps, nu, p, c: te.sum(input_tile[r_a, r_b, p, c] * b_mat[r_a, eps] * b_mat[r_b, nu], axis=[r_a, r_b]),
+        lambda eps, nu, p, c: _times(b_mat, nu, lambda k: data_rows[eps, k, p, c], dtype),
         name="data_pack", attrs={"schedule_rule": rules.DATA_PACK})
     rc = te.reduce_axis((0, ci), name="rc")
     bgemm = te.compute(
         (alpha, alpha, tiles, co),
         lambda eps, nu, p, k: te.sum(data_pack[eps, nu, p, rc] * packed[eps, nu, k, rc], axis=[rc]),
         name="bgemm", attrs={"layout_free_placeholders": [packed]})
-    r_a, r_b = te.reduce_axis((0, alpha), "r_a"), te.reduce_axis((0, alpha), "r_b")
+    # A^T M A, the same way.
+    inverse_rows = te.compute(
+        (m, alpha, tiles, co),
+        lambda vh, col, p, k: _times(a_mat, vh, lambda j: bgemm[j, col, p, k], dtype),
+        name="inverse_rows", attrs={"schedule_rule": rules.STAGE})
     inverse = te.compute(
         (m, m, tiles, co),
-        lambda vh, vw, p, k: te.sum(bgemm[r_a, r_b, p, k] * a_mat[r_a, vh] * a_mat[r_b, vw], axis=[r_a, r_b]),
+        lambda vh, vw, p, k: _times(a_mat, vw, lambda j: inverse_rows[vh, j, p, k], dtype),
         name="inverse", attrs={"schedule_rule": rules.INVERSE})
     return te.compute(
         (n, out_h, out_w, co),
