@@ -92,6 +92,7 @@ def bench_model(name: str, trials: int | None, per_task: int, work: Path, seed: 
         "tuned_vs_onnxruntime": lat["tuned"] / lat["onnxruntime"],
         "threads": cold["threads"],
         "fast_math": cold["fast_math"],
+        "winograd_kernels": cold.get("winograd_kernels"),
         "max_abs_error": cold["max_abs_error"],
         "verified": cold["verified"],
         "cold_run_seconds": cold_s,

@@ -37,15 +37,18 @@ def _lanes(extent: int) -> int:
 
 
 def _inline_producers(sch: Schedule, block: SBlockRV) -> None:
-    """Padding and tile gather (the blocks `tuner/winograd.py` marks as having no rule of
-    their own) computed where the block reads them."""
+    """Padding, tile gather and whatever elementwise work Relax fused before the transform (a
+    layout transpose, a concatenation) computed where the block reads them."""
     pending = list(sch.get_producers(block))
     while pending:
         producer = pending.pop()
-        if sch.get(producer).annotations.get(_ANNOTATION) != "None":
+        if sch.get(producer).annotations.get(_ANNOTATION, "None") != "None":
             continue
         grand = list(sch.get_producers(producer))
-        sch.compute_inline(producer)
+        try:
+            sch.compute_inline(producer)
+        except ScheduleError:
+            continue
         pending.extend(grand)
 
 

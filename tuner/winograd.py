@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -68,59 +69,101 @@ def _times(matrix: np.ndarray, index: tirx.PrimExpr, load: Callable[[int], tirx.
     return expr
 
 
-def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, padding: tuple[int, int, int, int],
-                tile: int = TILE) -> te.Tensor:
-    """The convolution of `data` (N, H, W, I) with weights already transformed by
-    `transform_weight` (alpha, alpha, O, I); padding (top, left, bottom, right).
+@dataclass(frozen=True)
+class _Tiling:
+    """How an (N, H, W) input with its padding is cut into overlapping alpha x alpha tiles."""
+    batch: int
+    out_h: int
+    out_w: int
+    tiles_h: int
+    tiles_w: int
+    tile: int
 
-    Each 2-D transform is two 1-D ones (rows, then columns: 2 x 6 x 6 x 6 multiply-adds before
-    the zeros are dropped instead of 6^4). topi's `conv2d_winograd_nhwc` computes the same with
-    one 2-D reduction per transform, and raises for pre-computed weights in TVM 0.27
-    ("LEGACY-FLOW")."""
+    @property
+    def tiles(self) -> int:
+        return self.batch * self.tiles_h * self.tiles_w
+
+
+def _tiling(shape: tuple[int, ...], padding: tuple[int, int, int, int], tile: int) -> _Tiling:
+    n, h, w = shape[:3]
+    out_h, out_w = h + padding[0] + padding[2] - KERNEL + 1, w + padding[1] + padding[3] - KERNEL + 1
+    return _Tiling(n, out_h, out_w, (out_h + tile - 1) // tile, (out_w + tile - 1) // tile, tile)
+
+
+def input_transform(data: te.Tensor, padding: tuple[int, int, int, int], tile: int = TILE) -> te.Tensor:
+    """B^T d B of every alpha x alpha input tile: (alpha, alpha, tiles, channels).
+
+    Each 2-D transform is two 1-D ones (columns, then rows: 2 x 6 x 6 x 6 multiply-adds before
+    the zeros are dropped instead of 6^4)."""
     n, h, w, ci = (int(d) for d in data.shape)
-    alpha, _, co, _ = (int(d) for d in packed.shape)
-    m, dtype = tile, str(data.dtype)
-    a_mat, b_mat, _ = _matrices(tile)
+    t = _tiling((n, h, w), padding, tile)
+    alpha, m, dtype = tile + KERNEL - 1, tile, str(data.dtype)
+    b_mat = _matrices(tile)[1]
     pad_t, pad_l, pad_b, pad_r = padding
-    out_h, out_w = h + pad_t + pad_b - KERNEL + 1, w + pad_l + pad_r - KERNEL + 1
-    n_h, n_w = (out_h + m - 1) // m, (out_w + m - 1) // m
-    tiles = n * n_h * n_w
-    extra_h = (n_h - 1) * m + alpha - (h + pad_t + pad_b)
-    extra_w = (n_w - 1) * m + alpha - (w + pad_l + pad_r)
+    extra_h = (t.tiles_h - 1) * m + alpha - (h + pad_t + pad_b)
+    extra_w = (t.tiles_w - 1) * m + alpha - (w + pad_l + pad_r)
     inline = {"schedule_rule": "None"}  # computed where they are read (schedules/winograd.py)
     data_pad = pad(data, (0, pad_t, pad_l, 0), (0, pad_b + extra_h, pad_r + extra_w, 0), name="data_pad",
                    attrs=inline)
+    per_image = t.tiles_h * t.tiles_w
     input_tile = te.compute(
-        (alpha, alpha, tiles, ci),
-        lambda eps, nu, p, c: data_pad[p // (n_h * n_w), ((p // n_w) % n_h) * m + eps, (p % n_w) * m + nu, c],
+        (alpha, alpha, t.tiles, ci),
+        lambda eps, nu, p, c: data_pad[p // per_image, ((p // t.tiles_w) % t.tiles_h) * m + eps,
+                                       (p % t.tiles_w) * m + nu, c],
         name="input_tile", attrs=inline)
-    # B^T d B: the tile's columns, then its rows.
     data_rows = te.compute(
-        (alpha, alpha, tiles, ci),
+        (alpha, alpha, t.tiles, ci),
         lambda eps, col, p, c: _times(b_mat, eps, lambda k: input_tile[k, col, p, c], dtype),
         name="data_pack_rows", attrs={"schedule_rule": rules.STAGE})
-    data_pack = te.compute(
-        (alpha, alpha, tiles, ci),
+    return te.compute(
+        (alpha, alpha, t.tiles, ci),
         lambda eps, nu, p, c: _times(b_mat, nu, lambda k: data_rows[eps, k, p, c], dtype),
         name="data_pack", attrs={"schedule_rule": rules.DATA_PACK})
+
+
+def batched_gemm(data_pack: te.Tensor, packed: te.Tensor) -> te.Tensor:
+    """The 36 GEMMs: (alpha, alpha, tiles, out channels), the transformed weights layout-free."""
+    alpha, _, tiles, ci = (int(d) for d in data_pack.shape)
+    co = int(packed.shape[2])
     rc = te.reduce_axis((0, ci), name="rc")
-    bgemm = te.compute(
+    return te.compute(
         (alpha, alpha, tiles, co),
         lambda eps, nu, p, k: te.sum(data_pack[eps, nu, p, rc] * packed[eps, nu, k, rc], axis=[rc]),
         name="bgemm", attrs={"layout_free_placeholders": [packed]})
-    # A^T M A, the same way.
+
+
+def output_transform(bgemm: te.Tensor, shape: tuple[int, ...], padding: tuple[int, int, int, int],
+                     tile: int = TILE) -> te.Tensor:
+    """A^T M A of every tile, gathered into the NHWC output of an input of `shape`."""
+    t = _tiling(shape, padding, tile)
+    m, co, dtype = tile, int(bgemm.shape[3]), str(bgemm.dtype)
+    a_mat = _matrices(tile)[0]
+    alpha = tile + KERNEL - 1
     inverse_rows = te.compute(
-        (m, alpha, tiles, co),
+        (m, alpha, t.tiles, co),
         lambda vh, col, p, k: _times(a_mat, vh, lambda j: bgemm[j, col, p, k], dtype),
         name="inverse_rows", attrs={"schedule_rule": rules.STAGE})
     inverse = te.compute(
-        (m, m, tiles, co),
+        (m, m, t.tiles, co),
         lambda vh, vw, p, k: _times(a_mat, vw, lambda j: inverse_rows[vh, j, p, k], dtype),
         name="inverse", attrs={"schedule_rule": rules.INVERSE})
+    per_image = t.tiles_h * t.tiles_w
     return te.compute(
-        (n, out_h, out_w, co),
-        lambda b, y, x, k: inverse[y % m, x % m, b * n_h * n_w + (y // m) * n_w + x // m, k],
+        (t.batch, t.out_h, t.out_w, co),
+        lambda b, y, x, k: inverse[y % m, x % m, b * per_image + (y // m) * t.tiles_w + x // m, k],
         name="conv2d_winograd")
+
+
+def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, padding: tuple[int, int, int, int],
+                tile: int = TILE) -> te.Tensor:
+    """The convolution of `data` (N, H, W, I) with weights transformed by `transform_weight`
+    (alpha, alpha, O, I); padding (top, left, bottom, right). The pass emits its three stages as
+    three kernels; this is them in one (tests).
+
+    topi's `conv2d_winograd_nhwc` computes the same with one 2-D reduction per transform, and
+    raises for pre-computed weights in TVM 0.27 ("LEGACY-FLOW")."""
+    shape = tuple(int(d) for d in data.shape)
+    return output_transform(batched_gemm(input_transform(data, padding, tile), packed), shape, padding, tile)
 
 
 def _static_shape(expr: relax.Expr) -> list[int] | None:
@@ -170,7 +213,17 @@ class _Rewriter(relax.PyExprMutator):
         packed = relax.const(transform_weight(weight.value.numpy()))
         padding = tuple(int(p) for p in call.attrs.padding)
         self.rewritten += 1
-        return self.builder_.call_te(conv2d_nhwc, data, packed, padding, primfunc_name_hint="conv2d_winograd")
+        shape = tuple(_static_shape(data))
+        # Three kernels: the GEMM's search then lowers a plain batched GEMM (as one kernel with
+        # its transforms, each candidate's lowering for the cost model took squeezenet's search
+        # rounds from ~30 s to ~86 s); the transforms have one schedule each, nothing to search;
+        # the output transform takes the convolution's epilogue (bias, activation, residual).
+        tiles = self.builder_.emit(self.builder_.call_te(input_transform, data, padding,
+                                                         primfunc_name_hint="winograd_input"))
+        products = self.builder_.emit(self.builder_.call_te(batched_gemm, tiles, packed,
+                                                            primfunc_name_hint="winograd_gemm"))
+        return self.builder_.call_te(output_transform, products, shape, padding,
+                                     primfunc_name_hint="conv2d_winograd")
 
 
 def rewrite(mod: IRModule, min_channels: int = MIN_CHANNELS) -> tuple[IRModule, int]:
