@@ -1,15 +1,15 @@
 """Schedule rules for the transforms of a Winograd convolution on CPU (`tuner/winograd.py`).
 
-The kernel is four stages: the input transform (``data_pack``), 36 GEMMs (``bgemm``, the
-register-blocked rule's, as any GEMM), the inverse transform (``inverse``) and the gather into
-NHWC with its elementwise epilogue. The transforms are small dense sums with a constant 6x6
-matrix: every (eps, nu, r_a, r_b) loop unrolled, the matrix's entries fold into constants and its
-zeros vanish, and a vector of channels is transformed at a time (NHWC: channels are contiguous).
-Nothing is left to search there, so these rules make one schedule: the search spends its trials
-on the GEMM.
+The input transform (``data_pack``) and the output transform (``inverse``, then the gather into
+NHWC with the convolution's epilogue) are kernels of their own beside the 36 GEMMs (``bgemm``,
+the register-blocked rule's, as any GEMM). Each 2-D transform is two 1-D passes whose
+coefficients are written out: with the passes' loops unrolled, a vector of channels is
+transformed at a time (NHWC: channels are contiguous) with only the non-zero terms. Nothing is
+left to search there, so these rules make one schedule: the search spends its trials on the
+GEMM.
 
-TVM 0.27's own CPU rules for these blocks draw random splits and leave the channel loop
-scalar; with the register-blocked GEMM's kernel-wide annotation (which keeps MetaSchedule's
+TVM 0.27's own CPU rules for such blocks draw random splits and leave the channel loop scalar;
+beside the register-blocked GEMM's kernel-wide annotation (which keeps MetaSchedule's
 parallelize/vectorize postprocessor from re-fusing its loops) they ran serial: the default
 Winograd kernel of a 56x56x64 convolution took 2.07 ms against 1.25 ms for the direct one.
 """

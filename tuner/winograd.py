@@ -1,12 +1,13 @@
 """Winograd F(4x4, 3x3) for the CPU's 3x3 convolutions: the same result for ~3x fewer
 multiplications.
 
-A 3x3, stride-1 convolution in NHWC becomes three kernels in one: the input cut into 6x6 tiles
-and transformed (B^T d B), 36 independent GEMMs over the channels, and the inverse transform
-(A^T M A) into 4x4 output tiles. The weights' transform (G g G^T) runs here, once, in float64
-on the constant weights, so inference never repeats it. On resnet50 the 3x3 convolutions are
-about half of the FLOPs and already ran at 87-102% of the FMA peak as direct convolutions: fewer
-multiplications was the lever left (ONNX Runtime runs the same net at about the same rate).
+A 3x3, stride-1 convolution in NHWC becomes three kernels: the input cut into 6x6 tiles and
+transformed (B^T d B), 36 independent GEMMs over the channels, and the inverse transform
+(A^T M A) into 4x4 output tiles, which also takes the convolution's epilogue. The weights'
+transform (G g G^T) runs here, once, in float64 on the constant weights, so inference never
+repeats it. On resnet50 the 3x3 convolutions are about half of the FLOPs and already ran at
+87-102% of the FMA peak as direct convolutions: fewer multiplications was the lever left (ONNX
+Runtime runs the same net at about the same rate).
 
 The transforms name their schedule rules (`schedules/winograd.py`) in `schedule_rule` block
 annotations; the GEMM is the register-blocked rule's (schedules/register_blocking.py) like any
