@@ -24,13 +24,13 @@ def test_models_lists_the_zoo(tmp_path: Path) -> None:
 
 
 def test_zoo_model_tuned_then_served_from_database(tmp_path: Path) -> None:
-    args = ["run", "zoo:squeezenet", "--trials", "30", "--json", "--target", '{"kind": "llvm", "num-cores": 2}']
+    args = ["run", "zoo:squeezenet", "--trials", "40", "--json", "--target", '{"kind": "llvm", "num-cores": 2}']
     first = tuner_cli([*args, "--out", str(tmp_path / "a")], tmp_path, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     report = json.loads(first.stdout)  # stdout holds the JSON and nothing else
     assert report["model"] == "squeezenet" and report["verified"]
     # 26 kernels, the 4 distinct 3x3 convolutions each as 3 (Winograd): 34 tasks.
-    assert report["tasks"] == 34 and report["trials"] >= 30
+    assert report["tasks"] == 34 and report["trials"] >= 34
     assert report["tasks_tuned"] + report["tasks_from_db"] == report["tasks"]
     assert report["loops"]["parallel"] > 0 and report["loops"]["vectorized"] > 0
     # Latencies are reported, never compared: on a loaded machine a parallel kernel can lose to a
