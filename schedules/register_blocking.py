@@ -46,7 +46,7 @@ from .isa import VectorISA, vector_isa
 # The block annotation that marks a block this rule scheduled: MetaSchedule's other rules skip
 # blocks that carry a `schedule_rule` annotation.
 RULE_NAME = "tuner.register_blocked"
-_ANNOTATION = "schedule_rule"
+ANNOTATION = "schedule_rule"
 
 
 def _keep(sch: Schedule, block: SBlockRV) -> list[Schedule]:
@@ -260,9 +260,14 @@ def _layout_free(sch: Schedule) -> set[str]:
 def _epilogue(sch: Schedule, block_rv: SBlockRV) -> list[SBlockRV]:
     """Elementwise consumers of the block, the chain inlined into its last blocks, in order.
     Empty when the block writes a function output (nothing to fuse)."""
-    consumers = sch.get_consumers(block_rv)
-    if not consumers or any(_runs_alone(sch, c) for c in consumers):
+    if not sch.get_consumers(block_rv) or consumers_run_alone(sch, block_rv):
         return []
+    return inline_blocks_after(sch, block_rv)
+
+
+def inline_blocks_after(sch: Schedule, block_rv: SBlockRV) -> list[SBlockRV]:
+    """Every block after `block_rv` inlined where it can be; the ones that cannot (the last,
+    which writes the output), in order."""
     blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
     mine = sch.get(block_rv)
     start = next(i for i, b in enumerate(blocks) if sch.get(b).same_as(mine)) + 1
@@ -270,7 +275,7 @@ def _epilogue(sch: Schedule, block_rv: SBlockRV) -> list[SBlockRV]:
     for b in blocks[start:]:
         try:
             sch.compute_inline(b)
-        except Exception:  # noqa: BLE001 - ScheduleError: a block that cannot inline stays an epilogue
+        except Exception:  # noqa: BLE001 - ScheduleError: a block that cannot inline stays
             kept.append(b)
     return kept
 
@@ -357,7 +362,7 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     epilogue = _epilogue(sch, block_rv)
     out = sch.get(block_rv).writes[0].source
     if not epilogue:
-        if not _is_param(sch, out) and not any(_runs_alone(sch, c) for c in sch.get_consumers(block_rv)):
+        if not _is_param(sch, out) and not consumers_run_alone(sch, block_rv):
             return None
         epilogue = [sch.cache_write(block_rv, 0, "local")]
     else:
@@ -371,17 +376,17 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
         inner = sch.get_loops(b)[len(others) + 2:]
         if inner:
             sch.vectorize(inner[-1])
-        sch.annotate(b, _ANNOTATION, RULE_NAME)
+        sch.annotate(b, ANNOTATION, RULE_NAME)
     fused = sch.fuse(*others, *chosen)
     sch.parallel(fused)
     sch.unroll(r_inner)
     sch.vectorize(v_inner)
     sch.decompose_reduction(block_rv, reduce[0])
-    sch.annotate(block_rv, _ANNOTATION, RULE_NAME)
+    sch.annotate(block_rv, ANNOTATION, RULE_NAME)
     _parallel_producers(sch, block_rv)
     # MetaSchedule's parallelize/vectorize postprocessor would re-fuse and re-vectorize the
     # kernel's loops (and fail on the vectorized ones): the root keeps none of its annotations.
-    sch.annotate(sch.get_sblock("root"), _ANNOTATION, RULE_NAME)
+    sch.annotate(sch.get_sblock("root"), ANNOTATION, RULE_NAME)
     return sch
 
 
@@ -495,7 +500,7 @@ def _parallel_producers(sch: Schedule, block_rv: SBlockRV) -> None:
     for producer in sch.get_producers(block_rv):
         if _runs_alone(sch, producer):
             continue  # a kernel of its own (a Winograd input transform), scheduled by its rule
-        sch.annotate(producer, _ANNOTATION, RULE_NAME)
+        sch.annotate(producer, ANNOTATION, RULE_NAME)
         loops = sch.get_loops(producer)
         if len(loops) < 2:
             continue
@@ -513,7 +518,11 @@ def _is_reduction(sch: Schedule, block_rv: SBlockRV) -> bool:
 def _runs_alone(sch: Schedule, block_rv: SBlockRV) -> bool:
     """A consumer that reduces over what it reads, or that a rule of its own schedules (a
     Winograd GEMM's inverse transform), cannot be an epilogue of the GEMM's register block."""
-    return _is_reduction(sch, block_rv) or _ANNOTATION in sch.get(block_rv).annotations
+    return _is_reduction(sch, block_rv) or ANNOTATION in sch.get(block_rv).annotations
+
+
+def consumers_run_alone(sch: Schedule, block_rv: SBlockRV) -> bool:
+    return any(_runs_alone(sch, c) for c in sch.get_consumers(block_rv))
 
 
 def _is_param(sch: Schedule, buf: tirx.Buffer) -> bool:
@@ -550,8 +559,7 @@ class RegisterBlockedGemm(ms.schedule_rule.PyScheduleRule):
         # A GEMM whose consumer another rule schedules (a Winograd kernel's inverse transform)
         # gets no stock variant: MetaSchedule's tiling computes its cache write at that consumer
         # and fails ("TensorRegion pattern match failed"), which ends the design space.
-        alone = any(_runs_alone(sch, c) for c in sch.get_consumers(block))
-        return [result, sch] if self.keep_stock and not alone else [result]
+        return [result, sch] if self.keep_stock and not consumers_run_alone(sch, block) else [result]
 
     def clone(self) -> ms.schedule_rule.ScheduleRule:
         rule = RegisterBlockedGemm(self.keep_stock)

@@ -22,13 +22,12 @@ import tvm
 from tvm import tirx
 from tvm.s_tir.schedule import SBlockRV, Schedule, ScheduleError
 
-from .register_blocking import RULE_NAME as BLOCKED, register_annotation
+from .register_blocking import ANNOTATION, RULE_NAME as BLOCKED, inline_blocks_after, register_annotation
 
 DATA_PACK = "tuner.winograd_data_pack"
 INVERSE = "tuner.winograd_inverse"
 # The first 1-D pass of each transform: computed by its transform's rule, per tile.
 STAGE = BLOCKED
-_ANNOTATION = "schedule_rule"
 
 
 def _lanes(extent: int) -> int:
@@ -42,7 +41,7 @@ def _inline_producers(sch: Schedule, block: SBlockRV) -> None:
     pending = list(sch.get_producers(block))
     while pending:
         producer = pending.pop()
-        if sch.get(producer).annotations.get(_ANNOTATION, "None") != "None":
+        if sch.get(producer).annotations.get(ANNOTATION, "None") != "None":
             continue
         grand = list(sch.get_producers(producer))
         try:
@@ -57,7 +56,7 @@ def _transform(sch: Schedule, block: SBlockRV) -> None:
     block's producer marked STAGE): parallel over (tile, channel vector); per iteration the
     first pass into a small local buffer, both passes' i and j unrolled (the coefficients fold
     into constants) and the channels one vector."""
-    (first,) = [b for b in sch.get_producers(block) if sch.get(b).annotations.get(_ANNOTATION) == STAGE]
+    (first,) = [b for b in sch.get_producers(block) if sch.get(b).annotations.get(ANNOTATION) == STAGE]
     _inline_producers(sch, first)
     i, j, tile, chan = sch.get_loops(block)
     lanes = _lanes(int(sch.get(chan).extent))
@@ -74,26 +73,16 @@ def _transform(sch: Schedule, block: SBlockRV) -> None:
     sch.unroll(fi)
     sch.unroll(fj)
     sch.vectorize(fchan)
-    sch.annotate(block, _ANNOTATION, BLOCKED)
+    sch.annotate(block, ANNOTATION, BLOCKED)
     # The whole kernel is scheduled by tuner's rules: MetaSchedule's parallelize/vectorize
     # postprocessor must not re-fuse these loops (as for the register-blocked GEMM).
-    sch.annotate(sch.get_sblock("root"), _ANNOTATION, BLOCKED)
+    sch.annotate(sch.get_sblock("root"), ANNOTATION, BLOCKED)
 
 
 def _output_stage(sch: Schedule, inverse: SBlockRV) -> None:
     """The gather into NHWC and its epilogue (bias, activation, residual) in one parallel,
     vectorized pass over the output."""
-    root = sch.get_sblock("root")
-    blocks = list(sch.get_child_blocks(root))
-    mine = sch.get(inverse)
-    after = blocks[next(i for i, b in enumerate(blocks) if sch.get(b).same_as(mine)) + 1:]
-    kept = []
-    for b in after[:-1]:
-        try:
-            sch.compute_inline(b)
-        except ScheduleError:
-            kept.append(b)
-    for b in [*kept, *after[-1:]]:
+    for b in inline_blocks_after(sch, inverse):
         loops = sch.get_loops(b)
         if any(sch.get(lp).kind != tirx.ForKind.SERIAL for lp in loops) or len(loops) < 2:
             continue
@@ -102,7 +91,7 @@ def _output_stage(sch: Schedule, inverse: SBlockRV) -> None:
         chan = loops[-1]
         _, chan_i = sch.split(chan, [None, _lanes(int(sch.get(chan).extent))])
         sch.vectorize(chan_i)
-        sch.annotate(b, _ANNOTATION, BLOCKED)
+        sch.annotate(b, ANNOTATION, BLOCKED)
 
 
 def data_pack_rule(sch: Schedule, block: SBlockRV) -> list[Schedule]:
