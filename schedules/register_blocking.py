@@ -200,15 +200,19 @@ def efficiency(kernel: MicroKernel, isa: VectorISA) -> float:
 
 
 def usable_registers(isa: VectorISA) -> int:
-    """Vector registers a register block may claim: three quarters of the ISA's.
+    """Vector registers a register block may claim: three quarters of AVX-512's 32, all but one
+    of AVX2's 16.
 
-    LLVM needs the rest: in an NCHW 3x3 convolution it reuses one broadcast for the next kernel
-    column's neighbouring row, keeping several broadcasts live at once. Blocks that claimed
-    30-31 of AVX-512's 32 registers (14x2, 28x1) spilled accumulators to the stack at every
-    step there: 38-41% of the FMA peak on resnet50's 3x3 convolutions against 74-79% for 7x2 or
-    8x2 (Intel Xeon, AVX-512, 2 cores). Channels last they do not spill, and the capped pick is
-    as fast (7x2 84%, 14x2 85%: `bench/sweep_blocks.py 256,14,3,256`)."""
-    return isa.registers * 3 // 4
+    LLVM needs the rest on AVX-512: in an NCHW 3x3 convolution it reuses one broadcast for the
+    next kernel column's neighbouring row, keeping several broadcasts live at once. Blocks that
+    claimed 30-31 of AVX-512's 32 registers (14x2, 28x1) spilled accumulators to the stack at
+    every step there: 38-41% of the FMA peak on resnet50's 3x3 convolutions against 74-79% for
+    7x2 or 8x2 (Intel Xeon, AVX-512, 2 cores). Channels last they do not spill, and the capped
+    pick is as fast (7x2 84%, 14x2 85%: `bench/sweep_blocks.py 256,14,3,256`).
+    On AVX2 three quarters (12) left squeezenet's last convolution (13x13 rows: 1 or 13 per
+    block) a 1x1 block at 10% of the peak (8.8 ms of a 21 ms model); 13x1 (15 registers, no
+    spill) runs it in 2.2 ms, and on 24x24 rows 6x2 (15) beat 4x2 by 1.26x (AMD EPYC, znver2)."""
+    return isa.registers * 3 // 4 if isa.registers > 16 else isa.registers - 1
 
 
 def candidates(rows_extent: int, vector_extent: int, isa: VectorISA) -> list[MicroKernel]:
