@@ -9,6 +9,10 @@ generation, which `space.fixed_space` now does before tuning; replays of such sp
 search's own calls (pre-tuning, sampling, evolution, database picks) is retried here, and a task
 whose search keeps failing is ended (it keeps the records it has: on CUDA at least its default
 schedule) while the others go on.
+
+It can also give each task's first round to another strategy (`make_first`, random valid
+schedules: `space.search_strategy`), while a cost model that has seen no measurement would only
+steer the evolution at random; its candidates count as the evolutionary search's own trials.
 """
 
 from __future__ import annotations
@@ -32,38 +36,57 @@ class ContainedSearch(PySearchStrategy):
     """Delegates to `make_inner()` (an EvolutionarySearch); an exception from its pre-tuning or
     from generating candidates is retried `ATTEMPTS` times per round, then ends this task's
     search, reported through `report(task name, error)`. Once `stop()` is true every task's
-    search ends."""
+    search ends. `make_first`, if given, makes the strategy of each task's first round."""
 
     def __init__(self, make_inner: Callable[[], ms.SearchStrategy],
                  report: Callable[[str, str], None] | None = None,
-                 stop: Callable[[], bool] | None = None) -> None:
+                 stop: Callable[[], bool] | None = None,
+                 make_first: Callable[[], ms.SearchStrategy] | None = None) -> None:
         self.make_inner = make_inner
+        self.make_first = make_first
         self.report = report
         self.stop = stop
         self.inner = make_inner()
+        self.first = make_first() if make_first is not None else None
+        self.first_pending = False  # the first round is still to be drawn by `first`
         self.task_name = "task"
         self.ended = False
 
     def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
         self.task_name = str(context.task_name)
         self.inner._initialize_with_tune_context(context)
+        if self.first is not None:
+            self.first._initialize_with_tune_context(context)
 
     def pre_tuning(self, max_trials: int, num_trials_per_iter: int, design_spaces: list[Schedule],
                    database: ms.Database | None = None, cost_model: ms.CostModel | None = None) -> None:
         self.ended = False
         try:
             self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+            if self.first is not None:
+                self.first.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+                self.first_pending = True
         except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError, TVMError, ...
             self._end(exc)
 
     def post_tuning(self) -> None:
         self.inner.post_tuning()
+        if self.first is not None:
+            self.first.post_tuning()
 
     def generate_measure_candidates(self) -> list[MeasureCandidate] | None:
         # `stop()`: the user asked the run to stop (Ctrl-C). Ending every task here lets the
         # task scheduler return normally; an exception raised inside its C++ loop can kill it.
         if self.ended or (self.stop is not None and self.stop()):
             return None
+        if self.first_pending:
+            self.first_pending = False
+            try:
+                drawn = self.first.generate_measure_candidates()
+            except Exception:  # noqa: BLE001 - the evolutionary search draws this round instead
+                drawn = None
+            if drawn:
+                return drawn
         for attempt in range(ATTEMPTS):
             try:
                 return self.inner.generate_measure_candidates()
@@ -73,10 +96,13 @@ class ContainedSearch(PySearchStrategy):
         return None
 
     def notify_runner_results(self, measure_candidates: list[MeasureCandidate], results: list[ms.runner.RunnerResult]) -> None:
+        # Also after the first round: the evolutionary search counts these trials as its own
+        # (its budget), and learns nothing else from them but through the database and the
+        # cost model, which the task scheduler updates.
         self.inner.notify_runner_results(measure_candidates, results)
 
     def clone(self) -> ms.SearchStrategy:
-        return ContainedSearch(self.make_inner, self.report, self.stop)
+        return ContainedSearch(self.make_inner, self.report, self.stop, self.make_first)
 
     def _end(self, exc: Exception) -> None:
         self.ended = True

@@ -97,3 +97,65 @@ def test_the_budget_goes_where_the_time_is(settings: Settings, tmp_path: Path) -
     result = tuning.tune(tasks, target, ms.database.MemoryDatabase(), 64, settings, 0, tmp_path / "logs", Messages())
     heavy, light = result.per_task_trials
     assert heavy + light >= 64 and light == tuning.MIN_TRIALS_PER_ITER and heavy > 3 * light, result.per_task_trials
+
+
+@derived_object
+class Counted(PySearchStrategy):
+    """ReplayTrace, counting the rounds it draws."""
+
+    def __init__(self, calls: list[int]) -> None:
+        self.calls = calls
+        self.inner = ms.search_strategy.ReplayTrace(max_fail_count=16)
+
+    def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, *args) -> None:  # noqa: ANN002
+        self.inner.pre_tuning(*args)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self):  # noqa: ANN201
+        self.calls.append(1)
+        return self.inner.generate_measure_candidates()
+
+    def notify_runner_results(self, candidates, results) -> None:  # noqa: ANN001
+        self.inner.notify_runner_results(candidates, results)
+
+    def clone(self) -> ms.SearchStrategy:
+        return Counted(self.calls)
+
+
+def test_a_random_first_round_counts_against_the_evolutionary_budget() -> None:
+    from tuner.schedules.space import space_generator
+
+    target = Target(TARGET)
+    calls: list[int] = []
+    search = strategy.ContainedSearch(
+        lambda: ms.search_strategy.EvolutionarySearch(population_size=16, init_min_unmeasured=4, genetic_num_iters=1),
+        make_first=lambda: Counted(calls))
+    context = ms.TuneContext(mod=matmul(32), target=target, space_generator=space_generator(target),
+                             search_strategy=search, task_name="t", num_threads=1)
+    search.pre_tuning(12, 4, context.generate_design_space(), ms.database.MemoryDatabase(),
+                      ms.cost_model.RandomModel())
+    drawn, rounds = 0, 0
+    while (candidates := search.generate_measure_candidates()) is not None:
+        rounds += 1
+        drawn += len(candidates)
+        search.notify_runner_results(candidates, [ms.runner.RunnerResult(run_secs=[1e-3], error_msg=None)
+                                                  for _ in candidates])
+    # The first round was the random one, the later ones the evolutionary search's, and the
+    # budget of 12 trials held across both.
+    assert calls == [1] and rounds >= 2 and drawn == 12
+
+
+def test_cuda_searches_start_random_unless_a_trained_model_steers_them(settings: Settings) -> None:
+    cuda = Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024, "host": TARGET})
+    cpu = Target(TARGET)
+    gpu_config = tuning.search_config(settings, cuda, trained=False)
+    assert gpu_config.random_first_round
+    assert gpu_config.init_min_unmeasured == settings.search.init_min_unmeasured_gpu
+    assert not tuning.search_config(settings, cuda, trained=True).random_first_round
+    cpu_config = tuning.search_config(settings, cpu, trained=False)
+    assert not cpu_config.random_first_round and cpu_config.init_min_unmeasured == settings.search.init_min_unmeasured

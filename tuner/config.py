@@ -23,6 +23,7 @@ class SearchSettings(BaseModel):
     population_size: int = Field(256, ge=4)
     genetic_num_iters: int = Field(3, ge=1)
     init_min_unmeasured: int = Field(32, ge=1)
+    init_min_unmeasured_gpu: int = Field(8, ge=1)
     max_trials_per_iter: int = Field(64, ge=1)
 
 

@@ -233,6 +233,20 @@ def trials_per_iter(trials: int, tasks: int, cap: int) -> int:
     return max(1, min(cap, max(min(even, MIN_TRIALS_PER_ITER), even // FIRST_ROUND_SHARE)))
 
 
+def search_config(settings: Settings, target: Target, trained: bool) -> SearchConfig:
+    """The evolutionary search's settings for `target`. On CUDA, where nearly every random
+    schedule fails the GPU checks, each round's initial population needs fewer valid random
+    samples (`init_min_unmeasured_gpu`), and, unless a trained cost model steers it from the
+    start, each task's first round is random valid schedules (`SearchConfig.random_first_round`)."""
+    gpu = target.kind.name == "cuda"
+    return SearchConfig(
+        population_size=settings.search.population_size,
+        genetic_num_iters=settings.search.genetic_num_iters,
+        init_min_unmeasured=settings.search.init_min_unmeasured_gpu if gpu else settings.search.init_min_unmeasured,
+        random_first_round=gpu and not trained,
+    )
+
+
 def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list[logging.Logger], seed: int,
                     cfg: SearchConfig, cores: int, progress: Progress) -> tuple[list[ms.TuneContext], list[int]]:
     """One TuneContext per task whose design space can be generated, and those tasks' indices.
@@ -292,11 +306,6 @@ def tune(
     with contextlib.redirect_stdout(sys.stderr):  # its set-up logs one line to the console
         loggers = get_loggers_from_work_dir(str(work_dir), [t.task_name for t in tasks])
     _quiet_metaschedule_logs()
-    cfg = SearchConfig(
-        population_size=settings.search.population_size,
-        genetic_num_iters=settings.search.genetic_num_iters,
-        init_min_unmeasured=settings.search.init_min_unmeasured,
-    )
     owned = workers is None  # ours to close; a caller's workers are the caller's
     # Worker processes start (import TVM) in the background while the contexts are made.
     workers = workers or local_workers(settings, cores)
@@ -310,11 +319,12 @@ def tune(
     # workers are closed.
     with deferred_interrupts():
         try:
-            contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress)
-            weights = [float(tasks[i].weight) for i in kept]
             # The family's model trained on the database, where there is one (cost_model_training.py).
             if isinstance(database, SQLDatabase) and settings.cost_model.transfer:
                 start = start_model(database, progress)
+            cfg = search_config(settings, target, trained=start.trained is not None)
+            contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress)
+            weights = [float(tasks[i].weight) for i in kept]
             if not interrupt_requested():
                 progress.message(f"measuring the default schedules of {len(tasks)} task(s)")
                 t0 = time.perf_counter()
