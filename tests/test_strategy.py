@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,18 +24,18 @@ FAILURES = {"always": 1000, "once": 1}
 
 @derived_object
 class Flaky(PySearchStrategy):
-    """MetaSchedule's evolutionary search, raising as TVM 0.27's tensor-core replay did
-    (ScheduleError in compute-at) the first FAILURES[task name] times it is asked for candidates."""
+    """`make_inner()` (MetaSchedule's evolutionary search), raising as TVM 0.27's tensor-core
+    replay did (ScheduleError in compute-at) the first FAILURES[task name] times it is asked for
+    candidates; each ask is appended to `calls`."""
 
-    def __init__(self, config: SearchConfig) -> None:
-        self.config = config
-        self.inner = ms.search_strategy.EvolutionarySearch(population_size=config.population_size,
-                                                           init_min_unmeasured=config.init_min_unmeasured,
-                                                           genetic_num_iters=config.genetic_num_iters)
+    def __init__(self, make_inner: Callable[[], ms.SearchStrategy], calls: list[int] | None = None) -> None:
+        self.make_inner = make_inner
+        self.inner = make_inner()
+        self.calls = [] if calls is None else calls
         self.left = 0
 
     def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
-        self.left = FAILURES[str(context.task_name)]
+        self.left = FAILURES.get(str(context.task_name), 0)
         self.inner._initialize_with_tune_context(context)
 
     def pre_tuning(self, *args) -> None:  # noqa: ANN002
@@ -44,6 +45,7 @@ class Flaky(PySearchStrategy):
         self.inner.post_tuning()
 
     def generate_measure_candidates(self):  # noqa: ANN201
+        self.calls.append(1)
         if self.left > 0:
             self.left -= 1
             raise RuntimeError("ScheduleError: An error occurred in the schedule primitive 'compute-at'.\n"
@@ -54,7 +56,13 @@ class Flaky(PySearchStrategy):
         self.inner.notify_runner_results(candidates, results)
 
     def clone(self) -> ms.SearchStrategy:
-        return Flaky(self.config)
+        return Flaky(self.make_inner, self.calls)
+
+
+def _evolutionary(config: SearchConfig) -> Callable[[], ms.SearchStrategy]:
+    return lambda: ms.search_strategy.EvolutionarySearch(population_size=config.population_size,
+                                                         init_min_unmeasured=config.init_min_unmeasured,
+                                                         genetic_num_iters=config.genetic_num_iters)
 
 
 class Messages(SilentProgress):
@@ -68,7 +76,7 @@ class Messages(SilentProgress):
 def test_a_task_whose_search_raises_ends_alone(monkeypatch: pytest.MonkeyPatch, settings: Settings,
                                                tmp_path: Path) -> None:
     monkeypatch.setattr(tuning, "search_strategy",
-                        lambda cfg, report=None, stop=None: strategy.ContainedSearch(lambda: Flaky(cfg), report, stop))
+                        lambda cfg, report=None, stop=None: strategy.ContainedSearch(lambda: Flaky(_evolutionary(cfg)), report, stop))
     target = Target(TARGET)
     tasks = [ms.ExtractedTask(name, mod, target, [mod], 1)
              for name, mod in (("always", matmul(32)), ("once", matmul(48)))]
@@ -99,34 +107,6 @@ def test_the_budget_goes_where_the_time_is(settings: Settings, tmp_path: Path) -
     assert heavy + light >= 64 and light == tuning.MIN_TRIALS_PER_ITER and heavy > 3 * light, result.per_task_trials
 
 
-@derived_object
-class Counted(PySearchStrategy):
-    """ReplayTrace, counting the rounds it draws."""
-
-    def __init__(self, calls: list[int]) -> None:
-        self.calls = calls
-        self.inner = ms.search_strategy.ReplayTrace(max_fail_count=16)
-
-    def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
-        self.inner._initialize_with_tune_context(context)
-
-    def pre_tuning(self, *args) -> None:  # noqa: ANN002
-        self.inner.pre_tuning(*args)
-
-    def post_tuning(self) -> None:
-        self.inner.post_tuning()
-
-    def generate_measure_candidates(self):  # noqa: ANN201
-        self.calls.append(1)
-        return self.inner.generate_measure_candidates()
-
-    def notify_runner_results(self, candidates, results) -> None:  # noqa: ANN001
-        self.inner.notify_runner_results(candidates, results)
-
-    def clone(self) -> ms.SearchStrategy:
-        return Counted(self.calls)
-
-
 def test_a_random_first_round_counts_against_the_evolutionary_budget() -> None:
     from tuner.schedules.space import space_generator
 
@@ -134,7 +114,7 @@ def test_a_random_first_round_counts_against_the_evolutionary_budget() -> None:
     calls: list[int] = []
     search = strategy.ContainedSearch(
         lambda: ms.search_strategy.EvolutionarySearch(population_size=16, init_min_unmeasured=4, genetic_num_iters=1),
-        make_first=lambda: Counted(calls))
+        make_first=lambda: Flaky(lambda: ms.search_strategy.ReplayTrace(max_fail_count=16), calls))
     context = ms.TuneContext(mod=matmul(32), target=target, space_generator=space_generator(target),
                              search_strategy=search, task_name="t", num_threads=1)
     search.pre_tuning(12, 4, context.generate_design_space(), ms.database.MemoryDatabase(),
