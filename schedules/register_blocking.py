@@ -39,7 +39,6 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import SBlockRV, Schedule
 from tvm.sym.analyzer import Analyzer
 from tvm.tirx import IndexMap
-from tvm.target import Target
 
 from .isa import VectorISA, vector_isa
 

@@ -166,6 +166,11 @@ def sample_builds(spaces: list[tvm.s_tir.Schedule], context: ms.TuneContext) -> 
     return True  # no sample passed the postprocessors: leave it to the search
 
 
+# Random draws per candidate of a random first round before it gives up on that candidate
+# (about 1 in 30-100 random CUDA conv schedules passes the postprocessors).
+REPLAY_FAILS = 256
+
+
 def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | None = None,
                     stop: Callable[[], bool] | None = None) -> ms.SearchStrategy:
     """Evolutionary search whose errors end its own task only (see strategy.py); `report`
@@ -174,7 +179,7 @@ def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | N
     ``config.random_first_round``: each task's first round is random valid schedules. On CUDA
     97-99% of random samples fail VerifyGPUCode (resnet50's convolutions: a virtual-thread
     tile over 8, shared memory over 48 KB), so the evolutionary search's initial population
-    (init_min_unmeasured valid ones) took ~15 of a round's 16 s per task, and with an untrained
+    (init_min_unmeasured valid ones) took ~12 of a round's ~16 s per task, and with an untrained
     cost model the evolution after it picks at random anyway; ReplayTrace draws a round's
     few candidates in 3-7 s."""
     first = (lambda: ms.search_strategy.ReplayTrace(max_fail_count=REPLAY_FAILS)) if config.random_first_round else None
@@ -184,7 +189,3 @@ def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | N
         genetic_num_iters=config.genetic_num_iters,
     ), report, stop, first)
 
-
-# Random draws per candidate of a random first round before it gives up on that candidate
-# (about 1 in 30-100 random CUDA conv schedules passes the postprocessors).
-REPLAY_FAILS = 256
