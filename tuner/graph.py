@@ -19,6 +19,7 @@ from tvm.ir import IRModule
 from tvm.relax import pipeline as relax_pipeline
 from tvm.target import Target
 
+from .channel_shuffle import channel_shuffles_nhwc
 from .errors import TunerError
 from .model_io import LoadedModel
 from .stages import last_line
@@ -212,7 +213,7 @@ def fusion_passes(target: Target, fast_math: bool = True, winograd: bool = True)
     passes = [
         *dispatch,
         *([fast_math_where_possible] if fast_math else []),
-        *([channels_last] if target.kind.name == "llvm" else []),
+        *([channels_last, channel_shuffles_nhwc] if target.kind.name == "llvm" else []),
         *([winograd_convolutions] if winograd and target.kind.name == "llvm" else []),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
