@@ -13,6 +13,8 @@ schedule) while the others go on.
 It can also give each task's first round to another strategy (`make_first`, random valid
 schedules: `space.search_strategy`), while a cost model that has seen no measurement would only
 steer the evolution at random; its candidates count as the evolutionary search's own trials.
+If that strategy fails to start (its pre-tuning raises), the evolutionary search draws the first
+round too: the task is not ended for it.
 """
 
 from __future__ import annotations
@@ -61,18 +63,26 @@ class ContainedSearch(PySearchStrategy):
     def pre_tuning(self, max_trials: int, num_trials_per_iter: int, design_spaces: list[Schedule],
                    database: ms.Database | None = None, cost_model: ms.CostModel | None = None) -> None:
         self.ended = False
+        self.first_pending = False
         try:
             self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
-            if self.first is not None:
-                self.first.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
-                self.first_pending = True
         except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError, TVMError, ...
             self._end(exc)
+            return
+        if self.first is not None:
+            try:
+                self.first.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+                self.first_pending = True
+            except Exception:  # noqa: BLE001 - the evolutionary search draws the first round too
+                self.first_pending = False
 
     def post_tuning(self) -> None:
         self.inner.post_tuning()
         if self.first is not None:
-            self.first.post_tuning()
+            try:
+                self.first.post_tuning()
+            except Exception:  # noqa: BLE001 - its pre-tuning failed: nothing of it to tidy
+                pass
 
     def generate_measure_candidates(self) -> list[MeasureCandidate] | None:
         # `stop()`: the user asked the run to stop (Ctrl-C). Ending every task here lets the

@@ -26,12 +26,14 @@ FAILURES = {"always": 1000, "once": 1}
 class Flaky(PySearchStrategy):
     """`make_inner()` (MetaSchedule's evolutionary search), raising as TVM 0.27's tensor-core
     replay did (ScheduleError in compute-at) the first FAILURES[task name] times it is asked for
-    candidates; each ask is appended to `calls`."""
+    candidates; each ask is appended to `calls`. `broken_pre_tuning`: its pre-tuning raises."""
 
-    def __init__(self, make_inner: Callable[[], ms.SearchStrategy], calls: list[int] | None = None) -> None:
+    def __init__(self, make_inner: Callable[[], ms.SearchStrategy], calls: list[int] | None = None,
+                 broken_pre_tuning: bool = False) -> None:
         self.make_inner = make_inner
         self.inner = make_inner()
         self.calls = [] if calls is None else calls
+        self.broken_pre_tuning = broken_pre_tuning
         self.left = 0
 
     def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
@@ -39,6 +41,8 @@ class Flaky(PySearchStrategy):
         self.inner._initialize_with_tune_context(context)
 
     def pre_tuning(self, *args) -> None:  # noqa: ANN002
+        if self.broken_pre_tuning:
+            raise RuntimeError("InternalError: Check failed: the design space has no trace to replay")
         self.inner.pre_tuning(*args)
 
     def post_tuning(self) -> None:
@@ -56,7 +60,7 @@ class Flaky(PySearchStrategy):
         self.inner.notify_runner_results(candidates, results)
 
     def clone(self) -> ms.SearchStrategy:
-        return Flaky(self.make_inner, self.calls)
+        return Flaky(self.make_inner, self.calls, self.broken_pre_tuning)
 
 
 def _evolutionary(config: SearchConfig) -> Callable[[], ms.SearchStrategy]:
@@ -107,14 +111,15 @@ def test_the_budget_goes_where_the_time_is(settings: Settings, tmp_path: Path) -
     assert heavy + light >= 64 and light == tuning.MIN_TRIALS_PER_ITER and heavy > 3 * light, result.per_task_trials
 
 
-def test_a_random_first_round_counts_against_the_evolutionary_budget() -> None:
+def _search_with_first_round(first: Callable[[], ms.SearchStrategy]) -> tuple[int, int]:
+    """(rounds, trials drawn) of one task's ContainedSearch with a budget of 12 and `first` as
+    its first-round strategy."""
     from tuner.schedules.space import space_generator
 
     target = Target(TARGET)
-    calls: list[int] = []
     search = strategy.ContainedSearch(
         lambda: ms.search_strategy.EvolutionarySearch(population_size=16, init_min_unmeasured=4, genetic_num_iters=1),
-        make_first=lambda: Flaky(lambda: ms.search_strategy.ReplayTrace(max_fail_count=16), calls))
+        make_first=first)
     context = ms.TuneContext(mod=matmul(32), target=target, space_generator=space_generator(target),
                              search_strategy=search, task_name="t", num_threads=1)
     search.pre_tuning(12, 4, context.generate_design_space(), ms.database.MemoryDatabase(),
@@ -125,9 +130,24 @@ def test_a_random_first_round_counts_against_the_evolutionary_budget() -> None:
         drawn += len(candidates)
         search.notify_runner_results(candidates, [ms.runner.RunnerResult(run_secs=[1e-3], error_msg=None)
                                                   for _ in candidates])
+    search.post_tuning()
+    return rounds, drawn
+
+
+def test_a_random_first_round_counts_against_the_evolutionary_budget() -> None:
+    calls: list[int] = []
+    rounds, drawn = _search_with_first_round(lambda: Flaky(lambda: ms.search_strategy.ReplayTrace(max_fail_count=16), calls))
     # The first round was the random one, the later ones the evolutionary search's, and the
     # budget of 12 trials held across both.
     assert calls == [1] and rounds >= 2 and drawn == 12
+
+
+def test_a_first_round_strategy_that_fails_to_start_leaves_the_task_to_the_evolutionary_search() -> None:
+    calls: list[int] = []
+    rounds, drawn = _search_with_first_round(
+        lambda: Flaky(lambda: ms.search_strategy.ReplayTrace(max_fail_count=16), calls, broken_pre_tuning=True))
+    # Never asked for candidates; the task still spent its whole budget.
+    assert calls == [] and rounds >= 1 and drawn == 12
 
 
 def test_cuda_searches_start_random_unless_a_trained_model_steers_them(settings: Settings) -> None:
