@@ -21,6 +21,7 @@ from tvm.target import Target
 
 from .channel_shuffle import channel_shuffles_nhwc
 from .errors import TunerError
+from .group_padding import pad_groups
 from .model_io import LoadedModel
 from .stages import last_line
 from .winograd import winograd_convolutions
@@ -205,7 +206,9 @@ def fusion_passes(target: Target, fast_math: bool = True, winograd: bool = True)
     the kernels, hence their workload hashes: records of the plain kernels are never applied to
     these.
 
-    ``winograd``: CPU 3x3 convolutions as Winograd F(4x4, 3x3) kernels (`tuner/winograd.py`)."""
+    ``winograd``: CPU 3x3 convolutions as Winograd F(4x4, 3x3) kernels (`tuner/winograd.py`).
+    Also on CPU: channel shuffles as one channels-last gather (`tuner/channel_shuffle.py`) and
+    grouped convolutions padded to whole vectors per group (`tuner/group_padding.py`)."""
     try:
         dispatch = list(relax_pipeline.library_dispatch_passes(target))
     except (ValueError, AttributeError):
@@ -213,7 +216,7 @@ def fusion_passes(target: Target, fast_math: bool = True, winograd: bool = True)
     passes = [
         *dispatch,
         *([fast_math_where_possible] if fast_math else []),
-        *([channels_last, channel_shuffles_nhwc] if target.kind.name == "llvm" else []),
+        *([channels_last, channel_shuffles_nhwc, pad_groups] if target.kind.name == "llvm" else []),
         *([winograd_convolutions] if winograd and target.kind.name == "llvm" else []),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),

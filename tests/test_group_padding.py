@@ -1,0 +1,95 @@
+"""Grouped convolutions padded to whole vectors per group on CPU: which ones are padded, that the
+padded module computes what ONNX Runtime computes (1x1 and strided 3x3 groups, with bias,
+activation and a residual after), and that the padded convolution is register-blocked on full
+8-lane vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import tirx
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from tests import onnx_models
+from tuner import group_padding
+from tuner.compile import compile_tuned, schedule_module
+from tuner.graph import channels_last, fuse_for_tuning, import_onnx
+from tuner.inputs import random_inputs
+from tuner.measure import ORTModel, TVMModel
+from tuner.model_io import load_model
+from tuner.schedules.register_blocking import RULE_NAME
+
+AVX2 = Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2})
+
+
+@pytest.mark.parametrize("per_group,padded", [(34, 40), (68, 72), (28, 32), (64, None), (4, None), (3, None)])
+def test_groups_are_padded_to_whole_vectors_unless_that_wastes_too_much(per_group: int, padded: int | None) -> None:
+    assert group_padding.padded_channels(per_group) == padded
+
+
+def test_the_padded_weight_keeps_each_groups_channels_first() -> None:
+    w = np.arange(2 * 3 * 1 * 1 * 5, dtype=np.float32).reshape(6, 1, 1, 5)  # 2 groups of 3
+    p = group_padding.pad_weight(w, 2, 8)
+    assert p.shape == (16, 1, 1, 5)
+    np.testing.assert_array_equal(p[0:3], w[0:3])
+    np.testing.assert_array_equal(p[8:11], w[3:6])
+    assert not p[3:8].any() and not p[11:16].any()
+
+
+def _grouped_block(seed: int = 0) -> onnx.ModelProto:
+    """A 1x1 conv of 4 groups of 34 with bias and ReLU, a 3x3 stride-2 conv of 2 groups of 34
+    with bias, then a residual add of a 1x1 grouped conv's output: the shapes of a ShuffleNet
+    stage."""
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.uniform(-0.3, 0.3, shape).astype(np.float32), name)
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], group=4),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], group=4, pads=[1, 1, 1, 1], strides=[2, 2]),
+            helper.make_node("Conv", ["c2", "w3"], ["c3"], group=4),
+            helper.make_node("Add", ["c3", "c2"], ["y"]),
+        ],
+        "grouped_block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 136, 9, 11])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 136, 5, 6])],
+        [init("w1", (136, 34, 1, 1)), init("b1", (136,)), init("w2", (136, 34, 3, 3)), init("b2", (136,)),
+         init("w3", (136, 34, 1, 1))],
+    )
+    return helper.make_model(graph, opset_imports=onnx_models.OPSET)
+
+
+def test_every_grouped_conv_of_34_channels_is_padded(tmp_path: Path) -> None:
+    loaded = load_model(str(onnx_models.save(_grouped_block(), tmp_path / "m.onnx")), {})
+    with tvm.transform.PassContext(opt_level=3):
+        assert group_padding.rewrite(channels_last(import_onnx(loaded)))[1] == 3
+
+
+def test_the_padded_module_matches_ort_and_its_convs_are_register_blocked(tmp_path: Path) -> None:
+    loaded = load_model(str(onnx_models.save(_grouped_block(), tmp_path / "m.onnx")), {})
+    fused = fuse_for_tuning(import_onnx(loaded), AVX2)
+    scheduled, _ = schedule_module(fused, AVX2, ms.database.MemoryDatabase())
+    convs = [f.script() for gv, f in scheduled.functions.items()
+             if isinstance(f, tirx.PrimFunc) and gv.name_hint.startswith(("conv2d", "fused_conv2d"))]
+    assert len(convs) == 3
+    # Each group's 40 output channels: whole 8-lane vectors in the register block.
+    for text in convs:
+        assert RULE_NAME in text and "T.vectorized(T.int64(8))" in text, text
+    compiled = compile_tuned(fused, AVX2, ms.database.MemoryDatabase())
+    path = tmp_path / "m.so"
+    compiled.executable.export_library(str(path))
+    inputs = random_inputs(loaded.input_shapes, loaded.input_dtypes, 0)
+    module = TVMModel(tvm.runtime.load_module(str(path)), list(loaded.input_shapes))
+    got = module.run(module.prepare(inputs))
+    want = ORTModel(loaded.proto).run(inputs)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
