@@ -12,15 +12,12 @@ import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import te, tirx
-from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from tests import onnx_models
+from tests.compiled import assert_matches_ort
 from tuner import channel_shuffle
-from tuner.compile import compile_tuned
 from tuner.graph import channels_last, fuse_for_tuning, import_onnx
-from tuner.inputs import random_inputs
-from tuner.measure import ORTModel, TVMModel
 from tuner.model_io import load_model
 
 AVX2 = Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2})
@@ -68,15 +65,7 @@ def test_the_shuffle_becomes_one_gather_kernel_and_matches_ort(tmp_path: Path) -
     # No layout transposes are left around it: only the model's input and output ones.
     main = fused["main"].script()
     assert main.count("R.call_tir(transpose") == 2, main
-    compiled = compile_tuned(fused, AVX2, ms.database.MemoryDatabase())
-    path = tmp_path / "m.so"
-    compiled.executable.export_library(str(path))
-    inputs = random_inputs(loaded.input_shapes, loaded.input_dtypes, 0)
-    module = TVMModel(tvm.runtime.load_module(str(path)), list(loaded.input_shapes))
-    got = module.run(module.prepare(inputs))
-    want = ORTModel(loaded.proto).run(inputs)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    assert_matches_ort(loaded, fused, AVX2, tmp_path, rtol=1e-5, atol_of_max=1e-5)
 
 
 @pytest.mark.parametrize("swap", [(0, 1, 2, 3, 4), (0, 2, 1, 4, 3)])

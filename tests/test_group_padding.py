@@ -17,11 +17,10 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from tests import onnx_models
+from tests.compiled import assert_matches_ort
 from tuner import group_padding
-from tuner.compile import compile_tuned, schedule_module
+from tuner.compile import schedule_module
 from tuner.graph import channels_last, fuse_for_tuning, import_onnx
-from tuner.inputs import random_inputs
-from tuner.measure import ORTModel, TVMModel
 from tuner.model_io import load_model
 from tuner.schedules.register_blocking import RULE_NAME
 
@@ -84,12 +83,4 @@ def test_the_padded_module_matches_ort_and_its_convs_are_register_blocked(tmp_pa
     # Each group's 40 output channels: whole 8-lane vectors in the register block.
     for text in convs:
         assert RULE_NAME in text and "T.vectorized(T.int64(8))" in text, text
-    compiled = compile_tuned(fused, AVX2, ms.database.MemoryDatabase())
-    path = tmp_path / "m.so"
-    compiled.executable.export_library(str(path))
-    inputs = random_inputs(loaded.input_shapes, loaded.input_dtypes, 0)
-    module = TVMModel(tvm.runtime.load_module(str(path)), list(loaded.input_shapes))
-    got = module.run(module.prepare(inputs))
-    want = ORTModel(loaded.proto).run(inputs)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
+    assert_matches_ort(loaded, fused, AVX2, tmp_path)

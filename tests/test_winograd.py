@@ -16,11 +16,10 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from tests import onnx_models
+from tests.compiled import assert_matches_ort
 from tuner import winograd
-from tuner.compile import compile_tuned, schedule_module
+from tuner.compile import schedule_module
 from tuner.graph import fuse_for_tuning, import_onnx
-from tuner.inputs import random_inputs
-from tuner.measure import ORTModel, TVMModel
 from tuner.model_io import load_model
 from tuner.schedules.register_blocking import RULE_NAME
 from tuner.schedules.space import space_generator
@@ -104,19 +103,10 @@ def test_the_default_winograd_kernels_are_parallel_vectorized_prepacked_and_matc
     for text in stages.values():
         assert "T.parallel" in text and "T.vectorized" in text, text
     assert any(RULE_NAME in text and "bgemm_update" in text for text in stages.values())
-    compiled = compile_tuned(fused, AVX2, ms.database.MemoryDatabase())
-    path = tmp_path / "m.so"
-    compiled.executable.export_library(str(path))
     # The transformed weights are packed once, when compiling: no layout kernel at inference.
     assert not any("layout_rewrite_preproc" in f.script() for f in scheduled.functions.values()
                    if isinstance(f, tirx.PrimFunc))
-    names = list(loaded.input_shapes)
-    inputs = random_inputs(loaded.input_shapes, loaded.input_dtypes, 0)
-    module = TVMModel(tvm.runtime.load_module(str(path)), names)
-    got = module.run(module.prepare(inputs))
-    want = ORTModel(loaded.proto).run(inputs)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
+    assert_matches_ort(loaded, fused, AVX2, tmp_path)
 
 
 def test_only_the_winograd_gemm_has_decisions_to_search_and_every_space_passes_the_postprocessors(tmp_path: Path) -> None:

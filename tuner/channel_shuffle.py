@@ -18,6 +18,8 @@ import tvm
 from tvm import relax, te
 from tvm.ir import IRModule
 
+from .relax_rewrites import mutate_functions, static_shape
+
 _PERMUTE_DIMS = tvm.ir.Op.get("relax.permute_dims")
 _RESHAPE = tvm.ir.Op.get("relax.reshape")
 
@@ -27,16 +29,6 @@ def shuffle_nhwc(data: te.Tensor, groups: int) -> te.Tensor:
     per_group = int(data.shape[3]) // groups
     return te.compute(data.shape, lambda n, h, w, c: data[n, h, w, (c % groups) * per_group + c // groups],
                       name="channel_shuffle")
-
-
-def _shape(expr: relax.Expr) -> list[int] | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    dims = ty.shape.values
-    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None
-    return [int(d) for d in dims]
 
 
 @relax.expr_functor.mutator
@@ -69,7 +61,7 @@ class _Rewriter(relax.PyExprMutator):
         if axes != [[0, 3, 1, 2], [0, 2, 1, 3, 4], [0, 2, 3, 1]]:
             return None
         data = to_nchw.args[0]
-        shape, split_shape, merged = _shape(data), _shape(split), _shape(merge)
+        shape, split_shape, merged = static_shape(data), static_shape(split), static_shape(merge)
         if shape is None or split_shape is None or merged is None or len(shape) != 4 or len(split_shape) != 5:
             return None
         n, h, w, c = shape
@@ -92,10 +84,7 @@ def rewrite(mod: IRModule) -> tuple[IRModule, int]:
     """`mod` with its channel shuffles channels-last, and how many there were. The transposes
     they no longer use are left to dead-code elimination."""
     rewriter = _Rewriter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get(), rewriter.rewritten
+    return mutate_functions(mod, rewriter), rewriter.rewritten
 
 
 @tvm.transform.module_pass(opt_level=0, name="tuner.ChannelShuffleNHWC")

@@ -19,6 +19,8 @@ import tvm
 from tvm import relax
 from tvm.ir import IRModule
 
+from .relax_rewrites import mutate_functions
+
 LANES = 8
 # At most this many multiplications per useful one (34 -> 40 is 1.18).
 MAX_WASTE = 1.25
@@ -93,10 +95,7 @@ def rewrite(mod: IRModule) -> tuple[IRModule, int]:
     are folded first, so weights that ConvertLayout transposed are constants again."""
     mod = relax.transform.FoldConstant()(mod)
     rewriter = _Rewriter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get(), rewriter.rewritten
+    return mutate_functions(mod, rewriter), rewriter.rewritten
 
 
 @tvm.transform.module_pass(opt_level=0, name="tuner.PadGroups")

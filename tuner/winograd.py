@@ -28,6 +28,7 @@ from tvm.ir import IRModule
 from tvm.topi.nn.pad import pad
 from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
 
+from tuner.relax_rewrites import mutate_functions, static_shape
 from tuner.schedules import winograd as rules
 
 TILE = 4
@@ -169,16 +170,6 @@ def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, padding: tuple[int, int, int
     return output_transform(batched_gemm(input_transform(data, padding, tile), packed), shape, padding, tile)
 
 
-def _static_shape(expr: relax.Expr) -> list[int] | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    dims = ty.shape.values
-    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None
-    return [int(d) for d in dims]
-
-
 def eligible(call: relax.Call, min_channels: int = MIN_CHANNELS) -> bool:
     """A float32 NHWC/OHWI 3x3 convolution with stride 1, no dilation or groups, constant
     weights and at least `min_channels` input and output channels."""
@@ -194,7 +185,7 @@ def eligible(call: relax.Call, min_channels: int = MIN_CHANNELS) -> bool:
     data, weight = call.args
     if not isinstance(weight, tvm.ir.expr.GenericConst) or str(weight.value.dtype) != "float32":
         return False
-    shape = _static_shape(data)
+    shape = static_shape(data)
     if shape is None or len(shape) != 4 or str(data.ty.dtype) != "float32":
         return False
     out_c, kh, kw, in_c = weight.value.shape
@@ -216,7 +207,7 @@ class _Rewriter(relax.PyExprMutator):
         packed = relax.const(transform_weight(weight.value.numpy()))
         padding = tuple(int(p) for p in call.attrs.padding)
         self.rewritten += 1
-        shape = tuple(_static_shape(data))
+        shape = tuple(static_shape(data))
         # Three kernels: the GEMM's search then lowers a plain batched GEMM (as one kernel with
         # its transforms, each candidate's lowering for the cost model took squeezenet's search
         # rounds from ~30 s to ~86 s); the transforms have one schedule each, nothing to search;
@@ -234,10 +225,7 @@ def rewrite(mod: IRModule, min_channels: int = MIN_CHANNELS) -> tuple[IRModule, 
     Constants are folded first, so weights that ConvertLayout transposed are constants again."""
     mod = relax.transform.FoldConstant()(mod)
     rewriter = _Rewriter(mod, min_channels)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get(), rewriter.rewritten
+    return mutate_functions(mod, rewriter), rewriter.rewritten
 
 
 @tvm.transform.module_pass(opt_level=0, name="tuner.Winograd")
