@@ -50,6 +50,7 @@ class ContainedSearch(PySearchStrategy):
         self.stop = stop
         self.inner = make_inner()
         self.first = make_first() if make_first is not None else None
+        self.first_started = False  # `first` started (its pre-tuning did not raise)
         self.first_pending = False  # the first round is still to be drawn by `first`
         self.task_name = "task"
         self.ended = False
@@ -63,7 +64,7 @@ class ContainedSearch(PySearchStrategy):
     def pre_tuning(self, max_trials: int, num_trials_per_iter: int, design_spaces: list[Schedule],
                    database: ms.Database | None = None, cost_model: ms.CostModel | None = None) -> None:
         self.ended = False
-        self.first_pending = False
+        self.first_started = self.first_pending = False
         try:
             self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
         except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError, TVMError, ...
@@ -72,17 +73,14 @@ class ContainedSearch(PySearchStrategy):
         if self.first is not None:
             try:
                 self.first.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
-                self.first_pending = True
+                self.first_started = self.first_pending = True
             except Exception:  # noqa: BLE001 - the evolutionary search draws the first round too
-                self.first_pending = False
+                pass
 
     def post_tuning(self) -> None:
         self.inner.post_tuning()
-        if self.first is not None:
-            try:
-                self.first.post_tuning()
-            except Exception:  # noqa: BLE001 - its pre-tuning failed: nothing of it to tidy
-                pass
+        if self.first_started:
+            self.first.post_tuning()
 
     def generate_measure_candidates(self) -> list[MeasureCandidate] | None:
         # `stop()`: the user asked the run to stop (Ctrl-C). Ending every task here lets the

@@ -42,9 +42,9 @@ def test_the_padded_weight_keeps_each_groups_channels_first() -> None:
 
 
 def _grouped_block(seed: int = 0) -> onnx.ModelProto:
-    """A 1x1 conv of 4 groups of 34 with bias and ReLU, a 3x3 stride-2 conv of 2 groups of 34
-    with bias, then a residual add of a 1x1 grouped conv's output: the shapes of a ShuffleNet
-    stage."""
+    """A 1x1 conv of 4 groups of 34 with bias and ReLU, a 3x3 stride-2 conv of 4 groups of 34
+    with bias, then a 1x1 conv of 4 groups of 34 whose output is added to that conv's: the shapes
+    of a ShuffleNet stage."""
     rng = np.random.default_rng(seed)
 
     def init(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:

@@ -55,7 +55,7 @@ def _eligible(call: relax.Call) -> int | None:
     if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "OHWI", "NHWC"):
         return None
     groups = int(attrs.groups)
-    data, weight = call.args
+    weight = call.args[1]
     if groups == 1 or not isinstance(weight, tvm.ir.expr.GenericConst) or str(weight.value.dtype) != "float32":
         return None
     out_c, _, _, in_c = weight.value.shape
