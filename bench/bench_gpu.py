@@ -45,6 +45,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cuda_profile import kernel_table  # noqa: E402
 from models import is_built, model_spec  # noqa: E402
 
 from tuner.config import get_settings  # noqa: E402
@@ -161,13 +162,15 @@ def torch_peers(spec: str, precision: str, compile_modes: list[str]) -> dict[str
     return out
 
 
-def ort_cuda_peers(path: str, precision: str, site: Path | None) -> dict[str, Any]:
-    """ONNX Runtime's CUDA execution provider, in a subprocess that imports onnxruntime-gpu."""
+def ort_cuda_peers(path: str, precision: str, site: Path | None, profile: int = 0) -> dict[str, Any]:
+    """ONNX Runtime's CUDA execution provider, in a subprocess that imports onnxruntime-gpu
+    (`profile` > 0: with its per-kernel profile over that many runs)."""
     if site is None:
         return {"error": "not run: no --ort-gpu-site"}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("ort_cuda_peer.py")), path,
-                           "--precision", precision], capture_output=True, text=True, env=env, timeout=900)
+                           "--precision", precision, "--profile", str(profile)],
+                          capture_output=True, text=True, env=env, timeout=900)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode or not lines:
         return {"error": (done.stderr or done.stdout).strip()[-600:]}
@@ -208,13 +211,28 @@ def torchvision_resnet50(precision: str, compile_modes: list[str]) -> dict[str, 
     return out
 
 
+def tuner_profile(module: Path, spec: str, iters: int) -> dict[str, Any]:
+    """Per-kernel profile of tuner's written module on the GPU (its inputs as it was verified with)."""
+    import tvm
+
+    from cuda_profile import kernel_times
+    from tuner.inputs import verification_inputs
+    from tuner.measure import TVMModel
+
+    loaded = load_model(spec)
+    model = TVMModel(module, list(loaded.input_shapes), tvm.cuda())
+    args = model.prepare(verification_inputs(loaded, None, 0)[0])
+    return kernel_times(lambda: model.vm["main"](*args), model.device.sync, iters)
+
+
 def bench_one(name: str, precision: str, trials: int, db: str, work: Path, compile_modes: list[str],
               refine: bool = False, weights: str = "zoo", ort_site: Path | None = None,
-              cuda_graph: bool = True) -> dict:
+              cuda_graph: bool = True, profile: int = 0) -> dict:
     spec = model_spec(name, work, weights)
     target = local_cuda_target()
     t0 = time.perf_counter()
-    report = run(RunRequest(model=spec, target=target, trials=trials, out_dir=work / f"{name}-{precision}",
+    out_dir = work / f"{name}-{precision}"
+    report = run(RunRequest(model=spec, target=target, trials=trials, out_dir=out_dir,
                             db_url=db, precision=precision, refine=refine, cuda_graph=cuda_graph),
                  get_settings(), LogProgress(30))
     row: dict[str, Any] = {
@@ -236,7 +254,12 @@ def bench_one(name: str, precision: str, trials: int, db: str, work: Path, compi
     onnx_path = spec if not spec.startswith("zoo:") else str(work / f"{name}.onnx")
     if spec.startswith("zoo:"):
         onnx.save(load_model(spec).proto, onnx_path)
-    row["onnxruntime_cuda"] = ort_cuda_peers(onnx_path, precision, ort_site)
+    row["onnxruntime_cuda"] = ort_cuda_peers(onnx_path, precision, ort_site, profile)
+    if profile:
+        try:
+            row["profile"] = tuner_profile(out_dir / "model.so", spec, profile)
+        except Exception:
+            row["profile"] = {"error": traceback.format_exc(limit=3)[-600:]}
     tuned = row["latency_ms"]["tuned"]
     strict = {**{f"torch_{k}": v for k, v in row["torch"].items() if k.endswith("_ms") and not k.startswith("tf32_")},
               **{k: v for k, v in row["onnxruntime_cuda"].items() if k.endswith("_ms")}}
@@ -245,6 +268,22 @@ def bench_one(name: str, precision: str, trials: int, db: str, work: Path, compi
         row["best_peer"] = {"name": best[:-3], "ms": strict[best]}
         row["tuned_vs_best_peer"] = strict[best] / tuned
     return row
+
+
+def print_profiles(row: dict[str, Any]) -> None:
+    """Both per-kernel profiles (tuner's module, ORT's CUDA provider), slowest kernels first."""
+    for label, prof in (("tuner", row.get("profile")), ("onnxruntime cuda", row["onnxruntime_cuda"].get("profile"))):
+        if not prof:
+            continue
+        if "error" in prof:
+            print(f"[bench]   {label} profile failed: {prof['error'][-300:]}", flush=True)
+            continue
+        print(f"[bench]   {label}: {len(prof['kernels'])} kernels, {prof['kernel_us']:.1f} us of kernels, GPU busy "
+              f"{prof['gpu_busy_us']:.1f} us, wall {prof['wall_us']:.1f} us per run (profiled)", flush=True)
+        for line in kernel_table(prof["kernels"]):
+            print(f"[bench]     {line}", flush=True)
+    if "profile_error" in row["onnxruntime_cuda"]:
+        print(f"[bench]   onnxruntime cuda profile failed: {row['onnxruntime_cuda']['profile_error']}", flush=True)
 
 
 def main() -> None:
@@ -262,6 +301,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep models, modules and MetaSchedule's logs here")
     parser.add_argument("--ort-gpu-site", type=Path, help="folder with onnxruntime-gpu installed (pip --target)")
     parser.add_argument("--no-cuda-graph", action="store_true", help="time tuner's module without CUDA graphs")
+    parser.add_argument("--profile-kernels", type=int, default=0, metavar="N",
+                        help="also profile each kernel of tuner's module and of ORT's CUDA provider over N runs")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tuner-gpu-bench-") as tmp:
@@ -271,7 +312,7 @@ def main() -> None:
         for name in args.models:
             for precision in args.precisions:
                 row = bench_one(name, precision, args.trials, args.db, Path(tmp), args.compile_modes, args.refine,
-                                args.weights, args.ort_gpu_site, not args.no_cuda_graph)
+                                args.weights, args.ort_gpu_site, not args.no_cuda_graph, args.profile_kernels)
                 rows.append(row)
                 lat, t, o = row["latency_ms"], row["torch"], row["onnxruntime_cuda"]
                 peers = ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in [*t.items(), *o.items()] if k.endswith("_ms"))
@@ -284,6 +325,7 @@ def main() -> None:
                     for where in (t, o):
                         if key in where:
                             print(f"[bench]   peer error: {where[key][-300:]}", flush=True)
+                print_profiles(row)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps({"python": sys.version.split()[0], "command": " ".join(sys.argv),
                                                 "results": rows}, indent=2))

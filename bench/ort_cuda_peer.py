@@ -9,6 +9,7 @@ process). Prints one JSON object: milliseconds per run, inputs and outputs alrea
 
 fp32 runs with TF32 off (`use_tf32=0`), the strict-fp32 peer; fp16 converts the model with
 ORT's own `float16` converter (inputs and outputs kept fp32, as tuner's fp16 modules keep them).
+`--profile N`: also each kernel's time per inference over N profiled runs (cuda_profile.py).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def _session(model: onnx.ModelProto, tf32: bool, cuda_graph: bool) -> Any:
     return ort.InferenceSession(model.SerializeToString(), opts, providers=[("CUDAExecutionProvider", options)])
 
 
-def _time(model: onnx.ModelProto, inputs: dict[str, np.ndarray], tf32: bool, cuda_graph: bool,
-          runs: int, min_seconds: float) -> float:
+def _bound(model: onnx.ModelProto, inputs: dict[str, np.ndarray], tf32: bool, cuda_graph: bool) -> tuple[Any, Any]:
+    """A session on the CUDA provider and its IO binding: inputs and outputs on the GPU."""
     import onnxruntime as ort
 
     session = _session(model, tf32, cuda_graph)
@@ -44,6 +45,12 @@ def _time(model: onnx.ModelProto, inputs: dict[str, np.ndarray], tf32: bool, cud
         binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
     for out in session.get_outputs():
         binding.bind_output(out.name, "cuda", 0)
+    return session, binding
+
+
+def _time(model: onnx.ModelProto, inputs: dict[str, np.ndarray], tf32: bool, cuda_graph: bool,
+          runs: int, min_seconds: float) -> float:
+    session, binding = _bound(model, inputs, tf32, cuda_graph)
     for _ in range(3):  # warm-up (and the graph capture)
         session.run_with_iobinding(binding)
     binding.synchronize_outputs()
@@ -65,6 +72,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--min-seconds", type=float, default=1.0)
+    parser.add_argument("--profile", type=int, default=0, help="profile this many runs per kernel (0: no)")
     args = parser.parse_args()
     import onnxruntime as ort
 
@@ -92,6 +100,15 @@ def main() -> None:
                                          min_seconds=args.min_seconds)
         except Exception as exc:  # noqa: BLE001 - a peer that cannot run is a result too
             result[f"{name}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if args.profile:
+        from cuda_profile import kernel_times
+
+        try:
+            session, binding = _bound(model, inputs, tf32=False, cuda_graph=False)
+            result["profile"] = kernel_times(lambda: session.run_with_iobinding(binding),
+                                             binding.synchronize_outputs, args.profile)
+        except Exception as exc:  # noqa: BLE001 - the timings above stand without it
+            result["profile_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     print(json.dumps(result))
 
 
