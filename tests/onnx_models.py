@@ -183,3 +183,27 @@ def pools(channels: int = 4, size: int = 8) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 1, 1])],
     )
     return helper.make_model(graph, opset_imports=OPSET)
+
+
+def residual_layer_norms(seq: int = 16, hidden: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """Two post-norm residual blocks (MatMul + bias, residual Add, LayerNormalization), the
+    residual stream of a transformer encoder; the first residual is the model's input."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, stream = [], [], "x"
+    for i in range(2):
+        nodes += [
+            helper.make_node("MatMul", [stream, f"w{i}"], [f"mm{i}"]),
+            helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"biased{i}"]),
+            helper.make_node("Add", [f"biased{i}", stream], [f"res{i}"]),
+            helper.make_node("LayerNormalization", [f"res{i}", f"g{i}", f"beta{i}"], [f"ln{i}"], axis=-1),
+        ]
+        inits += [_init(rng, f"w{i}", (hidden, hidden)), _init(rng, f"b{i}", (hidden,)),
+                  numpy_helper.from_array(1 + rng.standard_normal(hidden).astype(np.float32) * 0.1, f"g{i}"),
+                  _init(rng, f"beta{i}", (hidden,))]
+        stream = f"ln{i}"
+    graph = helper.make_graph(
+        nodes, "residual_layer_norms",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, hidden])],
+        [helper.make_tensor_value_info(stream, TensorProto.FLOAT, [1, seq, hidden])], inits,
+    )
+    return helper.make_model(graph, opset_imports=OPSET)

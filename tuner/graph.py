@@ -22,6 +22,7 @@ from tvm.target import Target
 from .channel_shuffle import channel_shuffles_nhwc
 from .errors import TunerError
 from .group_padding import pad_groups
+from .half_residuals import half_residuals
 from .model_io import LoadedModel
 from .stages import last_line
 from .winograd import winograd_convolutions
@@ -190,8 +191,10 @@ def import_onnx(model: LoadedModel, precision: str = "fp32") -> IRModule:
         relax.transform.DeadCodeElimination(),
     ]
     if precision == "fp16":
-        # Weights are cast once here (FoldConstant), not at every inference.
-        passes += [relax.transform.ToMixedPrecision(out_dtype="float32"), relax.transform.FoldConstant()]
+        # Weights are cast once here (FoldConstant), not at every inference; the residual stream
+        # and its layer norms in fp16 too (half_residuals.py).
+        passes += [relax.transform.ToMixedPrecision(out_dtype="float32"), half_residuals,
+                   relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
     return tvm.transform.Sequential(passes)(mod)
 
 
