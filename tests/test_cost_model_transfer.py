@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests import onnx_models
-from tests.conftest import tiny_env
+from tests.conftest import TINY, tiny_env
 from tests.test_bad_input import assert_clean_error, tuner_cli
 from tests.tir_helpers import TARGET
 from tuner.config import Settings
@@ -36,13 +37,23 @@ def _tune(model: Path, out: Path, db_url: str, settings: Settings, trials: int =
                           measure_untuned=False, **request), settings)
 
 
-@pytest.fixture
-def tuned_db(tmp_path: Path, settings: Settings) -> str:
-    """A database holding two small models' searches on this CPU."""
-    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+@pytest.fixture(scope="module")
+def filled_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database holding two small models' searches on this CPU (tuned once for the module)."""
+    where = tmp_path_factory.mktemp("filled")
+    path = where / "shared.sqlite"
     for name, net in (("mbr", onnx_models.matmul_bias_relu()), ("conv", onnx_models.small_convnet())):
-        _tune(onnx_models.save(net, tmp_path / f"{name}.onnx"), tmp_path / name, url, settings)
-    return url
+        _tune(onnx_models.save(net, where / f"{name}.onnx"), where / name, f"sqlite:///{path}", Settings(**TINY))
+    return path
+
+
+@pytest.fixture
+def tuned_db(filled_db: Path, tmp_path: Path) -> str:
+    """A copy of `filled_db` of the test's own: tests train, store and drop models in it.
+    (With its write-ahead log, where the last commits may still be.)"""
+    for part in filled_db.parent.glob(f"{filled_db.name}*"):
+        shutil.copy(part, tmp_path / part.name)
+    return f"sqlite:///{tmp_path / filled_db.name}"
 
 
 def test_blobs_round_trip_as_plain_arrays_and_refuse_what_they_cannot_trust() -> None:

@@ -115,11 +115,17 @@ def test_a_two_gpu_node_gets_a_runner_per_gpu(cluster) -> None:  # noqa: ANN001
 
 
 def _kill_first(name: str, stop: threading.Event, killed: list) -> None:
-    """SIGKILL the first process whose title names `name` (a Ray actor mid-job)."""
+    """SIGKILL the first process whose title names `name` (a Ray actor mid-job) among this test
+    process's descendants: the test cluster's raylets and their workers. (Any such process on
+    the machine was once fair game: it killed the actors of a `tuner run` beside the suite.)"""
+    me = psutil.Process()
     while not stop.is_set() and not killed:
-        for proc in psutil.process_iter(["cmdline"]):
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if cmd.startswith(f"ray::{name}") and proc.pid != os.getpid():
+        for proc in me.children(recursive=True):
+            try:
+                cmd = " ".join(proc.cmdline())
+            except psutil.Error:  # gone meanwhile
+                continue
+            if cmd.startswith(f"ray::{name}"):
                 os.kill(proc.pid, signal.SIGKILL)
                 killed.append(cmd)
                 return
