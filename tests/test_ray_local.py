@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,21 +29,49 @@ def _ray_processes_since(t0: float) -> list[str]:
     return found
 
 
-def test_local_ray_run_then_nothing_left(tmp_path: Path) -> None:
-    """The default: no --ray-address, a local Ray started for the run and stopped after."""
+def _abort_the_search_once(stop: threading.Event, aborted: list) -> None:
+    """SIGABRT (what a C++ abort raises) the run's searcher actor once it is searching."""
+    me = psutil.Process()
+    while not stop.is_set() and not aborted:
+        for proc in me.children(recursive=True):
+            try:
+                searching = " ".join(proc.cmdline()).startswith("ray::SearchActor.call")
+            except psutil.Error:
+                continue
+            if searching:
+                os.kill(proc.pid, signal.SIGABRT)
+                aborted.append(proc.pid)
+                return
+        time.sleep(0.05)
+
+
+def test_local_ray_run_survives_an_aborted_search_then_nothing_left(tmp_path: Path) -> None:
+    """The default: no --ray-address, a local Ray started for the run and stopped after. The
+    search runs in a searcher actor, not in the run's own process: an abort inside it (TVM's
+    search once aborted a whole run from C++) restarts the actor, and the run goes on."""
     model = onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "m.onnx")
     t0 = time.time() - 1
     env = tiny_env(tmp_path)
     del env["TUNER_WORKERS__BACKEND"]  # the configured default, as users get it
-    proc = tuner_cli(["run", str(model), "--trials", "8", "--workers", "1", "--searchers", "2",
-                      "--target", '{"kind": "llvm", "num-cores": 2}', "--json"], tmp_path, timeout=600, env=env)
+    stop, aborted = threading.Event(), []
+    killer = threading.Thread(target=_abort_the_search_once, args=(stop, aborted), daemon=True)
+    killer.start()
+    try:
+        proc = tuner_cli(["run", str(model), "--trials", "8", "--workers", "1", "--searchers", "2",
+                          "--target", '{"kind": "llvm", "num-cores": 2}', "--json"], tmp_path, timeout=600, env=env)
+    finally:
+        stop.set()
+        killer.join()
+    assert aborted, "the searcher was never seen searching"
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
+    assert report["verified"] and report["trials"] > 0
     assert report["cluster"]["backend"] == "ray" and report["cluster"]["builders"] == 1
-    # Never more searchers than tasks: the one task is searched by the run's own process.
-    assert report["tasks"] == 1 and "searchers" not in report["cluster"]
-    measured = report["trials"] + report["tasks_default_measured"]  # the defaults are measured first
-    assert report["trials"] > 0 and sum(report["cluster"]["trials_per_node"].values()) == measured
+    # Never more searchers than tasks: the one task is searched by one searcher.
+    assert report["tasks"] == 1 and report["cluster"]["searchers"] == 1
+    # The runners measured the defaults and trials of both attempts of the search.
+    measured = report["trials"] + report["tasks_default_measured"]
+    assert sum(report["cluster"]["trials_per_node"].values()) >= measured
     deadline = time.time() + 30
     while _ray_processes_since(t0) and time.time() < deadline:
         time.sleep(0.5)

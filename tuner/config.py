@@ -39,9 +39,13 @@ class WorkerSettings(BaseModel):
     # node's cores). True: builds go on during measurements (builder nodes != runner nodes).
     overlap_builds: bool = False
     actor_start_timeout_s: float = Field(120.0, gt=0)
-    # Ray: searcher actors per job, each searching a share of the tasks (1: the driver searches
-    # every task). The search is the bottleneck past a few nodes (docs/scaling.md).
+    # Ray: searcher actors per job, each searching a share of the tasks. The search is the
+    # bottleneck past a few nodes (docs/scaling.md).
     searchers: int = Field(1, ge=1)
+    # Ray: even one share is searched in a searcher actor, not in the driver: TVM's search once
+    # aborted the whole `tuner run` from C++ (squeezenet, 64 trials; about 1 run in 7), which in an
+    # actor costs a restart of the actor, which goes on with the rest of the budget.
+    isolated_search: bool = True
 
 
 class MeasureSettings(BaseModel):

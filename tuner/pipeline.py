@@ -350,9 +350,11 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
         settings = settings.model_copy(update={"workers": settings.workers.model_copy(update={"builders": request.workers})})
     n_searchers = request.searchers or settings.workers.searchers
     first = plans[todo[0]]
-    # Searcher actors when there is more than one share to search (several targets, or several
-    # tasks and trials for several searchers) on Ray; one share is searched right here.
-    in_shares = _uses_ray(request, settings) and (len(todo) > 1 or min(n_searchers, len(first.to_tune), request.trials) > 1)
+    # Searcher actors on Ray: for several shares (several targets, or several tasks and trials for
+    # several searchers), and for one unless `isolated_search` is off (a crash of TVM's search
+    # then restarts an actor, not the run). Without Ray, this process searches.
+    in_shares = _uses_ray(request, settings) and (settings.workers.isolated_search or len(todo) > 1
+                                                  or min(n_searchers, len(first.to_tune), request.trials) > 1)
     t_tune = time.perf_counter()
     # When this process searches, it imports the tensor intrinsics its search needs while Ray or
     # the worker processes start (seconds of CPU beside seconds of waiting).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -83,7 +84,11 @@ def run(
 
     signal.signal(signal.SIGINT, on_sigint)
     try:
-        report = run_pipeline(request, settings, progress)
+        # stdout is the report's (the table, or `--json`'s JSON and nothing else): whatever the
+        # run prints meanwhile goes to stderr, e.g. Ray's "(raylet) A worker died" notices, which
+        # Ray prints on stdout when an actor crashed and was restarted.
+        with contextlib.redirect_stdout(sys.stderr):
+            report = run_pipeline(request, settings, progress)
     except (KeyboardInterrupt, Exception) as exc:
         # Ctrl-C inside MetaSchedule's C++ loop comes back wrapped in another error type.
         if not (isinstance(exc, KeyboardInterrupt) or interrupted.is_set()):
