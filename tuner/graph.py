@@ -24,6 +24,7 @@ from .errors import TunerError
 from .group_padding import pad_groups
 from .half_residuals import half_residuals
 from .model_io import LoadedModel
+from .row_padding import pad_rows
 from .stages import last_line
 from .winograd import winograd_convolutions
 
@@ -210,8 +211,9 @@ def fusion_passes(target: Target, fast_math: bool = True, winograd: bool = True)
     these.
 
     ``winograd``: CPU 3x3 convolutions as Winograd F(4x4, 3x3) kernels (`tuner/winograd.py`).
-    Also on CPU: channel shuffles as one channels-last gather (`tuner/channel_shuffle.py`) and
-    grouped convolutions padded to whole vectors per group (`tuner/group_padding.py`)."""
+    Also on CPU: channel shuffles as one channels-last gather (`tuner/channel_shuffle.py`),
+    grouped convolutions padded to whole vectors per group (`tuner/group_padding.py`) and 1x1
+    convolutions padded to rows that divide into register blocks (`tuner/row_padding.py`)."""
     try:
         dispatch = list(relax_pipeline.library_dispatch_passes(target))
     except (ValueError, AttributeError):
@@ -219,7 +221,7 @@ def fusion_passes(target: Target, fast_math: bool = True, winograd: bool = True)
     passes = [
         *dispatch,
         *([fast_math_where_possible] if fast_math else []),
-        *([channels_last, channel_shuffles_nhwc, pad_groups] if target.kind.name == "llvm" else []),
+        *([channels_last, channel_shuffles_nhwc, pad_groups, pad_rows] if target.kind.name == "llvm" else []),
         *([winograd_convolutions] if winograd and target.kind.name == "llvm" else []),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
