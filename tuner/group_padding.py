@@ -19,14 +19,11 @@ import tvm
 from tvm import relax
 from tvm.ir import IRModule
 
-from .relax_rewrites import mutate_functions
+from .relax_rewrites import nhwc_conv2d, rewrite_calls
 
 LANES = 8
 # At most this many multiplications per useful one (34 -> 40 is 1.18).
 MAX_WASTE = 1.25
-
-_CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
-
 
 def padded_channels(per_group: int, lanes: int = LANES) -> int | None:
     """A group's output channels padded to whole vectors, or None when they already are or the
@@ -49,12 +46,9 @@ def pad_weight(weight_ohwi: np.ndarray, groups: int, padded: int) -> np.ndarray:
 def _eligible(call: relax.Call) -> int | None:
     """The padded group size for a float32 NHWC/OHWI grouped (not depthwise) convolution with
     constant weights, None for any other call."""
-    if not isinstance(call.op, tvm.ir.Op) or not call.op.same_as(_CONV2D):
+    if not nhwc_conv2d(call):
         return None
-    attrs = call.attrs
-    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "OHWI", "NHWC"):
-        return None
-    groups = int(attrs.groups)
+    groups = int(call.attrs.groups)
     weight = call.args[1]
     if groups == 1 or not isinstance(weight, tvm.ir.expr.GenericConst) or str(weight.value.dtype) != "float32":
         return None
@@ -64,38 +58,29 @@ def _eligible(call: relax.Call) -> int | None:
     return padded_channels(out_c // groups)
 
 
-@relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: IRModule) -> None:
-        super().__init__(mod)
-        self.rewritten = 0
-
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = super().visit_call_(call)
-        if not isinstance(call, relax.Call) or (padded := _eligible(call)) is None:
-            return call
-        data, weight = call.args
-        groups = int(call.attrs.groups)
-        out_c = int(weight.value.shape[0])
-        per_group = out_c // groups
-        attrs = call.attrs
-        conv = self.builder_.emit(relax.op.nn.conv2d(
-            data, relax.const(pad_weight(weight.value.numpy(), groups, padded)), strides=attrs.strides,
-            padding=attrs.padding, dilation=attrs.dilation, groups=groups, data_layout="NHWC",
-            kernel_layout="OHWI", out_layout="NHWC", out_dtype=attrs.out_dtype))
-        n, h, w, _ = (int(d) for d in conv.ty.shape.values)
-        split = self.builder_.emit(relax.op.reshape(conv, [n, h, w, groups, padded]))
-        kept = self.builder_.emit(relax.op.strided_slice(split, axes=[4], begin=[0], end=[per_group]))
-        self.rewritten += 1
-        return relax.op.reshape(kept, [n, h, w, out_c])
+def _padded(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
+    """The group-padded convolution sliced back, for an eligible `call`."""
+    if (padded := _eligible(call)) is None:
+        return None
+    data, weight = call.args
+    groups = int(call.attrs.groups)
+    out_c = int(weight.value.shape[0])
+    per_group = out_c // groups
+    attrs = call.attrs
+    conv = builder.emit(relax.op.nn.conv2d(
+        data, relax.const(pad_weight(weight.value.numpy(), groups, padded)), strides=attrs.strides,
+        padding=attrs.padding, dilation=attrs.dilation, groups=groups, data_layout="NHWC",
+        kernel_layout="OHWI", out_layout="NHWC", out_dtype=attrs.out_dtype))
+    n, h, w, _ = (int(d) for d in conv.ty.shape.values)
+    split = builder.emit(relax.op.reshape(conv, [n, h, w, groups, padded]))
+    kept = builder.emit(relax.op.strided_slice(split, axes=[4], begin=[0], end=[per_group]))
+    return relax.op.reshape(kept, [n, h, w, out_c])
 
 
 def rewrite(mod: IRModule) -> tuple[IRModule, int]:
     """`mod` with its eligible grouped convolutions padded, and how many there were. Constants
     are folded first, so weights that ConvertLayout transposed are constants again."""
-    mod = relax.transform.FoldConstant()(mod)
-    rewriter = _Rewriter(mod)
-    return mutate_functions(mod, rewriter), rewriter.rewritten
+    return rewrite_calls(relax.transform.FoldConstant()(mod), _padded)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tuner.PadGroups")

@@ -17,15 +17,12 @@ import tvm
 from tvm import relax
 from tvm.ir import IRModule
 
-from .relax_rewrites import mutate_functions, static_shape
+from .relax_rewrites import nhwc_conv2d, rewrite_calls, static_shape
 
 # Register blocks of this many rows suit the micro-kernel on AVX2 and AVX-512.
 GOOD_ROWS = range(4, 9)
 # At most this many multiplications per useful one.
 MAX_WASTE = 1.15
-
-_CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
-
 
 def _has_good_block(rows: int) -> bool:
     return any(rows % r == 0 for r in GOOD_ROWS)
@@ -47,11 +44,9 @@ def padded_height(height: int, width: int) -> int | None:
 def _eligible(call: relax.Call) -> int | None:
     """Rows of height to pad for a float32 NHWC/OHWI 1x1, stride-1, unpadded, ungrouped
     convolution, None for any other call."""
-    if not isinstance(call.op, tvm.ir.Op) or not call.op.same_as(_CONV2D):
+    if not nhwc_conv2d(call):
         return None
     attrs = call.attrs
-    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "OHWI", "NHWC"):
-        return None
     if int(attrs.groups) != 1 or any(int(s) != 1 for s in attrs.strides) or any(int(p) for p in attrs.padding):
         return None
     data, weight = call.args
@@ -61,28 +56,20 @@ def _eligible(call: relax.Call) -> int | None:
     return padded_height(shape[1], shape[2])
 
 
-@relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: IRModule) -> None:
-        super().__init__(mod)
-        self.rewritten = 0
-
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = super().visit_call_(call)
-        if not isinstance(call, relax.Call) or (extra := _eligible(call)) is None:
-            return call
-        data, weight = call.args
-        height = static_shape(data)[1]
-        padded = self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, extra, 0, 0, 0, 0]))
-        conv = self.builder_.emit(relax.Call(call.op, [padded, weight], call.attrs, call.ty_args))
-        self.rewritten += 1
-        return relax.op.strided_slice(conv, axes=[1], begin=[0], end=[height])
+def _padded(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
+    """The row-padded convolution sliced back, for an eligible `call`."""
+    if (extra := _eligible(call)) is None:
+        return None
+    data, weight = call.args
+    height = static_shape(data)[1]
+    padded = builder.emit(relax.op.nn.pad(data, [0, 0, 0, extra, 0, 0, 0, 0]))
+    conv = builder.emit(relax.Call(call.op, [padded, weight], call.attrs, call.ty_args))
+    return relax.op.strided_slice(conv, axes=[1], begin=[0], end=[height])
 
 
 def rewrite(mod: IRModule) -> tuple[IRModule, int]:
     """`mod` with its eligible 1x1 convolutions row-padded, and how many there were."""
-    rewriter = _Rewriter(mod)
-    return mutate_functions(mod, rewriter), rewriter.rewritten
+    return rewrite_calls(mod, _padded)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tuner.PadRows")
