@@ -185,6 +185,27 @@ def pools(channels: int = 4, size: int = 8) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSET)
 
 
+def large_average_pools(channels: int = 8, size: int = 7) -> onnx.ModelProto:
+    """A 1x1 convolution whose ReLU outputs (~2000 on average) sum to beyond fp16's 65504 over a 7x7
+    window, averaged by AveragePool and GlobalAveragePool (resnet50's classifier head, with the
+    activations that He-initialized weights give it)."""
+    weight = numpy_helper.from_array(np.full((channels, 4, 1, 1), 4000.0, np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("AveragePool", ["r"], ["a"], kernel_shape=[size, size]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Add", ["a", "g"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "large_average_pools",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 1, 1])],
+        initializer=[weight],
+    )
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
 def residual_layer_norms(seq: int = 16, hidden: int = 32, seed: int = 0) -> onnx.ModelProto:
     """Two post-norm residual blocks (MatMul + bias, residual Add, LayerNormalization), the
     residual stream of a transformer encoder; the first residual is the model's input."""

@@ -22,6 +22,7 @@ from tvm.target import Target
 from .channel_shuffle import channel_shuffles_nhwc
 from .errors import TunerError
 from .group_padding import pad_groups
+from .half_pools import half_pools
 from .half_residuals import half_residuals
 from .model_io import LoadedModel
 from .row_padding import pad_rows
@@ -193,8 +194,9 @@ def import_onnx(model: LoadedModel, precision: str = "fp32") -> IRModule:
     ]
     if precision == "fp16":
         # Weights are cast once here (FoldConstant), not at every inference; the residual stream
-        # and its layer norms in fp16 too (half_residuals.py).
-        passes += [relax.transform.ToMixedPrecision(out_dtype="float32"), half_residuals,
+        # and its layer norms in fp16 too (half_residuals.py); average pools sum in fp32
+        # (half_pools.py).
+        passes += [relax.transform.ToMixedPrecision(out_dtype="float32"), half_residuals, half_pools,
                    relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
     return tvm.transform.Sequential(passes)(mod)
 
