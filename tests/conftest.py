@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.pg import fresh_pg_schema
@@ -60,6 +64,25 @@ def sqlite_records(db_file: Path) -> int:
             return conn.execute("SELECT count(*) FROM tuning_records").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+def signal_first_descendant(title: str, sig: signal.Signals, stop: threading.Event, hits: list[str]) -> None:
+    """Send `sig` to the first process whose title starts with `title` (a Ray actor mid-call:
+    `ray::SearchActor.call`) among this test process's descendants, then return; gives up when
+    `stop` is set. Only descendants: any such process on the machine was once fair game, and it
+    killed the actors of a `tuner run` beside the suite."""
+    me = psutil.Process()
+    while not stop.is_set() and not hits:
+        for proc in me.children(recursive=True):
+            try:
+                cmd = " ".join(proc.cmdline())
+            except psutil.Error:  # gone meanwhile
+                continue
+            if cmd.startswith(title):
+                os.kill(proc.pid, sig)
+                hits.append(cmd)
+                return
+        time.sleep(0.05)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

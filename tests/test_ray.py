@@ -6,7 +6,6 @@ same key, two nodes of other CPU kinds and one fake GPU kind (only to check plac
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -19,7 +18,7 @@ from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tests import onnx_models
-from tests.conftest import sqlite_records
+from tests.conftest import signal_first_descendant, sqlite_records
 from tuner.cluster import ray_backend as rb
 from tuner.config import Settings, WorkerSettings
 from tuner.hardware import fingerprint_for
@@ -115,21 +114,8 @@ def test_a_two_gpu_node_gets_a_runner_per_gpu(cluster) -> None:  # noqa: ANN001
 
 
 def _kill_first(name: str, stop: threading.Event, killed: list) -> None:
-    """SIGKILL the first process whose title names `name` (a Ray actor mid-job) among this test
-    process's descendants: the test cluster's raylets and their workers. (Any such process on
-    the machine was once fair game: it killed the actors of a `tuner run` beside the suite.)"""
-    me = psutil.Process()
-    while not stop.is_set() and not killed:
-        for proc in me.children(recursive=True):
-            try:
-                cmd = " ".join(proc.cmdline())
-            except psutil.Error:  # gone meanwhile
-                continue
-            if cmd.startswith(f"ray::{name}"):
-                os.kill(proc.pid, signal.SIGKILL)
-                killed.append(cmd)
-                return
-        time.sleep(0.05)
+    """SIGKILL the first of this test's Ray actors (the test cluster's workers) busy in `name`."""
+    signal_first_descendant(f"ray::{name}", signal.SIGKILL, stop, killed)
 
 
 @pytest.mark.parametrize("actor", ["RunnerActor", "BuilderActor"])

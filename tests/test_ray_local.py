@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 
 from tests import onnx_models
-from tests.conftest import sqlite_records, tiny_env
+from tests.conftest import signal_first_descendant, sqlite_records, tiny_env
 from tests.test_bad_input import assert_clean_error, tuner_cli
 
 RAY_DAEMONS = ("raylet", "gcs_server", "ray::", "default_worker", "dashboard")
@@ -31,18 +31,7 @@ def _ray_processes_since(t0: float) -> list[str]:
 
 def _abort_the_search_once(stop: threading.Event, aborted: list) -> None:
     """SIGABRT (what a C++ abort raises) the run's searcher actor once it is searching."""
-    me = psutil.Process()
-    while not stop.is_set() and not aborted:
-        for proc in me.children(recursive=True):
-            try:
-                searching = " ".join(proc.cmdline()).startswith("ray::SearchActor.call")
-            except psutil.Error:
-                continue
-            if searching:
-                os.kill(proc.pid, signal.SIGABRT)
-                aborted.append(proc.pid)
-                return
-        time.sleep(0.05)
+    signal_first_descendant("ray::SearchActor.call", signal.SIGABRT, stop, aborted)
 
 
 def test_local_ray_run_survives_an_aborted_search_then_nothing_left(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from tvm.ir import IRModule
 from tvm.topi.nn.pad import pad
 from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
 
-from tuner.relax_rewrites import mutate_functions, static_shape
+from tuner.relax_rewrites import nhwc_conv2d, rewrite_calls, static_shape
 from tuner.schedules import winograd as rules
 
 TILE = 4
@@ -37,8 +37,6 @@ KERNEL = 3
 # channels at 55x55 (squeezenet's first expand) was still faster: 0.65 ms against 0.75 direct
 # (default schedules).
 MIN_CHANNELS = 16
-
-_CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 
 
 def transform_weight(weight_ohwi: np.ndarray, tile: int = TILE) -> np.ndarray:
@@ -173,11 +171,9 @@ def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, padding: tuple[int, int, int
 def eligible(call: relax.Call, min_channels: int = MIN_CHANNELS) -> bool:
     """A float32 NHWC/OHWI 3x3 convolution with stride 1, no dilation or groups, constant
     weights and at least `min_channels` input and output channels."""
-    if not isinstance(call.op, tvm.ir.Op) or not call.op.same_as(_CONV2D):
+    if not nhwc_conv2d(call):
         return False
     attrs = call.attrs
-    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "OHWI", "NHWC"):
-        return False
     if [int(s) for s in attrs.strides] != [1, 1] or [int(d) for d in attrs.dilation] != [1, 1]:
         return False
     if int(attrs.groups) != 1 or str(attrs.out_dtype) not in ("", "None", "float32", "void"):
@@ -192,40 +188,28 @@ def eligible(call: relax.Call, min_channels: int = MIN_CHANNELS) -> bool:
     return (kh, kw) == (KERNEL, KERNEL) and min(out_c, in_c) >= min_channels
 
 
-@relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: IRModule, min_channels: int) -> None:
-        super().__init__(mod)
-        self.min_channels = min_channels
-        self.rewritten = 0
-
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = super().visit_call_(call)
-        if not isinstance(call, relax.Call) or not eligible(call, self.min_channels):
-            return call
-        data, weight = call.args
-        packed = relax.const(transform_weight(weight.value.numpy()))
-        padding = tuple(int(p) for p in call.attrs.padding)
-        self.rewritten += 1
-        shape = tuple(static_shape(data))
-        # Three kernels: the GEMM's search then lowers a plain batched GEMM (as one kernel with
-        # its transforms, each candidate's lowering for the cost model took squeezenet's search
-        # rounds from ~30 s to ~86 s); the transforms have one schedule each, nothing to search;
-        # the output transform takes the convolution's epilogue (bias, activation, residual).
-        tiles = self.builder_.emit(self.builder_.call_te(input_transform, data, padding,
-                                                         primfunc_name_hint="winograd_input"))
-        products = self.builder_.emit(self.builder_.call_te(batched_gemm, tiles, packed,
-                                                            primfunc_name_hint="winograd_gemm"))
-        return self.builder_.call_te(output_transform, products, shape, padding,
-                                     primfunc_name_hint="conv2d_winograd")
+def _as_winograd(builder: relax.BlockBuilder, call: relax.Call, min_channels: int) -> relax.Expr | None:
+    """The Winograd kernels standing for an eligible `call`, None for any other call."""
+    if not eligible(call, min_channels):
+        return None
+    data, weight = call.args
+    packed = relax.const(transform_weight(weight.value.numpy()))
+    padding = tuple(int(p) for p in call.attrs.padding)
+    shape = tuple(static_shape(data))
+    # Three kernels: the GEMM's search then lowers a plain batched GEMM (as one kernel with
+    # its transforms, each candidate's lowering for the cost model took squeezenet's search
+    # rounds from ~30 s to ~86 s); the transforms have one schedule each, nothing to search;
+    # the output transform takes the convolution's epilogue (bias, activation, residual).
+    tiles = builder.emit(builder.call_te(input_transform, data, padding, primfunc_name_hint="winograd_input"))
+    products = builder.emit(builder.call_te(batched_gemm, tiles, packed, primfunc_name_hint="winograd_gemm"))
+    return builder.call_te(output_transform, products, shape, padding, primfunc_name_hint="conv2d_winograd")
 
 
 def rewrite(mod: IRModule, min_channels: int = MIN_CHANNELS) -> tuple[IRModule, int]:
     """`mod` with its eligible convolutions as Winograd kernels, and how many there were.
     Constants are folded first, so weights that ConvertLayout transposed are constants again."""
     mod = relax.transform.FoldConstant()(mod)
-    rewriter = _Rewriter(mod, min_channels)
-    return mutate_functions(mod, rewriter), rewriter.rewritten
+    return rewrite_calls(mod, lambda builder, call: _as_winograd(builder, call, min_channels))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tuner.Winograd")
