@@ -1,5 +1,6 @@
-"""What the CPU graph rewrites (`winograd`, `channel_shuffle`, `group_padding`) share: reading a
-tensor's static shape, and running an expression mutator over every Relax function of a module."""
+"""What the graph rewrites (`winograd`, `channel_shuffle`, `group_padding`, `row_padding`,
+`half_pools`) share: reading a tensor's static shape, and running an expression mutator over
+every Relax function of a module."""
 
 from __future__ import annotations
 
