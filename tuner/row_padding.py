@@ -24,6 +24,7 @@ GOOD_ROWS = range(4, 9)
 # At most this many multiplications per useful one.
 MAX_WASTE = 1.15
 
+
 def _has_good_block(rows: int) -> bool:
     return any(rows % r == 0 for r in GOOD_ROWS)
 
