@@ -63,12 +63,15 @@ def _rules_key(target: Target, mod: IRModule | None, tensor_cores: bool) -> str:
     if kind == "cuda":
         # Tensor-core tiling (wmma/mma intrinsics) only pays for fp16 kernels on sm_70 and later;
         # its space keeps the plain CUDA rules for everything it does not match.
-        wanted = tensor_cores and _tensor_cores(target) and mod is not None and _has_fp16(mod)
+        wanted = tensor_cores and has_tensor_cores(target) and mod is not None and _has_fp16(mod)
         return "cuda-tensorcore" if wanted else "cuda"
     raise ValueError(f"no search space for target kind {kind!r}")
 
 
-def _tensor_cores(target: Target) -> bool:
+def has_tensor_cores(target: Target) -> bool:
+    """Whether `target` is a CUDA GPU with tensor cores (sm_70 and later)."""
+    if target.kind.name != "cuda":
+        return False
     arch = str(target.attrs.get("arch", ""))
     return arch.startswith("sm_") and arch[3:].isdigit() and int(arch[3:]) >= 70
 

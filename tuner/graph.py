@@ -26,6 +26,7 @@ from .half_pools import half_pools
 from .half_residuals import half_residuals
 from .model_io import LoadedModel
 from .row_padding import pad_rows
+from .schedules.space import has_tensor_cores
 from .stages import last_line
 from .winograd import winograd_convolutions
 
@@ -225,6 +226,7 @@ def fusion_passes(target: Target, fast_math: bool = True, winograd: bool = True)
         *([fast_math_where_possible] if fast_math else []),
         *([channels_last, channel_shuffles_nhwc, pad_groups, pad_rows] if target.kind.name == "llvm" else []),
         *([winograd_convolutions] if winograd and target.kind.name == "llvm" else []),
+        *([half_convs_channels_last] if has_tensor_cores(target) else []),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -262,6 +264,35 @@ def channels_last(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
         return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
     except Exception:  # noqa: BLE001 - TVM raises InternalError on ops it cannot infer a layout for
         return mod
+
+
+def _has_half_convolution(mod: IRModule) -> bool:
+    found = False
+
+    def visit(node: object) -> None:
+        nonlocal found
+        if (isinstance(node, relax.Call) and isinstance(node.op, tvm.ir.Op) and node.op.name == "relax.nn.conv2d"
+                and isinstance(node.args[0].ty, relax.TensorType) and node.args[0].ty.dtype == "float16"):
+            found = True
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found
+
+
+@tvm.transform.module_pass(opt_level=0, name="tuner.HalfConvsChannelsLast")
+def half_convs_channels_last(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
+    """fp16 convolutions on tensor-core GPUs in NHWC with OHWI weights.
+
+    Their search space is tensor-core tiling only: the convolution as an implicit GEMM whose
+    reduction runs over (channel, kernel row, kernel column). In NCHW, the activation operand of
+    that GEMM is gathered across planes H*W apart, one element per channel, into shared memory;
+    channels last, each of its rows is a contiguous run of channels, as in a matmul. fp32
+    convolutions (no tensor cores) keep NCHW and their records."""
+    if not _has_half_convolution(mod):
+        return mod
+    return channels_last(mod)
 
 
 def fuse_for_tuning(mod: IRModule, target: Target, fast_math: bool = True, winograd: bool = True) -> IRModule:
