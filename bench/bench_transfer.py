@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/transfer.json"))
     parser.add_argument("--db", help="start from this database instead of filling one with --train-models")
+    parser.add_argument("--keep-db", type=Path, help="copy the filled database here (reuse it with --db)")
     parser.add_argument("--defaults-only", action="store_true", help="only compare plain and ranked defaults")
     args = parser.parse_args()
     target = host_cpu_target()
@@ -139,6 +140,8 @@ def main() -> None:
             run(RunRequest(model=source, target=target, trials=budget, out_dir=work / name, db_url=url,
                            seed=args.seed, measure_untuned=False, name=name), settings, LogProgress(30))
         results["fill_seconds"] = time.perf_counter() - t0
+        if args.keep_db:
+            shutil.copy(db_file, args.keep_db)
         db = open_database(url, target)
         t0 = time.perf_counter()
         stored = [m for m in store.listing(db.engine, db.provenance.family) if m["owner"] == "shared"]
