@@ -57,9 +57,11 @@ def small_convnet(channels: int = 8, size: int = 16, seed: int = 0) -> onnx.Mode
     return helper.make_model(graph, opset_imports=OPSET)
 
 
-def conv_bn_residual(channels: int = 16, size: int = 10, seed: int = 0) -> onnx.ModelProto:
+def conv_bn_residual(channels: int = 16, size: int = 10, seed: int = 0, biased: bool = False) -> onnx.ModelProto:
     """A resnet block as the zoo's resnet50 spells it: Conv without bias, BatchNormalization,
-    Relu, and the residual as a `Sum`; 10x10 so that register blocks start mid-row."""
+    Relu, and the residual as a `Sum`; 10x10 so that register blocks start mid-row.
+
+    ``biased``: Convs with a bias before their BatchNormalization (shufflenet's first one)."""
     rng = np.random.default_rng(seed)
     c = channels
 
@@ -73,10 +75,10 @@ def conv_bn_residual(channels: int = 16, size: int = 10, seed: int = 0) -> onnx.
 
     graph = helper.make_graph(
         [
-            helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Conv", ["x", "w1", *(["cb1"] if biased else [])], ["c1"], pads=[1, 1, 1, 1]),
             bn_node("c1", "bn1", "n1"),
             helper.make_node("Relu", ["n1"], ["r1"]),
-            helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+            helper.make_node("Conv", ["r1", "w2", *(["cb2"] if biased else [])], ["c2"], pads=[1, 1, 1, 1]),
             bn_node("c2", "bn2", "n2"),
             helper.make_node("Sum", ["n2", "x"], ["s"]),
             helper.make_node("Relu", ["s"], ["y"]),
@@ -84,7 +86,8 @@ def conv_bn_residual(channels: int = 16, size: int = 10, seed: int = 0) -> onnx.
         "conv_bn_residual",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, size, size])],
-        [_init(rng, "w1", (c, c, 3, 3)), _init(rng, "w2", (c, c, 3, 3)), *bn("bn1"), *bn("bn2")],
+        [_init(rng, "w1", (c, c, 3, 3)), _init(rng, "w2", (c, c, 3, 3)), *bn("bn1"), *bn("bn2"),
+         *([_init(rng, "cb1", (c,)), _init(rng, "cb2", (c,))] if biased else [])],
     )
     return helper.make_model(graph, opset_imports=OPSET)
 

@@ -20,6 +20,7 @@ from tvm.relax import pipeline as relax_pipeline
 from tvm.target import Target
 
 from .channel_shuffle import channel_shuffles_nhwc
+from .conv_bias_norms import conv_bias_norms
 from .errors import TunerError
 from .group_padding import pad_groups
 from .half_pools import half_pools
@@ -184,8 +185,10 @@ def import_onnx(model: LoadedModel, precision: str = "fp32") -> IRModule:
                          f"{last_line(exc) or type(exc).__name__}") from None
     passes = [
         relax.transform.FoldConstant(),
+        conv_bias_norms,
         # Inference-time batch norm is a per-channel scale and shift: folded into the preceding
-        # convolution's weights and bias (as ONNX Runtime does), else decomposed into elementwise
+        # convolution's weights and bias (as ONNX Runtime does; a bias between the two moves into
+        # the norm's mean first, conv_bias_norms.py), else decomposed into elementwise
         # ops that fuse into the kernel before it. Legalized as it is, batch norm is a kernel of
         # its own that reads and writes the whole activation (resnet50: 16 of them, 4 ms).
         relax.transform.FoldBatchnormToConv2D(),
