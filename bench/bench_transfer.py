@@ -12,7 +12,9 @@ It also compiles each target model on default schedules only (a `--trials 0` cac
 with the plain default sample and with the defaults the trained model ranks best, verifies both
 against ONNX Runtime and times the two modules and ONNX Runtime in alternation in one process.
 `--db URL` starts from that database (its stored model, else one trained on it) instead of
-filling one; `--defaults-only` skips the two searches.
+filling one, or, with `--train-models` named, fills on top of it (and trains anew);
+`--train-trials-per-task` sets the fill's budget apart from the targets'; `--defaults-only` skips
+the two searches.
 
     python3 bench/bench_transfer.py --train-models squeezenet shufflenet densenet121 inception_v1 \\
         bvlc_alexnet zfnet512 --target-models resnet50 transformer --trials-per-task 32 \\
@@ -109,21 +111,26 @@ def ranked_defaults(name: str, source: str, url: str, target: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-models", nargs="+", default=["squeezenet", "shufflenet", "densenet121",
-                                                               "inception_v1", "bvlc_alexnet", "zfnet512"])
+    parser.add_argument("--train-models", nargs="+",
+                        help="models tuned into the database first (default: six zoo nets; none with --db)")
     parser.add_argument("--target-models", nargs="+", default=["resnet50", "transformer"])
     parser.add_argument("--trials-per-task", type=int, default=32)
+    parser.add_argument("--train-trials-per-task", type=int, help="the fill's budget (default: --trials-per-task)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/transfer.json"))
     parser.add_argument("--db", help="start from this database instead of filling one with --train-models")
     parser.add_argument("--keep-db", type=Path, help="copy the filled database here (reuse it with --db)")
     parser.add_argument("--defaults-only", action="store_true", help="only compare plain and ranked defaults")
     args = parser.parse_args()
+    if args.train_models is None and not args.db:
+        args.train_models = ["squeezenet", "shufflenet", "densenet121", "inception_v1", "bvlc_alexnet", "zfnet512"]
+    fill_budget = args.train_trials_per_task or args.trials_per_task
     target = host_cpu_target()
     # Retraining is done here, once, where the benchmark says: never in the background meanwhile.
     settings = bench_settings()
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
-                     "train_models": args.train_models if not args.db else f"from {args.db}", "targets": [],
+                     "train_models": [*([f"from {args.db}"] if args.db else []), *(args.train_models or [])],
+                     "train_trials_per_task": fill_budget, "targets": [],
                      "ranked_defaults": []}
     with tempfile.TemporaryDirectory(prefix="tuner-transfer-") as tmp:
         work = Path(tmp)
@@ -134,9 +141,9 @@ def main() -> None:
             if not args.db.startswith("sqlite:///"):
                 raise SystemExit("--db: a SQLite URL (it is copied for each run)")
             shutil.copy(args.db.removeprefix("sqlite:///"), db_file)
-        for name in [] if args.db else args.train_models:
+        for name in args.train_models or []:
             source = model_spec(name, work)
-            budget = args.trials_per_task * task_count(source, target)
+            budget = fill_budget * task_count(source, target)
             run(RunRequest(model=source, target=target, trials=budget, out_dir=work / name, db_url=url,
                            seed=args.seed, measure_untuned=False, name=name), settings, LogProgress(30))
         results["fill_seconds"] = time.perf_counter() - t0
@@ -145,7 +152,7 @@ def main() -> None:
         db = open_database(url, target)
         t0 = time.perf_counter()
         stored = [m for m in store.listing(db.engine, db.provenance.family) if m["owner"] == "shared"]
-        model = stored[0] if args.db and stored else train_family(
+        model = stored[0] if args.db and stored and not args.train_models else train_family(
             db.engine, db.provenance.family, store.SHARED, int(target["num-cores"]), settings.cost_model.min_records)
         results["model"] = {**model, "seconds": time.perf_counter() - t0}
         print(f"[bench] trained on {model['records']} records of {model['workloads']} workloads, hold-out rank "
