@@ -255,7 +255,8 @@ def fast_math_where_possible(mod: IRModule, _ctx: tvm.transform.PassContext) -> 
 
 @tvm.transform.module_pass(opt_level=0, name="tuner.ChannelsLast")
 def channels_last(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
-    """CPU convolutions in NHWC with OHWI weights (the weights transposed once, as constants).
+    """CPU convolutions in NHWC with OHWI weights (the weights transposed once, as constants);
+    also fp16 ones on tensor-core GPUs (`half_convs_channels_last`).
 
     In NCHW a 1x1 convolution is a GEMM whose activation operand is column-major: each step of
     its reduction reads a new cache line H*W*4 bytes away (12.5 KB on resnet50's 56x56 layers),

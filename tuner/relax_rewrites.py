@@ -1,5 +1,5 @@
 """What the graph rewrites (`winograd`, `channel_shuffle`, `group_padding`, `row_padding`,
-`half_pools`) share: reading a tensor's static shape, and running an expression mutator over
+`half_pools`, `conv_bias_norms`) share: reading a tensor's static shape, and running an expression mutator over
 every Relax function of a module."""
 
 from __future__ import annotations
