@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from pathlib import Path
@@ -12,11 +13,13 @@ import onnx
 import pytest
 import tvm
 from tvm.s_tir import meta_schedule as ms
+from tvm import te
 from tvm.target import Target
 
 from tests import onnx_models
 from tests.tir_helpers import matmul
 from tuner import gpus, hardware, targets
+from tuner.cluster import worker_tasks
 from tuner.compile import compile_tuned
 from tuner.config import Settings
 from tuner.errors import TunerError
@@ -82,6 +85,29 @@ def test_gpu_hardware_keys_hold_the_gpu_name_and_compute_capability(fake_gpus) -
     assert hardware.fingerprint_for({"kind": "cuda", "arch": "sm_89"}).family != h100.family
     cpu = hardware.fingerprint_for({"kind": "llvm", "num-cores": 2})
     assert cpu.key.startswith("cpu-") and h100.key.startswith("cuda-")
+    # Records timed with a warm L2 (before 2026-12-04) keep their key; the flushed ones get another.
+    warm = dataclasses.replace(h200, timing="")
+    assert h200.timing == "l2-flushed" and warm.key != h200.key and warm.family == h200.family
+
+
+def test_gpu_candidates_are_timed_one_launch_after_an_l2_flush_each() -> None:
+    """The GPU timing runs TVM's evaluator with an L2 flush, which works on any device: exercised
+    here on a CPU kernel (ten cold launches, none below the warm back-to-back time)."""
+    n = 1 << 16
+    a = te.placeholder((n,), "float32", name="a")
+    b = te.compute((n,), lambda i: a[i] * 2.0, name="b")
+    lib = tvm.compile(tvm.IRModule({"main": te.create_prim_func([a, b])}), target="llvm")
+    rt = lib.mod if hasattr(lib, "mod") else lib
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(np.ones(n, "float32"), dev), tvm.runtime.empty((n,), "float32", dev)]
+    times = worker_tasks.gpu_times(rt, dev, args)
+    assert len(times) == worker_tasks.GPU_TIMED_LAUNCHES and min(times) > 0
+    # The launch gap (lone warm launch less a packed one) comes off each cold time, down to the
+    # warm time at most; no gap, nothing taken off.
+    us = 1e-6
+    assert worker_tasks.launch_gap_removed([17 * us, 30 * us], lone=14 * us, packed=8 * us) == pytest.approx([11 * us, 24 * us])
+    assert worker_tasks.launch_gap_removed([9 * us], lone=14 * us, packed=8 * us) == [8 * us]
+    assert worker_tasks.launch_gap_removed([9 * us], lone=7 * us, packed=8 * us) == [9 * us]
 
 
 def test_cuda_visible_devices_renumbers_nvml_gpus() -> None:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from .cluster.worker_tasks import GPU_TIMING
+
 # CPU flags that change what LLVM may emit; others (e.g. `hypervisor`) are noise for the key.
 _LLVM_FEATURES = (
     "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512cd",
@@ -99,6 +101,10 @@ class GpuFingerprint:
     arch: str
     compute_capability: str
     kind: str = "cuda"
+    # How its records were timed: since 2026-12-04 each launch after an L2 flush
+    # (cluster/worker_tasks.py). Records timed with a warm L2 read up to 2x fast and would win
+    # every comparison with the new ones, so they stay under the old key.
+    timing: str = GPU_TIMING
 
     @property
     def key(self) -> str:
