@@ -92,7 +92,7 @@ def test_gpu_hardware_keys_hold_the_gpu_name_and_compute_capability(fake_gpus) -
 
 def test_gpu_candidates_are_timed_one_launch_after_an_l2_flush_each() -> None:
     """The GPU timing runs TVM's evaluator with an L2 flush, which works on any device: exercised
-    here on a CPU kernel (ten cold launches, none below the warm back-to-back time)."""
+    here on a CPU kernel: one time per launch, ten launches."""
     n = 1 << 16
     a = te.placeholder((n,), "float32", name="a")
     b = te.compute((n,), lambda i: a[i] * 2.0, name="b")
