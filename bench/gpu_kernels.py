@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import tvm
 from tvm import tirx
-from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm.target import Target
@@ -26,15 +25,14 @@ from tvm.target import Target
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cuda_profile import kernel_times  # noqa: E402
-from kernels import _bindings  # noqa: E402
+from kernels import _bindings, built_kernel  # noqa: E402
 from models import model_spec  # noqa: E402
 
 from tuner.compile import compile_tuned, schedule_module  # noqa: E402
 from tuner.graph import fuse_for_tuning, import_onnx  # noqa: E402
 from tuner.inputs import verification_inputs  # noqa: E402
 from tuner.measure import TVMModel  # noqa: E402
-from tuner.model_io import load_model  # noqa: E402
-from tuner.schedules.lowering import lowering_config  # noqa: E402
+from tuner.model_io import LoadedModel, load_model  # noqa: E402
 from tuner.targets import local_cuda_target  # noqa: E402
 from tuner.tuning_database import open_database  # noqa: E402
 
@@ -42,27 +40,20 @@ from tuner.tuning_database import open_database  # noqa: E402
 def alone(func: tirx.PrimFunc, target: Target, iters: int) -> dict[str, float]:
     """The scheduled kernel built by itself on random inputs (which stay in L2 between runs, as
     in the tuning runner): time evaluator median and CUPTI's per-launch kernel time."""
-    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    with tvm.transform.PassContext(config=lowering_config(mod)):
-        lib = tvm.compile(mod, target=target)
-    rt = lib.mod if hasattr(lib, "mod") else lib
     dev = tvm.cuda(0)
-    rng = np.random.default_rng(0)
-    args = [tvm.runtime.tensor(rng.uniform(-1, 1, [int(s) for s in a.shape]).astype(str(a.dtype)), dev)
-            for a in ms.arg_info.ArgInfo.from_prim_func(func)]
+    rt, args = built_kernel(func, target, dev)
     timer = rt.time_evaluator(rt.entry_name, dev, number=50, repeat=5, min_repeat_ms=50)
     prof = kernel_times(lambda: rt[rt.entry_name](*args), dev.sync, iters)
     return {"evaluator_us": float(timer(*args).median) * 1e6,
             "cupti_us": prof["kernel_us"], "cupti_launches": sum(r["launches"] for r in prof["kernels"])}
 
 
-def in_module(fused: tvm.IRModule, target: Target, database: Any, spec: str, work: Path,
+def in_module(fused: tvm.IRModule, target: Target, database: Any, loaded: LoadedModel, work: Path,
               cuda_graph: bool, iters: int) -> dict[str, Any]:
     """CUPTI's per-kernel times of one inference of the compiled module."""
     compiled = compile_tuned(fused, target, database, cuda_graph=cuda_graph)
     path = work / f"module-{'graph' if cuda_graph else 'nograph'}.so"
     compiled.executable.export_library(str(path))
-    loaded = load_model(spec)
     model = TVMModel(path, list(loaded.input_shapes), tvm.cuda(0))
     args = model.prepare(verification_inputs(loaded, None, 0)[0])
     return kernel_times(lambda: model.vm["main"](*args), model.device.sync, iters)
@@ -82,13 +73,14 @@ def main() -> None:
     spec = model_spec(args.model, args.work, args.weights)
     target_dict = local_cuda_target()
     target = Target(dict(target_dict))
-    fused = fuse_for_tuning(import_onnx(load_model(spec), args.precision), target)
+    loaded = load_model(spec)
+    fused = fuse_for_tuning(import_onnx(loaded, args.precision), target)
     database = open_database(args.db, target_dict, "bench", "bench", False, False)
     scheduled, _ = schedule_module(fused, target, database)
     calls: dict[str, int] = {}
     for name in _bindings(scheduled["main"]):
         calls[name] = calls.get(name, 0) + 1
-    modules = {mode: in_module(fused, target, database, spec, args.work, mode == "graph", args.iters)
+    modules = {mode: in_module(fused, target, database, loaded, args.work, mode == "graph", args.iters)
                for mode in ("graph", "nograph")}
     rows = []
     for gv, func in scheduled.functions.items():

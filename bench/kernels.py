@@ -17,20 +17,29 @@ from tuner.compile import schedule_module
 from tuner.db.database import SQLDatabase
 from tuner.graph import fuse_for_tuning, import_onnx
 from tuner.model_io import LoadedModel, load_model
+from tuner.schedules.lowering import lowering_config
 from tuner.tuning_database import open_database
 
 
-def _time_kernel(func: tirx.PrimFunc, target: Target) -> float:
-    """Median milliseconds of one kernel on random inputs (inputs in cache, as inside a model)."""
+def built_kernel(func: tirx.PrimFunc, target: Target, dev: tvm.runtime.Device) -> tuple[Any, list[Any]]:
+    """One scheduled kernel compiled by itself (lowered as the builders lower it) and random
+    inputs for it on `dev`."""
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    lib = tvm.compile(mod, target=target)
+    with tvm.transform.PassContext(config=lowering_config(mod)):
+        lib = tvm.compile(mod, target=target)
     rt = lib.mod if hasattr(lib, "mod") else lib
     rng = np.random.default_rng(0)
     args = []
     for info in ms.arg_info.ArgInfo.from_prim_func(func):
         shape, dtype = [int(s) for s in info.shape], str(info.dtype)
         host = rng.integers(0, 2, size=shape).astype(dtype) if "int" in dtype else rng.uniform(-1, 1, shape).astype(dtype)
-        args.append(tvm.runtime.tensor(host, tvm.cpu()))
+        args.append(tvm.runtime.tensor(host, dev))
+    return rt, args
+
+
+def _time_kernel(func: tirx.PrimFunc, target: Target) -> float:
+    """Median milliseconds of one kernel on random inputs (inputs in cache, as inside a model)."""
+    rt, args = built_kernel(func, target, tvm.cpu())
     timer = rt.time_evaluator(rt.entry_name, tvm.cpu(), number=5, repeat=5, min_repeat_ms=20)
     return float(timer(*args).median) * 1e3
 
