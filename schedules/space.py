@@ -16,6 +16,7 @@ from tvm.ir import IRModule
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
+from .channel_split import AffineChannelSplit
 from .intrinsics import load_tensor_intrinsics
 from .lowering import lowering_config
 from .register_blocking import RegisterBlockedGemm
@@ -89,13 +90,15 @@ def wants_tensor_cores(target: Target, mod: IRModule) -> bool:
 def space_generator(target: Target, mod: IRModule | None = None, tensor_cores: bool = True,
                     default: bool = False) -> ms.SpaceGenerator:
     """Post-order application of the target's schedule rules: on CPU register-blocked
-    micro-kernels for GEMM-like kernels (register_blocking.py) beside MetaSchedule's tiling,
+    micro-kernels for GEMM-like kernels (register_blocking.py) and division-free iteration of
+    elementwise kernels that gather channels (channel_split.py) beside MetaSchedule's tiling,
     inlining, parallel, vectorize, unroll and weight layout rewrite; on CUDA multi-level tiling
     bound to blocks and threads with shared-memory staging (and tensor cores for fp16 kernels of
     `mod`, unless `tensor_cores` is False).
 
     ``default``: the space a task's default schedule is drawn from: on CPU a GEMM-like kernel
-    gets only its micro-kernel, with the analytic register block."""
+    gets only its micro-kernel, with the analytic register block, and a channel gather only its
+    split schedule."""
     key = _rules_key(target, mod, tensor_cores)
     # MetaSchedule's TuneContext imports the tensor intrinsics (its rules name them) the slow
     # way: import them first, once per process, in seconds.
@@ -112,7 +115,7 @@ def space_generator(target: Target, mod: IRModule | None = None, tensor_cores: b
             # values), and a modest explicit unroll instead of a random one of up to 512 steps
             # (one fp16 squeezenet conv drew 512 and took LLVM 209 s to compile).
             stock = [_default_unroll(r) for r in stock if not isinstance(r, ms.schedule_rule.RandomComputeLocation)]
-        rules = [RegisterBlockedGemm(keep_stock=not default), *stock]
+        rules = [RegisterBlockedGemm(keep_stock=not default), AffineChannelSplit(keep_stock=not default), *stock]
     return ms.space_generator.PostOrderApply(
         sch_rules=rules, postprocs=key, mutator_probs=key
     )
