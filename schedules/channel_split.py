@@ -21,7 +21,6 @@ its parallelize/vectorize postprocessor leave it as it is.
 
 from __future__ import annotations
 
-import tvm
 import tvm_ffi
 from tvm import tirx
 from tvm.ir.utils import derived_object
