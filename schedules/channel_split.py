@@ -24,9 +24,9 @@ from __future__ import annotations
 import tvm_ffi
 from tvm import tirx
 from tvm.ir.utils import derived_object
-from tvm.sym import detect_linear_equation
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import SBlockRV, Schedule
+from tvm.sym import detect_linear_equation
 from tvm.sym.analyzer import Analyzer
 from tvm.tirx import IndexMap
 
