@@ -30,8 +30,11 @@ from tvm.sym import detect_linear_equation
 from tvm.sym.analyzer import Analyzer
 from tvm.tirx import IndexMap
 
-from .register_blocking import ANNOTATION, RULE_NAME, register_annotation
+from .register_blocking import ANNOTATION, register_annotation
 
+# The annotation of a kernel this rule scheduled (MetaSchedule's other rules and its
+# parallelize/vectorize postprocessor then leave it as it is).
+RULE_NAME = "tuner.channel_split"
 # An inner loop of a strided gather is unrolled up to this extent, else left serial.
 MAX_UNROLL = 16
 
@@ -135,7 +138,7 @@ class AffineChannelSplit(ms.schedule_rule.PyScheduleRule):
     def __init__(self, keep_stock: bool = True) -> None:
         super().__init__()
         self.keep_stock = keep_stock
-        register_annotation()
+        register_annotation(RULE_NAME)
 
     def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
         pass

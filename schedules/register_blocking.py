@@ -54,11 +54,11 @@ def _keep(sch: Schedule, block: SBlockRV) -> list[Schedule]:
 
 
 @functools.cache
-def register_annotation() -> None:
-    """Name the annotation as a custom rule (once per process), or MetaSchedule warns of an
-    unknown rule and drops the annotation, and its other rules re-tile the block."""
+def register_annotation(rule: str = RULE_NAME) -> None:
+    """Name the annotation `rule` as a custom rule (once per process), or MetaSchedule warns of
+    an unknown rule and drops the annotation, and its other rules re-tile the block."""
     for key in ("cpu",):
-        name = f"s_tir.meta_schedule.{key}.{RULE_NAME}"
+        name = f"s_tir.meta_schedule.{key}.{rule}"
         if tvm.get_global_func(name, allow_missing=True) is None:
             tvm.register_global_func(name, _keep)
 

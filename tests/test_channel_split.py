@@ -13,7 +13,7 @@ from tvm import te, tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
-from tuner.schedules.register_blocking import RULE_NAME
+from tuner.schedules.channel_split import RULE_NAME
 from tuner.schedules.space import space_generator
 
 AVX2 = Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2})
