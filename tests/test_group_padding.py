@@ -25,11 +25,25 @@ from tuner.model_io import load_model
 from tuner.schedules.register_blocking import RULE_NAME
 
 AVX2 = Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2})
+AVX512 = Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
 
 
 @pytest.mark.parametrize("per_group,padded", [(34, 40), (68, 72), (28, 32), (64, None), (4, None), (3, None)])
 def test_groups_are_padded_to_whole_vectors_unless_that_wastes_too_much(per_group: int, padded: int | None) -> None:
     assert group_padding.padded_channels(per_group) == padded
+
+
+@pytest.mark.parametrize("per_group,padded", [(68, 80), (34, 40), (28, 32), (72, 80), (64, None), (24, None)])
+def test_with_16_lanes_groups_are_padded_to_whole_16_lane_vectors_else_8_lane_ones(per_group: int, padded: int | None) -> None:
+    assert group_padding.padded_channels(per_group, 16) == padded
+
+
+def test_the_pass_pads_to_the_current_targets_vector_width() -> None:
+    assert group_padding.target_lanes() == 8
+    with AVX512:
+        assert group_padding.target_lanes() == 16
+    with AVX2:
+        assert group_padding.target_lanes() == 8
 
 
 def test_the_padded_weight_keeps_each_groups_channels_first() -> None:
@@ -41,10 +55,11 @@ def test_the_padded_weight_keeps_each_groups_channels_first() -> None:
     assert not p[3:8].any() and not p[11:16].any()
 
 
-def _grouped_block(seed: int = 0) -> onnx.ModelProto:
+def _grouped_block(seed: int = 0, per_group: int = 34) -> onnx.ModelProto:
     """A 1x1 conv of 4 groups of 34 with bias and ReLU, a 3x3 stride-2 conv of 4 groups of 34
     with bias, then a 1x1 conv of 4 groups of 34 whose output is added to that conv's: the shapes
-    of a ShuffleNet stage."""
+    of a ShuffleNet stage (`per_group`: other than 34)."""
+    c = 4 * per_group
     rng = np.random.default_rng(seed)
 
     def init(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
@@ -59,10 +74,10 @@ def _grouped_block(seed: int = 0) -> onnx.ModelProto:
             helper.make_node("Add", ["c3", "c2"], ["y"]),
         ],
         "grouped_block",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 136, 9, 11])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 136, 5, 6])],
-        [init("w1", (136, 34, 1, 1)), init("b1", (136,)), init("w2", (136, 34, 3, 3)), init("b2", (136,)),
-         init("w3", (136, 34, 1, 1))],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 9, 11])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 5, 6])],
+        [init("w1", (c, per_group, 1, 1)), init("b1", (c,)), init("w2", (c, per_group, 3, 3)), init("b2", (c,)),
+         init("w3", (c, per_group, 1, 1))],
     )
     return helper.make_model(graph, opset_imports=onnx_models.OPSET)
 
@@ -83,4 +98,16 @@ def test_the_padded_module_matches_ort_and_its_convs_are_register_blocked(tmp_pa
     # Each group's 40 output channels: whole 8-lane vectors in the register block.
     for text in convs:
         assert RULE_NAME in text and "T.vectorized(T.int64(8))" in text, text
+    assert_matches_ort(loaded, fused, AVX2, tmp_path)
+
+
+def test_a_module_padded_to_16_lane_groups_matches_ort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """68 per group as on AVX-512 (68 -> 80), compiled for this machine's AVX2 code: the
+    padding is a graph rewrite, whatever vectors run it."""
+    monkeypatch.setattr(group_padding, "target_lanes", lambda: 16)
+    loaded = load_model(str(onnx_models.save(_grouped_block(per_group=68), tmp_path / "m.onnx")), {})
+    fused = fuse_for_tuning(import_onnx(loaded), AVX2)
+    widths = {int(f.params[1].ty.shape[0]) for gv, f in fused.functions.items()
+              if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint}
+    assert widths == {4 * 80}
     assert_matches_ort(loaded, fused, AVX2, tmp_path)
