@@ -36,7 +36,7 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.schedule import SBlockRV, Schedule
+from tvm.s_tir.schedule import LoopRV, SBlockRV, Schedule
 from tvm.sym.analyzer import Analyzer
 from tvm.tirx import IndexMap
 
@@ -337,6 +337,7 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     if not all(isinstance(e, tirx.IntImm) for e in extents):
         return None
     extents = [int(e) for e in extents]
+    full_lanes = isa.lanes
     kernels, isa = register_blocks(extents[roles.rows[0]], extents[roles.vector], isa)
     if not kernels:
         return None
@@ -375,15 +376,16 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
         if len(row_dims) > 1 and not _fuse_iters(sch, b, row_dims, positional=True):
             return None
         sch.reverse_compute_at(b, tile, preserve_unit_loops=True)
+    narrowed = isa.lanes < full_lanes
     for b in epilogue:
         inner = sch.get_loops(b)[len(others) + 2:]
         if inner:
-            sch.vectorize(inner[-1])
+            _vectorize(sch, inner[-1], isa.lanes if narrowed else None)
         sch.annotate(b, ANNOTATION, RULE_NAME)
     fused = sch.fuse(*others, *chosen)
     sch.parallel(fused)
     sch.unroll(r_inner)
-    sch.vectorize(v_inner)
+    _vectorize(sch, v_inner, isa.lanes if narrowed else None)
     sch.decompose_reduction(block_rv, reduce[0])
     sch.annotate(block_rv, ANNOTATION, RULE_NAME)
     _parallel_producers(sch, block_rv)
@@ -466,6 +468,19 @@ def _fuse_iters(sch: Schedule, block_rv: SBlockRV, positions: list[int], positio
     except Exception:  # noqa: BLE001 - ScheduleError: the block keeps its iteration domain
         return False
     return True
+
+
+def _vectorize(sch: Schedule, loop: LoopRV, lanes: int | None) -> None:
+    """`loop` vectorized; with `lanes` (narrowed vectors), as an unrolled loop of `lanes`-wide
+    vectors. One vector of 3 x 8 lanes on AVX-512 is no whole number of registers: LLVM built it
+    element by element (vinsertps), and shufflenet's first convolution (24 channels) ran at 3%
+    of the peak, against 24% for the same block as AVX2 code."""
+    if lanes is None:
+        sch.vectorize(loop)
+        return
+    outer, inner = sch.split(loop, [None, lanes])
+    sch.unroll(outer)
+    sch.vectorize(inner)
 
 
 def _accumulator_layout(sch: Schedule, block_rv: SBlockRV, row_dims: list[int], vector_dim: int,
