@@ -27,10 +27,9 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import SBlockRV, Schedule
 from tvm.sym import detect_linear_equation
-from tvm.sym.analyzer import Analyzer
 from tvm.tirx import IndexMap
 
-from .register_blocking import ANNOTATION, register_annotation
+from .register_blocking import ANNOTATION, _iterator_ranges, _vars, register_annotation
 
 # The annotation of a kernel this rule scheduled (MetaSchedule's other rules and its
 # parallelize/vectorize postprocessor then leave it as it is).
@@ -47,9 +46,7 @@ def _divisions(exprs: list[tirx.PrimExpr]) -> list[tirx.PrimExpr]:
 
 
 def _uses(expr: tirx.PrimExpr, names: set[str]) -> bool:
-    used: list[tirx.Var] = []
-    tvm_ffi.structural_walk(expr, [(tirx.Var, used.append)])
-    return any(v.name in names for v in used)
+    return bool(_vars(expr) & names)
 
 
 def _read_indices(sch: Schedule, block_rv: SBlockRV) -> list[tirx.PrimExpr]:
@@ -66,10 +63,9 @@ def _split_by(sch: Schedule, block_rv: SBlockRV, d: int) -> bool:
     ndim = len(sch.get(block_rv).iter_vars)
     sch.transform_block_layout(block_rv, IndexMap.from_func(
         lambda *v: (*v[:-1], v[-1] // d, v[-1] % d), ndim=ndim))
-    ivs = sch.get(block_rv).iter_vars
-    analyzer = Analyzer()
-    for iv in ivs:
-        analyzer.bind(iv.var, iv.dom)
+    block = sch.get(block_rv)
+    analyzer = _iterator_ranges(block)
+    ivs = block.iter_vars
     names = {ivs[-1].var.name, ivs[-2].var.name}
     indices = [analyzer.simplify(i) for i in _read_indices(sch, block_rv)]
     return not any(_uses(div, names) for div in _divisions(indices))
@@ -79,9 +75,7 @@ def _contiguous(sch: Schedule, block_rv: SBlockRV) -> bool:
     """Whether every buffer access of the block moves by one element per step of the innermost
     iterator (a vector load or store), or does not move."""
     block = sch.get(block_rv)
-    analyzer = Analyzer()
-    for iv in block.iter_vars:
-        analyzer.bind(iv.var, iv.dom)
+    analyzer = _iterator_ranges(block)
     var = block.iter_vars[-1].var
     for region in [*block.reads, *block.writes]:
         indices = [analyzer.simplify(r.min) for r in region.region]
