@@ -28,6 +28,7 @@ from .half_residuals import half_residuals
 from .model_io import LoadedModel
 from .row_padding import pad_rows
 from .schedules.space import has_tensor_cores
+from .split_k import split_k_convolutions
 from .stages import last_line
 from .winograd import winograd_convolutions
 
@@ -217,6 +218,8 @@ def fusion_passes(target: Target, fast_math: bool = True, winograd: bool = True)
     these.
 
     ``winograd``: CPU 3x3 convolutions as Winograd F(4x4, 3x3) kernels (`tuner/winograd.py`).
+    On tensor-core GPUs, fp16 convolutions run channels last, and those with few output pixels
+    and a long reduction split along it (`tuner/split_k.py`).
     Also on CPU: channel shuffles as one channels-last gather (`tuner/channel_shuffle.py`),
     grouped convolutions padded to whole vectors per group (`tuner/group_padding.py`) and 1x1
     convolutions padded to rows that divide into register blocks (`tuner/row_padding.py`)."""
@@ -229,7 +232,7 @@ def fusion_passes(target: Target, fast_math: bool = True, winograd: bool = True)
         *([fast_math_where_possible] if fast_math else []),
         *([channels_last, channel_shuffles_nhwc, pad_groups, pad_rows] if target.kind.name == "llvm" else []),
         *([winograd_convolutions] if winograd and target.kind.name == "llvm" else []),
-        *([half_convs_channels_last] if has_tensor_cores(target) else []),
+        *([half_convs_channels_last, split_k_convolutions] if has_tensor_cores(target) else []),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),

@@ -42,7 +42,7 @@ from .config import Settings
 from .cost_model_training import retraining_due, start_model, start_retraining
 from .errors import TunerError, VerificationError
 from .clusters import hardware_units
-from . import winograd
+from . import split_k, winograd
 from .graph import PRECISIONS, fuse_for_tuning, import_onnx
 from .hardware import fingerprint_for
 from .measure import (
@@ -562,6 +562,7 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         "precision": request.precision,
         "fast_math": request.fast_math,
         "winograd_kernels": winograd.kernels(plan.fused),
+        "split_k_kernels": split_k.kernels(plan.fused),
         # fp16 is checked against the fp32 reference, with the looser fp16 tolerance.
         "tolerance": {"atol": atol, "rtol": rtol, "reference": f"{ref.name} fp32"},
         "verify": {
