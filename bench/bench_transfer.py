@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -53,6 +53,18 @@ from tuner.pipeline import RunRequest, open_database, run  # noqa: E402
 from tuner.schedules.cost_model import default_ranker  # noqa: E402
 from tuner.progress import LogProgress  # noqa: E402
 from tuner.targets import host_cpu_target  # noqa: E402
+
+
+def copy_database(source: Path, dest: Path) -> None:
+    """A consistent copy of a SQLite database, with what is still in its write-ahead log.
+
+    A file copy (`shutil.copy`) of the database while this process held it open left the last
+    commits behind in `-wal`: the trained cost model among them, so the "transferred" runs of
+    this benchmark (results before 2026-12-04, session 20) started without it, exactly as the
+    cold runs did (their reports said `cost_model.transferred: false`)."""
+    dest.unlink(missing_ok=True)
+    with sqlite3.connect(source) as src, sqlite3.connect(dest) as dst:
+        src.backup(dst)
 
 
 class Curve(LogProgress):
@@ -140,7 +152,7 @@ def main() -> None:
         if args.db:
             if not args.db.startswith("sqlite:///"):
                 raise SystemExit("--db: a SQLite URL (it is copied for each run)")
-            shutil.copy(args.db.removeprefix("sqlite:///"), db_file)
+            copy_database(Path(args.db.removeprefix("sqlite:///")), db_file)
         for name in args.train_models or []:
             source = model_spec(name, work)
             budget = fill_budget * task_count(source, target)
@@ -148,7 +160,7 @@ def main() -> None:
                            seed=args.seed, measure_untuned=False, name=name), settings, LogProgress(30))
         results["fill_seconds"] = time.perf_counter() - t0
         if args.keep_db:
-            shutil.copy(db_file, args.keep_db)
+            copy_database(db_file, Path(args.keep_db))
         db = open_database(url, target)
         t0 = time.perf_counter()
         stored = [m for m in store.listing(db.engine, db.provenance.family) if m["owner"] == "shared"]
@@ -165,12 +177,15 @@ def main() -> None:
             row: dict = {"model": name, "trials": budget}
             for label, transfer in (("transferred", True), ("cold", False)):
                 copy = work / f"{name}-{label}.sqlite"
-                shutil.copy(db_file, copy)
+                copy_database(db_file, copy)
                 curve = Curve()
                 run_settings = bench_settings(transfer=transfer)
                 report = run(RunRequest(model=source, target=target, trials=budget, out_dir=work / f"{name}-{label}",
                                         db_url=f"sqlite:///{copy}", seed=args.seed, measure_untuned=False, name=name),
                              run_settings, curve)
+                if report["cost_model"]["transferred"] != transfer:
+                    raise SystemExit(f"{name} {label}: the run's cost model was "
+                                     f"{'' if report['cost_model']['transferred'] else 'not '}transferred")
                 row[label] = {"curve": curve.points, "final_estimate_ms": curve.points[-1][1] if curve.points else None,
                               "latency_ms": report["latency_ms"]["tuned"], "onnxruntime_ms": report["latency_ms"]["onnxruntime"],
                               "tuning_seconds": report["tuning_seconds"], "cost_model": report["cost_model"]}
