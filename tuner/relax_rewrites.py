@@ -1,6 +1,6 @@
-"""What the graph rewrites (`winograd`, `channel_shuffle`, `group_padding`, `row_padding`,
-`half_pools`, `conv_bias_norms`) share: reading a tensor's static shape, and running an expression mutator over
-every Relax function of a module."""
+"""What the graph rewrites (`winograd`, `split_k`, `channel_shuffle`, `group_padding`, `row_padding`,
+`half_pools`, `conv_bias_norms`) share: reading a tensor's static shape, running an expression mutator over
+every Relax function of a module, counting the kernels a rewrite made."""
 
 from __future__ import annotations
 
@@ -64,3 +64,9 @@ def rewrite_calls(mod: IRModule, replace: Callable[[relax.BlockBuilder, relax.Ca
     """`mod` with every call that `replace` replaces replaced, and how many there were."""
     rewriter = CallRewriter(mod, replace)
     return mutate_functions(mod, rewriter), rewriter.rewritten
+
+
+def count_kernels(mod: IRModule, name_part: str) -> int:
+    """How many TIR kernels of a fused module have `name_part` in their name (what a rewrite
+    made of its convolutions, for the report)."""
+    return sum(1 for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and name_part in gv.name_hint)

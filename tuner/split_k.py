@@ -22,7 +22,7 @@ from tvm import relax, te
 from tvm.ir import IRModule
 from tvm.topi.nn.pad import pad
 
-from tuner.relax_rewrites import nhwc_conv2d, rewrite_calls, static_shape
+from tuner.relax_rewrites import count_kernels, nhwc_conv2d, rewrite_calls, static_shape
 
 # Thread blocks a split should bring a convolution's grid to: about one wave on an H100/H200
 # (132 SMs); fewer SMs only make a wave shorter.
@@ -136,5 +136,4 @@ def split_k_convolutions(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRMo
 
 def kernels(mod: IRModule) -> int:
     """How many kernels of a fused module compute split-K partial convolutions (for the report)."""
-    return sum(1 for gv, f in mod.functions_items()
-               if isinstance(f, tvm.tirx.PrimFunc) and "conv2d_split_k" in gv.name_hint)
+    return count_kernels(mod, "conv2d_split_k")

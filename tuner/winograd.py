@@ -28,7 +28,7 @@ from tvm.ir import IRModule
 from tvm.topi.nn.pad import pad
 from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
 
-from tuner.relax_rewrites import nhwc_conv2d, rewrite_calls, static_shape
+from tuner.relax_rewrites import count_kernels, nhwc_conv2d, rewrite_calls, static_shape
 from tuner.schedules import winograd as rules
 
 TILE = 4
@@ -220,5 +220,4 @@ def winograd_convolutions(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRM
 
 def kernels(mod: IRModule) -> int:
     """How many kernels of a fused module compute a Winograd convolution (for the report)."""
-    return sum(1 for gv, f in mod.functions_items()
-               if isinstance(f, tvm.tirx.PrimFunc) and "conv2d_winograd" in gv.name_hint)
+    return count_kernels(mod, "conv2d_winograd")
