@@ -329,6 +329,21 @@ def test_fp16_relu6_as_clip_tunes_verifies_and_is_a_cache_hit_in_a_fresh_process
     assert second["verified"] and second["tasks_from_db"] == second["tasks"] and second["trials"] == 0
 
 
+
+@gpu
+@pytest.mark.skipif(not has_gpu, reason="needs an NVIDIA GPU")
+def test_split_k_convolutions_tune_pass_their_checks_and_verify_on_the_gpu(tmp_path: Path, settings: Settings) -> None:
+    """A resnet50 block at 7x7 (256 channels: 8 slices per convolution, tuner/split_k.py): the
+    split kernel and the sums that take the epilogues are tuned, each task's fastest record
+    passes its check on the GPU, and the module matches fp32 ONNX Runtime."""
+    model = onnx_models.save(onnx_models.conv_bn_residual(channels=256, size=7), tmp_path / "block.onnx")
+    report = run(RunRequest(model=str(model), target=targets.parse_target("cuda"), trials=16, out_dir=tmp_path / "out",
+                            db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", precision="fp16"), settings)
+    assert report["verified"] and report["split_k_kernels"] == 1
+    checks = report["record_checks"]
+    assert checks["passed"] == report["tasks"], json.dumps(checks)
+
+
 DECODE_IN_A_FRESH_PROCESS = """
 import json, sys
 from tvm.s_tir.meta_schedule.database import TuningRecord, Workload
