@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import closing
 import platform
 import sqlite3
 import sys
@@ -63,7 +64,7 @@ def copy_database(source: Path, dest: Path) -> None:
     this benchmark (results before 2026-12-04, session 20) started without it, exactly as the
     cold runs did (their reports said `cost_model.transferred: false`)."""
     dest.unlink(missing_ok=True)
-    with sqlite3.connect(source) as src, sqlite3.connect(dest) as dst:
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(dest)) as dst:
         src.backup(dst)
 
 
