@@ -376,16 +376,16 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
         if len(row_dims) > 1 and not _fuse_iters(sch, b, row_dims, positional=True):
             return None
         sch.reverse_compute_at(b, tile, preserve_unit_loops=True)
-    narrowed = isa.lanes < full_lanes
+    narrowed_lanes = isa.lanes if isa.lanes < full_lanes else None
     for b in epilogue:
         inner = sch.get_loops(b)[len(others) + 2:]
         if inner:
-            _vectorize(sch, inner[-1], isa.lanes if narrowed else None)
+            _vectorize(sch, inner[-1], narrowed_lanes)
         sch.annotate(b, ANNOTATION, RULE_NAME)
     fused = sch.fuse(*others, *chosen)
     sch.parallel(fused)
     sch.unroll(r_inner)
-    _vectorize(sch, v_inner, isa.lanes if narrowed else None)
+    _vectorize(sch, v_inner, narrowed_lanes)
     sch.decompose_reduction(block_rv, reduce[0])
     sch.annotate(block_rv, ANNOTATION, RULE_NAME)
     _parallel_producers(sch, block_rv)

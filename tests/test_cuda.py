@@ -329,7 +329,6 @@ def test_fp16_relu6_as_clip_tunes_verifies_and_is_a_cache_hit_in_a_fresh_process
     assert second["verified"] and second["tasks_from_db"] == second["tasks"] and second["trials"] == 0
 
 
-
 @gpu
 @pytest.mark.skipif(not has_gpu, reason="needs an NVIDIA GPU")
 def test_split_k_convolutions_tune_pass_their_checks_and_verify_on_the_gpu(tmp_path: Path, settings: Settings) -> None:

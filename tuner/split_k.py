@@ -33,7 +33,8 @@ TILE = 64
 # Reduction steps left to each slice: below this the partial sums' traffic and the second kernel
 # cost more than the parallelism buys.
 MIN_STEPS = 256
-# The sum kernels' name, and FuseOps' pattern kOutEWiseFusable (tvm/relax/op_attr_types.h).
+# The kernels' names, and FuseOps' pattern kOutEWiseFusable (tvm/relax/op_attr_types.h).
+PARTIAL_KERNEL = "conv2d_split_k"
 SUM_KERNEL = "split_k_sum"
 OUT_ELEMWISE_FUSABLE = 4
 # A slice's input channels stay whole tensor-core steps (16).
@@ -75,14 +76,14 @@ def partial_conv2d(data: te.Tensor, weight: te.Tensor, strides: tuple[int, int],
         lambda s, b, y, x, k: te.sum(
             data[b, y * sh + ry, x * sw + rx, s * per + rc].astype(out_dtype)
             * weight[k, ry, rx, s * per + rc].astype(out_dtype), axis=[ry, rx, rc]),
-        name="conv2d_split_k")
+        name=PARTIAL_KERNEL)
 
 
 def sum_slices(partial: te.Tensor) -> te.Tensor:
     """The sum over the slices of `partial_conv2d`: the convolution's result."""
     slices = te.reduce_axis((0, int(partial.shape[0])), "slice")
     return te.compute(tuple(partial.shape[1:]), lambda *i: te.sum(partial[(slices, *i)], axis=slices),
-                      name="split_k_sum")
+                      name=SUM_KERNEL)
 
 
 def _plan(call: relax.Call) -> int:
@@ -110,7 +111,7 @@ def _as_split_k(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr | N
     out_dtype = str(call.ty.dtype)
     partial = builder.emit(builder.call_te(
         partial_conv2d, data, weight, tuple(int(s) for s in attrs.strides),
-        tuple(int(p) for p in attrs.padding), splits, out_dtype, primfunc_name_hint="conv2d_split_k"))
+        tuple(int(p) for p in attrs.padding), splits, out_dtype, primfunc_name_hint=PARTIAL_KERNEL))
     return builder.call_te(sum_slices, partial, primfunc_name_hint=SUM_KERNEL)
 
 
@@ -136,4 +137,4 @@ def split_k_convolutions(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRMo
 
 def kernels(mod: IRModule) -> int:
     """How many kernels of a fused module compute split-K partial convolutions (for the report)."""
-    return count_kernels(mod, "conv2d_split_k")
+    return count_kernels(mod, PARTIAL_KERNEL)
