@@ -36,7 +36,7 @@ from tuner.hardware import fingerprint_for  # noqa: E402
 from tuner.pipeline import RunRequest, run  # noqa: E402
 from tuner.progress import LogProgress  # noqa: E402
 from tuner.schedules.isa import vector_isa  # noqa: E402
-from tuner.targets import host_cpu_target  # noqa: E402
+from tuner.targets import complete_cpu_target, host_cpu_target  # noqa: E402
 
 
 def task_count(source: str, target: dict) -> int:
@@ -57,10 +57,10 @@ def bench_settings(**cost_model: object) -> Settings:
     return base.model_copy(update={"cost_model": base.cost_model.model_copy(update=update)})
 
 
-def bench_model(name: str, trials: int | None, per_task: int, work: Path, seed: int, peak: float) -> dict:
+def bench_model(name: str, trials: int | None, per_task: int, work: Path, seed: int, peak: float,
+                target: dict) -> dict:
     source = model_spec(name, work)
     db = f"sqlite:///{work / f'{name}.sqlite'}"
-    target = host_cpu_target()
     settings = bench_settings()
     budget = trials if trials is not None else per_task * task_count(source, target)
     t0 = time.perf_counter()
@@ -118,12 +118,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/cpu.json"))
     parser.add_argument("--work", type=Path,
                         help="keep the models, databases (<model>.sqlite) and modules here (e.g. for module_profile.py)")
+    parser.add_argument("--mcpu", help="generate code for this LLVM CPU instead of the host's (e.g. znver3 on an "
+                        "AVX-512 host: AVX2 code, 16 vector registers; ONNX Runtime keeps the host's kernels)")
     args = parser.parse_args()
-    target = host_cpu_target()
+    target = complete_cpu_target({"kind": "llvm", "mcpu": args.mcpu}) if args.mcpu else host_cpu_target()
     isa = vector_isa(Target(dict(target)))
     peak = fma_peak_gflops(Target(dict(target)), int(target["num-cores"]))
     fp = fingerprint_for(target)
     cpu = f"{fp.as_dict().get('cpu_model')} ({target['mcpu']}, {isa.name}, {target['num-cores']} cores)"
+    if args.mcpu:
+        cpu += f", code generated for {args.mcpu} on a {host_cpu_target()['mcpu']} host"
     console = Console(width=170)
     console.print(f"{cpu}: measured FP32 FMA peak {peak:.1f} GFLOP/s")
     rows: list[dict] = []
@@ -141,7 +145,7 @@ def main() -> None:
             args.work.mkdir(parents=True, exist_ok=True)
             tmp = str(args.work)
         for name in args.models:
-            rows.append(bench_model(name, args.trials, args.trials_per_task, Path(tmp), args.seed, peak))
+            rows.append(bench_model(name, args.trials, args.trials_per_task, Path(tmp), args.seed, peak, target))
             write()
             r = rows[-1]
             print(f"[bench] {name}: tuned {r['latency_ms']['tuned']:.2f} ms, ORT {r['latency_ms']['onnxruntime']:.2f} ms "

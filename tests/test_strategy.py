@@ -77,6 +77,15 @@ class Messages(SilentProgress):
         self.lines.append(text)
 
 
+class Curve(Messages):
+    def __init__(self) -> None:
+        super().__init__()
+        self.points: list[tuple[int, float | None]] = []
+
+    def advance(self, trials_done: int, best_ms: float | None) -> None:
+        self.points.append((trials_done, best_ms))
+
+
 def test_a_task_whose_search_raises_ends_alone(monkeypatch: pytest.MonkeyPatch, settings: Settings,
                                                tmp_path: Path) -> None:
     monkeypatch.setattr(tuning, "search_strategy",
@@ -106,9 +115,16 @@ def test_the_budget_goes_where_the_time_is(settings: Settings, tmp_path: Path) -
     target = Target(TARGET)
     tasks = [ms.ExtractedTask(name, mod, target, [mod], 1) for name, mod in (("heavy", matmul(128)), ("light", matmul(8)))]
     assert tuning.trials_per_iter(64, 2, 64) == tuning.MIN_TRIALS_PER_ITER
-    result = tuning.tune(tasks, target, ms.database.MemoryDatabase(), 64, settings, 0, tmp_path / "logs", Messages())
+    progress = Curve()
+    result = tuning.tune(tasks, target, ms.database.MemoryDatabase(), 64, settings, 0, tmp_path / "logs", progress)
     heavy, light = result.per_task_trials
     assert heavy + light >= 64 and light == tuning.MIN_TRIALS_PER_ITER and heavy > 3 * light, result.per_task_trials
+    # The estimate starts from the measured default schedules, before any trial, and the search
+    # only ever lowers it (each task counts with the better of its default and its best trial).
+    (first_trials, first_ms), *rest = progress.points
+    assert first_trials == 0 and first_ms is not None and result.defaults_measured == 2
+    estimates = [first_ms, *(later for _, later in rest)]
+    assert all(b <= a for a, b in zip(estimates, estimates[1:])), estimates
 
 
 def _search_with_first_round(first: Callable[[], ms.SearchStrategy]) -> tuple[int, int]:

@@ -135,8 +135,8 @@ class RichProgress:
 @derived_object
 class ProgressCallback(PyMeasureCallback):
     """Counts measured trials and keeps the model latency estimate: the sum over tasks of
-    weight x best kernel time (tasks without a measurement yet count with their measured default
-    schedule, on CUDA, or not at all)."""
+    weight x best kernel time (a task without a measurement yet counts with its measured default
+    schedule, or, where that did not build or run, not at all)."""
 
     def __init__(self, weights: list[float], known_best_s: list[float | None],
                  on_update: Callable[[int, float | None], None]) -> None:

@@ -335,6 +335,9 @@ def tune(
                                  f"{time.perf_counter() - t0:.1f} s")
             callback = ProgressCallback(weights, [defaults[i] for i in kept], progress.advance)
             progress.start(trials, len(kept))
+            # The estimate before the first trial: the default schedules' (a curve of the search
+            # starts where the search did, not at its first measured round).
+            progress.advance(0, callback.estimate_ms())
             if contexts and not interrupt_requested():  # none when no design space could be generated
                 ms.tune_tasks(
                     tasks=contexts,
