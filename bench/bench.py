@@ -42,7 +42,7 @@ from tuner.targets import complete_cpu_target, host_cpu_target  # noqa: E402
 def task_count(source: str, target: dict) -> int:
     from tvm.s_tir import meta_schedule as ms
 
-    from tuner.graph import fuse_for_tuning, import_onnx
+    from tuner.rewrite.graph import fuse_for_tuning, import_onnx
     from tuner.model_io import load_model
 
     t = Target(dict(target))

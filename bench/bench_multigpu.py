@@ -23,7 +23,7 @@ from pathlib import Path
 import ray
 
 from tuner.cluster import ray_backend as rb
-from tuner.clusters import hardware_units
+from tuner.cluster.nodes import hardware_units
 from tuner.config import get_settings
 from tuner.hardware import fingerprint_for, machine
 from tuner.pipeline import RunRequest, run

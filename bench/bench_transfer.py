@@ -48,7 +48,7 @@ from kernels import model_on_database  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
-from tuner.cost_model_training import start_model, train_family  # noqa: E402
+from tuner.search.cost_model_training import start_model, train_family  # noqa: E402
 from tuner.db import cost_models as store  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
 from tuner.inputs import verification_inputs  # noqa: E402

@@ -15,10 +15,10 @@ from tvm.target import Target
 
 from tuner.compile import schedule_module
 from tuner.db.database import SQLDatabase
-from tuner.graph import fuse_for_tuning, import_onnx
+from tuner.rewrite.graph import fuse_for_tuning, import_onnx
 from tuner.model_io import LoadedModel, load_model
 from tuner.schedules.lowering import lowering_config
-from tuner.tuning_database import open_database
+from tuner.search.job_database import open_database
 
 
 def built_kernel(func: tirx.PrimFunc, target: Target, dev: tvm.runtime.Device) -> tuple[Any, list[Any]]:

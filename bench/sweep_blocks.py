@@ -29,11 +29,11 @@ from kernels import _time_kernel  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
 
 from tuner.compile import schedule_module  # noqa: E402
-from tuner.graph import fuse_for_tuning, import_onnx  # noqa: E402
+from tuner.rewrite.graph import fuse_for_tuning, import_onnx  # noqa: E402
 from tuner.model_io import load_model  # noqa: E402
 from tuner.schedules import register_blocking as rb  # noqa: E402
 from tuner.targets import host_cpu_target  # noqa: E402
-from tuner.tuning_database import open_database  # noqa: E402
+from tuner.search.job_database import open_database  # noqa: E402
 
 
 def conv_model(c: int, size: int, k: int, co: int, stride: int, path: Path) -> tuple[str, float, int]:

@@ -1,7 +1,7 @@
 """Elementwise kernels that read through a division by a constant, iterated so that they do not.
 
 A channel shuffle reads channel ``c`` of its input at ``c % g * (C / g) + c // g``; the kernel
-after a group-padded convolution (tuner/group_padding.py) reads channel ``c`` of the padded
+after a group-padded convolution (tuner/rewrite/group_padding.py) reads channel ``c`` of the padded
 output at ``c // k * p + c % k`` (`k` channels kept of every `p`). MetaSchedule's stock CPU
 rules fuse such a kernel's loops and vectorize the innermost: each lane then computes its own
 division and modulo and loads alone, so shufflenet's slice-and-add kernels ran at about 25 GB/s

@@ -1,4 +1,4 @@
-"""Schedule rules for the transforms of a Winograd convolution on CPU (`tuner/winograd.py`).
+"""Schedule rules for the transforms of a Winograd convolution on CPU (`tuner/rewrite/winograd.py`).
 
 The input transform (``data_pack``) and the output transform (``inverse``, then the gather into
 NHWC with the convolution's epilogue) are kernels of their own beside the 36 GEMMs (``bgemm``,

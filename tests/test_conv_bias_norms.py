@@ -1,4 +1,4 @@
-"""A batch norm after a biased convolution folds into it (tuner/conv_bias_norms.py): the bias
+"""A batch norm after a biased convolution folds into it (tuner/rewrite/conv_bias_norms.py): the bias
 moves into the norm's mean, FoldBatchnormToConv2D then applies, and no elementwise norm op nor
 a kernel of its own for the ReLU after it is left (shufflenet's first convolution had both)."""
 
@@ -11,7 +11,7 @@ from tvm.target import Target
 
 from tests import onnx_models
 from tests.compiled import assert_matches_ort
-from tuner.graph import fuse_for_tuning, import_onnx
+from tuner.rewrite.graph import fuse_for_tuning, import_onnx
 from tuner.model_io import load_model
 
 NORM_OPS = ("batch_norm", "R.subtract", "R.divide", "R.multiply", "R.sqrt")

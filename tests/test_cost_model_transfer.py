@@ -15,7 +15,7 @@ from tests.conftest import TINY, tiny_env
 from tests.test_bad_input import assert_clean_error, tuner_cli
 from tests.tir_helpers import TARGET
 from tuner.config import Settings
-from tuner.cost_model_training import start_model, train_family
+from tuner.search.cost_model_training import start_model, train_family
 from tuner.db import cost_models as store
 from tuner.db.database import TVM_VERSION
 from tuner.pipeline import RunRequest, open_database, run

@@ -23,7 +23,7 @@ from tuner.cluster import worker_tasks
 from tuner.compile import compile_tuned
 from tuner.config import Settings
 from tuner.errors import TunerError
-from tuner.graph import fuse_for_tuning, import_onnx, safe_names
+from tuner.rewrite.graph import fuse_for_tuning, import_onnx, safe_names
 from tuner.measure import ORTModel
 from tuner.model_io import load_model
 from tuner.pipeline import RunRequest, open_database, run
@@ -144,7 +144,7 @@ def test_tasks_whose_tensor_core_space_fails_are_searched_in_the_plain_cuda_spac
 
     from tuner.progress import SilentProgress
     from tuner.schedules.space import SearchConfig, design_spaces
-    from tuner.tuning import tuning_contexts
+    from tuner.search.tuning import tuning_contexts
 
     fake_gpus(H100)
     target = Target(targets.complete_cuda_target(SM90))
@@ -332,7 +332,7 @@ def test_fp16_relu6_as_clip_tunes_verifies_and_is_a_cache_hit_in_a_fresh_process
 @gpu
 @pytest.mark.skipif(not has_gpu, reason="needs an NVIDIA GPU")
 def test_split_k_convolutions_tune_pass_their_checks_and_verify_on_the_gpu(tmp_path: Path, settings: Settings) -> None:
-    """A resnet50 block at 7x7 (256 channels: 8 slices per convolution, tuner/split_k.py): the
+    """A resnet50 block at 7x7 (256 channels: 8 slices per convolution, tuner/rewrite/split_k.py): the
     split kernel and the sums that take the epilogues are tuned, each task's fastest record
     passes its check on the GPU, and the module matches fp32 ONNX Runtime."""
     model = onnx_models.save(onnx_models.conv_bn_residual(channels=256, size=7), tmp_path / "block.onnx")

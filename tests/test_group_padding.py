@@ -18,9 +18,9 @@ from tvm.target import Target
 
 from tests import onnx_models
 from tests.compiled import assert_matches_ort
-from tuner import group_padding
+from tuner.rewrite import group_padding
 from tuner.compile import schedule_module
-from tuner.graph import channels_last, fuse_for_tuning, import_onnx
+from tuner.rewrite.graph import channels_last, fuse_for_tuning, import_onnx
 from tuner.model_io import load_model
 from tuner.schedules.register_blocking import RULE_NAME
 

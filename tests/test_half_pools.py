@@ -1,4 +1,4 @@
-"""fp16 imports average in fp32 (tuner/half_pools.py): TOPI's average pools sum in their data's
+"""fp16 imports average in fp32 (tuner/rewrite/half_pools.py): TOPI's average pools sum in their data's
 type, and resnet50's final 7x7 average, in fp16, summed past 65504 into inf (every output NaN)
 while each value and the average itself were well inside fp16's range."""
 
@@ -12,7 +12,7 @@ from tvm.target import Target
 
 from tests import onnx_models
 from tests.compiled import assert_matches_ort
-from tuner.graph import fuse_for_tuning, import_onnx
+from tuner.rewrite.graph import fuse_for_tuning, import_onnx
 from tuner.model_io import load_model
 
 

@@ -1,4 +1,4 @@
-"""fp16 imports keep the residual stream and its layer norms in fp16 (tuner/half_residuals.py):
+"""fp16 imports keep the residual stream and its layer norms in fp16 (tuner/rewrite/half_residuals.py):
 one cast of the model's input instead of a cast kernel before every matmul that reads a layer
 norm, and the module still computes what ONNX Runtime computes in fp32, within fp16's tolerance."""
 
@@ -12,7 +12,7 @@ from tvm.target import Target
 
 from tests import onnx_models
 from tests.compiled import assert_matches_ort
-from tuner.graph import fuse_for_tuning, import_onnx
+from tuner.rewrite.graph import fuse_for_tuning, import_onnx
 from tuner.model_io import load_model
 
 H100 = Target({"kind": "cuda", "arch": "sm_90", "max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,

@@ -24,7 +24,7 @@ from tuner.cluster.kernel_check import check_kernel, index_bounds, random_argume
 from tuner.config import Settings
 from tuner.db import models
 from tuner.db.engine import make_engine
-from tuner.graph import fuse_for_tuning, import_onnx
+from tuner.rewrite.graph import fuse_for_tuning, import_onnx
 from tuner.model_io import load_model
 from tuner.pipeline import RunRequest, open_database, run
 
@@ -110,7 +110,7 @@ def _records(db_url: str) -> list[models.TuningRecord]:
 
 def test_wrong_candidates_of_the_search_are_rejected_never_served_and_the_model_verifies(
         tmp_path: Path, settings: Settings, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tuner.tuning as tuning
+    import tuner.search.tuning as tuning
 
     real_space = tuning.fixed_space
 

@@ -17,7 +17,7 @@ from tvm.target import Target
 from tests import onnx_models
 from tests.compiled import assert_matches_ort
 from tuner.compile import compile_tuned, schedule_module
-from tuner.graph import fuse_for_tuning, import_onnx
+from tuner.rewrite.graph import fuse_for_tuning, import_onnx
 from tuner.inputs import random_inputs
 from tuner.measure import ORTModel, TVMModel
 from tuner.model_io import load_model

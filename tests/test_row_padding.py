@@ -1,5 +1,5 @@
 """1x1 convolutions on CPU padded to rows that divide into register blocks of 4 to 8 rows
-(tuner/row_padding.py): which ones are padded, that the padded module computes what ONNX Runtime
+(tuner/rewrite/row_padding.py): which ones are padded, that the padded module computes what ONNX Runtime
 computes, and that the padded convolutions are register-blocked on the padded rows."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from tvm.target import Target
 
 from tests import onnx_models
 from tests.compiled import assert_matches_ort
-from tuner import row_padding
+from tuner.rewrite import row_padding
 from tuner.compile import schedule_module
-from tuner.graph import channels_last, fuse_for_tuning, import_onnx
+from tuner.rewrite.graph import channels_last, fuse_for_tuning, import_onnx
 from tuner.model_io import load_model
 from tuner.schedules.register_blocking import RULE_NAME
 

@@ -9,7 +9,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from tests import onnx_models
-from tuner.graph import fuse_for_tuning, import_onnx
+from tuner.rewrite.graph import fuse_for_tuning, import_onnx
 from tuner.model_io import load_model
 from tuner.schedules.space import space_generator
 

@@ -1,4 +1,4 @@
-"""Split-K fp16 convolutions on tensor-core GPUs (tuner/split_k.py): which convolutions are split
+"""Split-K fp16 convolutions on tensor-core GPUs (tuner/rewrite/split_k.py): which convolutions are split
 and how far, that the sums take the convolutions' epilogues, that tensor-core tiling still
 applies to the split kernel, and that the module computes what ONNX Runtime computes."""
 
@@ -13,8 +13,8 @@ from tvm.target import Target
 
 from tests import onnx_models
 from tests.compiled import assert_matches_ort
-from tuner import split_k
-from tuner.graph import fuse_for_tuning, import_onnx
+from tuner.rewrite import split_k
+from tuner.rewrite.graph import fuse_for_tuning, import_onnx
 from tuner.model_io import load_model
 from tuner.schedules.space import space_generator
 

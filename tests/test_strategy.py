@@ -12,7 +12,7 @@ from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 from tvm.target import Target
 
 from tests.tir_helpers import TARGET, matmul
-from tuner import tuning
+from tuner.search import tuning
 from tuner.config import Settings
 from tuner.progress import SilentProgress
 from tuner.schedules import strategy

@@ -17,9 +17,9 @@ from tvm.target import Target
 
 from tests import onnx_models
 from tests.compiled import assert_matches_ort
-from tuner import winograd
+from tuner.rewrite import winograd
 from tuner.compile import schedule_module
-from tuner.graph import fuse_for_tuning, import_onnx
+from tuner.rewrite.graph import fuse_for_tuning, import_onnx
 from tuner.model_io import load_model
 from tuner.schedules.register_blocking import RULE_NAME
 from tuner.schedules.space import space_generator

@@ -45,12 +45,12 @@ def record(db, mod, run_secs, target=TARGET, searched: bool = True) -> ms.databa
 
 def checked(db, *mods, target=TARGET):  # noqa: ANN001, ANN201 - a SQLDatabase, IRModules; CheckStats
     """Each workload's fastest records checked, as a run checks them before they are served
-    (tuner/record_checks.py), with the kernel check run in this process."""
+    (tuner/search/record_checks.py), with the kernel check run in this process."""
     from tuner.cluster.kernel_check import check_kernel
     from tuner.cluster.pool import Outcome
     from tuner.config import Settings
     from tuner.progress import SilentProgress
-    from tuner.record_checks import check_records
+    from tuner.search.record_checks import check_records
 
     tasks = [ms.ExtractedTask(f"task{i}", mod, Target(target), [mod], 1) for i, mod in enumerate(mods)]
     return check_records(tasks, Target(target), db, lambda jobs: [Outcome(value=check_kernel(*job)) for job in jobs],

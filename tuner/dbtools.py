@@ -20,7 +20,7 @@ from .errors import TunerError
 from .progress import Progress
 
 if TYPE_CHECKING:
-    from .record_checks import CheckStats
+    from .search.record_checks import CheckStats
 
 T = TypeVar("T")
 
@@ -114,9 +114,9 @@ def verify(settings: Settings, url: str | None, hardware: str | None, team: str 
     from tuner.db import models
     from tuner.db.database import workload_of
 
-    from .record_checks import check_records
-    from .tuning import tuning_cores
-    from .tuning_database import open_database
+    from .search.record_checks import check_records
+    from .search.tuning import tuning_cores
+    from .search.job_database import open_database
 
     db_url = url or settings.resolved_db_url()
     with migrated_engine(db_url) as engine:
@@ -152,10 +152,10 @@ def cost_models(settings: Settings, url: str | None, hardware: str | None, team:
 
     from tvm.target import Target
 
-    from .cost_model_training import family_of, train_family
+    from .search.cost_model_training import family_of, train_family
     from .hardware import fingerprint_for
     from .targets import host_cpu_target
-    from .tuning import tuning_cores
+    from .search.tuning import tuning_cores
 
     with migrated_engine(url or settings.resolved_db_url()) as engine:
         if not (train or drop):

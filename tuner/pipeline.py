@@ -29,6 +29,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from tuner.cluster.local import LocalChecker
+from tuner.cluster.nodes import hardware_units
 from tuner.cluster.threads import current_threads, use_threads
 from tuner.db.database import CHECK_WRONG, SQLDatabase
 from tuner.db.engine import redact_url
@@ -39,11 +40,7 @@ from . import __version__
 from .blame import TooManyAttempts, find_culprits
 from .compile import Compiled, compile_tuned, compile_untuned
 from .config import Settings
-from .cost_model_training import retraining_due, start_model, start_retraining
 from .errors import TunerError, VerificationError
-from .clusters import hardware_units
-from . import split_k, winograd
-from .graph import PRECISIONS, fuse_for_tuning, import_onnx
 from .hardware import fingerprint_for
 from .measure import (
     Comparison,
@@ -55,13 +52,16 @@ from .measure import (
     wait_for_quiet_cpu,
 )
 from .inputs import verification_inputs
-from .reference import reference_outputs
-from .stages import stage
 from .model_io import LoadedModel, load_model
 from .progress import Progress, SilentProgress
-from .record_checks import CheckStats, check_records
-from .tuning import Workers, ray_builder_count, ray_workers, tune, tuning_cores
-from .tuning_database import open_database
+from .reference import reference_outputs
+from .rewrite import split_k, winograd
+from .rewrite.graph import PRECISIONS, fuse_for_tuning, import_onnx
+from .search.cost_model_training import retraining_due, start_model, start_retraining
+from .search.job_database import open_database
+from .search.record_checks import CheckStats, check_records
+from .search.tuning import Workers, ray_builder_count, ray_workers, tune, tuning_cores
+from .stages import stage
 
 
 @dataclass
@@ -362,7 +362,7 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
         startup_s = time.perf_counter() - t_tune
         if in_shares:
             # Imported here: a run without Ray (`--ray-address off`, a GPU box) never loads Ray.
-            from .search_shares import DatabaseSpec, ShareJob, tune_shares
+            from .search.shares import DatabaseSpec, ShareJob, tune_shares
 
             spec = DatabaseSpec(job.db_url, job.team, job.job_id, job.private, settings.warm_start)
             jobs = [ShareJob([plans[i].tasks[t] for t in plans[i].to_tune], plans[i].target, plans[i].key,

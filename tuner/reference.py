@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from .errors import TunerError
-from .graph import onnx_opset
+from .rewrite.graph import onnx_opset
 from .measure import ORTModel
 from .stages import summary
 

@@ -18,7 +18,7 @@ def resources(
     target: Annotated[str, typer.Option(help='"cpu" (this host) or a TVM target as a JSON dict.')] = "cpu",
 ) -> None:
     """Print the Ray resources this node advertises: `ray start --resources "$(tuner cluster resources)"`."""
-    from ..clusters import node_resources
+    from ..cluster.nodes import node_resources
     from ..targets import parse_target
 
     print(json.dumps(node_resources(parse_target(target))))
@@ -30,7 +30,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Nodes, their hardware keys, CPUs and GPUs, and how many are in use."""
-    from ..clusters import cluster_status
+    from ..cluster.nodes import cluster_status
 
     report = cluster_status(ray_address)
     if as_json:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from .errors import TunerError
-from .hardware import fingerprint_for
+from tuner.errors import TunerError
+from tuner.hardware import fingerprint_for
 
 
 def hardware_units(target: dict[str, Any]) -> int:
@@ -14,7 +14,7 @@ def hardware_units(target: dict[str, Any]) -> int:
     not overlap), the number of local GPUs of the target's model and arch for CUDA."""
     if target.get("kind") != "cuda":
         return 1
-    from .gpus import local_gpus
+    from tuner.gpus import local_gpus
 
     fp = fingerprint_for(target)
     return sum(1 for g in local_gpus() if g.name == fp.name and g.arch == fp.arch) or 1

@@ -10,9 +10,9 @@ from tuner.db.database import Provenance, SQLDatabase
 from tuner.db.engine import error_reason, make_engine, redact_url
 from tuner.db.migrate import upgrade
 
-from . import __version__
-from .errors import TunerError
-from .hardware import fingerprint_for
+from .. import __version__
+from ..errors import TunerError
+from ..hardware import fingerprint_for
 
 
 def open_database(url: str, target: dict[str, Any], team: str | None = None,

@@ -28,7 +28,7 @@ from tvm.ir import IRModule
 from tvm.topi.nn.pad import pad
 from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
 
-from tuner.relax_rewrites import count_kernels, nhwc_conv2d, rewrite_calls, static_shape
+from tuner.rewrite.relax_rewrites import count_kernels, nhwc_conv2d, rewrite_calls, static_shape
 from tuner.schedules import winograd as rules
 
 TILE = 4

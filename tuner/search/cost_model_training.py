@@ -37,8 +37,8 @@ from tuner.schedules.cost_model import (
     train,
 )
 
-from .errors import TunerError
-from .progress import Progress
+from ..errors import TunerError
+from ..progress import Progress
 
 log = logging.getLogger(__name__)
 

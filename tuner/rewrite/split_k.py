@@ -22,7 +22,7 @@ from tvm import relax, te
 from tvm.ir import IRModule
 from tvm.topi.nn.pad import pad
 
-from tuner.relax_rewrites import count_kernels, nhwc_conv2d, rewrite_calls, static_shape
+from tuner.rewrite.relax_rewrites import count_kernels, nhwc_conv2d, rewrite_calls, static_shape
 
 # Thread blocks a split should bring a convolution's grid to: about one wave on an H100/H200
 # (132 SMs); fewer SMs only make a wave shorter.

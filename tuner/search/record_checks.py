@@ -26,9 +26,9 @@ from tvm.target import Target
 from tuner.cluster.pool import Outcome
 from tuner.db.database import CHECK_FAILED, CHECK_OK, CHECK_WRONG, SQLDatabase, Unchecked
 
-from .config import Settings
-from .progress import Progress
-from .stages import summary
+from ..config import Settings
+from ..progress import Progress
+from ..stages import summary
 
 # Runs check jobs (kernel_check.check_kernel's arguments) where the hardware is.
 CheckFn = Callable[[list[tuple[Any, ...]]], list[Outcome]]

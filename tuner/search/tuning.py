@@ -34,10 +34,10 @@ from tuner.schedules.space import (
     wants_tensor_cores,
 )
 
-from .config import Settings
-from .interrupts import deferred_interrupts
-from .interrupts import requested as interrupt_requested
-from .progress import Progress, ProgressCallback
+from ..config import Settings
+from ..interrupts import deferred_interrupts
+from ..interrupts import requested as interrupt_requested
+from ..progress import Progress, ProgressCallback
 from .cost_model_training import StartModel, start_model
 from .record_checks import CheckFn, CheckStats, check_records
 

@@ -25,7 +25,7 @@ from tvm.ir import IRModule
 from tvm.target import Target
 
 from .relax_rewrites import nhwc_conv2d, rewrite_calls
-from .schedules.isa import vector_isa
+from ..schedules.isa import vector_isa
 
 LANES = 8
 # At most this many multiplications per useful one (34 -> 40 is 1.18).

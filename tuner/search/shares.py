@@ -20,12 +20,12 @@ from tvm.target import Target
 from tuner.cluster import searchers as rs
 from tuner.cluster.worker_tasks import dumps_target
 
-from .config import Settings
-from .errors import TunerError
-from .progress import Progress, SilentProgress
+from ..config import Settings
+from ..errors import TunerError
+from ..progress import Progress, SilentProgress
 from .record_checks import CheckStats
 from .tuning import TuneResult, Workers, per_node, ray_workers, tune, tuning_cores
-from .tuning_database import open_database
+from .job_database import open_database
 
 
 @dataclass

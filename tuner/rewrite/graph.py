@@ -21,15 +21,15 @@ from tvm.target import Target
 
 from .channel_shuffle import channel_shuffles_nhwc
 from .conv_bias_norms import conv_bias_norms
-from .errors import TunerError
+from ..errors import TunerError
 from .group_padding import pad_groups
 from .half_pools import half_pools
 from .half_residuals import half_residuals
-from .model_io import LoadedModel
+from ..model_io import LoadedModel
 from .row_padding import pad_rows
-from .schedules.space import has_tensor_cores
+from ..schedules.space import has_tensor_cores
 from .split_k import split_k_convolutions
-from .stages import last_line
+from ..stages import last_line
 from .winograd import winograd_convolutions
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -217,12 +217,12 @@ def fusion_passes(target: Target, fast_math: bool = True, winograd: bool = True)
     the kernels, hence their workload hashes: records of the plain kernels are never applied to
     these.
 
-    ``winograd``: CPU 3x3 convolutions as Winograd F(4x4, 3x3) kernels (`tuner/winograd.py`).
+    ``winograd``: CPU 3x3 convolutions as Winograd F(4x4, 3x3) kernels (`tuner/rewrite/winograd.py`).
     On tensor-core GPUs, fp16 convolutions run channels last, and those with few output pixels
-    and a long reduction split along it (`tuner/split_k.py`).
-    Also on CPU: channel shuffles as one channels-last gather (`tuner/channel_shuffle.py`),
-    grouped convolutions padded to whole vectors per group (`tuner/group_padding.py`) and 1x1
-    convolutions padded to rows that divide into register blocks (`tuner/row_padding.py`)."""
+    and a long reduction split along it (`tuner/rewrite/split_k.py`).
+    Also on CPU: channel shuffles as one channels-last gather (`tuner/rewrite/channel_shuffle.py`),
+    grouped convolutions padded to whole vectors per group (`tuner/rewrite/group_padding.py`) and 1x1
+    convolutions padded to rows that divide into register blocks (`tuner/rewrite/row_padding.py`)."""
     try:
         dispatch = list(relax_pipeline.library_dispatch_passes(target))
     except (ValueError, AttributeError):
