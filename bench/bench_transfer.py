@@ -16,7 +16,7 @@ against ONNX Runtime and times the two modules and ONNX Runtime in alternation i
 `--db URL` starts from that database (its stored model, else one trained on it) instead of
 filling one, or, with `--train-models` named, fills on top of it (and trains anew);
 `--train-trials-per-task` sets the fill's budget apart from the targets'; `--defaults-only` skips
-the two searches.
+the searches, `--searches-only` the defaults.
 
     python3 bench/bench_transfer.py --train-models squeezenet shufflenet densenet121 inception_v1 \\
         bvlc_alexnet zfnet512 --target-models resnet50 transformer --trials-per-task 32 \\
@@ -114,10 +114,13 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
     cold = trials_to_reach(pair["cold"]["curve"], goal) if goal else None
     pair["trials_to_reach_cold_final"] = {"transferred": reached, "cold": cold}
     pair["trial_share_needed"] = reached / cold if reached is not None and cold else None
+    def estimates(run: dict) -> str:
+        return " -> ".join("?" if ms is None else f"{ms:.3f}" for ms in (run["start_estimate_ms"], run["final_estimate_ms"]))
+
     print(f"[bench] {name} seed {seed}: transferred {pair['transferred']['latency_ms']:.2f} ms "
-          f"(estimate {pair['transferred']['start_estimate_ms']:.3f} -> {pair['transferred']['final_estimate_ms']:.3f}), "
-          f"cold {pair['cold']['latency_ms']:.2f} ms (estimate {pair['cold']['start_estimate_ms']:.3f} -> {goal:.3f}); "
-          f"trials to reach the cold run's final estimate: {reached} transferred vs {cold} cold", flush=True)
+          f"(estimate {estimates(pair['transferred'])}), cold {pair['cold']['latency_ms']:.2f} ms "
+          f"(estimate {estimates(pair['cold'])}); trials to reach the cold run's final estimate: "
+          f"{reached} transferred vs {cold} cold", flush=True)
     return pair
 
 
@@ -171,6 +174,7 @@ def main() -> None:
     parser.add_argument("--db", help="start from this database instead of filling one with --train-models")
     parser.add_argument("--keep-db", type=Path, help="copy the filled database here (reuse it with --db)")
     parser.add_argument("--defaults-only", action="store_true", help="only compare plain and ranked defaults")
+    parser.add_argument("--searches-only", action="store_true", help="skip the plain vs ranked defaults comparison")
     args = parser.parse_args()
     if args.train_models is None and not args.db:
         args.train_models = ["squeezenet", "shufflenet", "densenet121", "inception_v1", "bvlc_alexnet", "zfnet512"]
@@ -208,25 +212,31 @@ def main() -> None:
         results["model"] = {**model, "seconds": time.perf_counter() - t0}
         print(f"[bench] trained on {model['records']} records of {model['workloads']} workloads, hold-out rank "
               f"correlation {model['holdout_spearman']}", flush=True)
-        for name in args.target_models:
+        for name in [] if args.searches_only else args.target_models:
             results["ranked_defaults"].append(ranked_defaults(name, model_spec(name, work), url, target))
         for name in [] if args.defaults_only else args.target_models:
             source = model_spec(name, work)
             budget = args.trials_per_task * task_count(source, target)
-            pairs = [transfer_pair(name, source, budget, seed, db_file, work, target) for seed in args.seeds]
-            shares = [p["trial_share_needed"] for p in pairs]
-            # A transferred run that never reached the cold run's final estimate counts as worst.
-            median = float(np.median([np.inf if s is None else s for s in shares]))
-            row = {"model": name, "trials": budget, "pairs": pairs,
-                   "median_trial_share_needed": median if np.isfinite(median) else None}
+            row: dict = {"model": name, "trials": budget, "pairs": [], "median_trial_share_needed": None}
+            results["targets"].append(row)
+            for seed in args.seeds:
+                row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target))
+                shares = [p["trial_share_needed"] for p in row["pairs"]]
+                # A transferred run that never reached the cold run's final estimate counts as worst.
+                median = float(np.median([np.inf if s is None else s for s in shares]))
+                row["median_trial_share_needed"] = median if np.isfinite(median) else None
+                save(results, args.out)  # after every pair: a long run cut short keeps what it measured
             print(f"[bench] {name}: trial share the transferred runs needed, per seed: "
                   f"{', '.join('never' if s is None else f'{s:.0%}' for s in shares)}", flush=True)
-            results["targets"].append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    if results["targets"]:
-        plot(results, args.out.with_suffix(".png"))
+    save(results, args.out)
     print(f"wrote {args.out}" + (f" and {args.out.with_suffix('.png')}" if results["targets"] else ""))
+
+
+def save(results: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    if results["targets"]:
+        plot(results, out.with_suffix(".png"))
 
 
 def plot(results: dict, path: Path) -> None:
