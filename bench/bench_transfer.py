@@ -66,6 +66,8 @@ def copy_database(source: Path, dest: Path) -> None:
     commits behind in `-wal`: the trained cost model among them, so the "transferred" runs of
     this benchmark (results before 2026-12-04, session 20) started without it, exactly as the
     cold runs did (their reports said `cost_model.transferred: false`)."""
+    if not source.is_file():  # sqlite3.connect would create an empty database there
+        raise SystemExit(f"no database at {source}")
     dest.unlink(missing_ok=True)
     with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(dest)) as dst:
         src.backup(dst)
