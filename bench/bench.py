@@ -43,7 +43,7 @@ def task_count(source: str, target: dict) -> int:
     from tvm.s_tir import meta_schedule as ms
 
     from tuner.rewrite.graph import fuse_for_tuning, import_onnx
-    from tuner.model_io import load_model
+    from tuner.load.model_io import load_model
 
     t = Target(dict(target))
     return len(ms.relax_integration.extract_tasks(fuse_for_tuning(import_onnx(load_model(source, {})), t), t))

@@ -49,7 +49,7 @@ from cuda_profile import kernel_table  # noqa: E402
 from models import is_built, model_spec  # noqa: E402
 
 from tuner.config import get_settings  # noqa: E402
-from tuner.model_io import load_model  # noqa: E402
+from tuner.load.model_io import load_model  # noqa: E402
 from tuner.pipeline import RunRequest, run  # noqa: E402
 from tuner.progress import LogProgress  # noqa: E402
 from tuner.targets import local_cuda_target  # noqa: E402
@@ -216,8 +216,8 @@ def tuner_profile(module: Path, spec: str, iters: int) -> dict[str, Any]:
     import tvm
 
     from cuda_profile import kernel_times
-    from tuner.inputs import verification_inputs
-    from tuner.measure import TVMModel
+    from tuner.verify.inputs import verification_inputs
+    from tuner.verify.measure import TVMModel
 
     loaded = load_model(spec)
     model = TVMModel(module, list(loaded.input_shapes), tvm.cuda())

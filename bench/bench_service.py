@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.onnx_models import matmul_bias_relu, save  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
-from tuner.zoo import zoo_path  # noqa: E402
+from tuner.load.zoo import zoo_path  # noqa: E402
 
 TUNER = [sys.executable, "-m", "tuner.cli"]
 

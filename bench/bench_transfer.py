@@ -51,8 +51,8 @@ from tuner.compile import compile_tuned  # noqa: E402
 from tuner.search.cost_model_training import start_model, train_family  # noqa: E402
 from tuner.db import cost_models as store  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
-from tuner.inputs import verification_inputs  # noqa: E402
-from tuner.measure import ORTModel, TVMModel, compare, interleaved_medians_ms  # noqa: E402
+from tuner.verify.inputs import verification_inputs  # noqa: E402
+from tuner.verify.measure import ORTModel, TVMModel, compare, interleaved_medians_ms  # noqa: E402
 from tuner.pipeline import RunRequest, open_database, run  # noqa: E402
 from tuner.schedules.cost_model import default_ranker  # noqa: E402
 from tuner.progress import LogProgress  # noqa: E402

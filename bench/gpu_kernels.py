@@ -30,9 +30,9 @@ from models import model_spec  # noqa: E402
 
 from tuner.compile import compile_tuned, schedule_module  # noqa: E402
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx  # noqa: E402
-from tuner.inputs import verification_inputs  # noqa: E402
-from tuner.measure import TVMModel  # noqa: E402
-from tuner.model_io import LoadedModel, load_model  # noqa: E402
+from tuner.verify.inputs import verification_inputs  # noqa: E402
+from tuner.verify.measure import TVMModel  # noqa: E402
+from tuner.load.model_io import LoadedModel, load_model  # noqa: E402
 from tuner.targets import local_cuda_target  # noqa: E402
 from tuner.search.job_database import open_database  # noqa: E402
 

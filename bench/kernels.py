@@ -16,7 +16,7 @@ from tvm.target import Target
 from tuner.compile import schedule_module
 from tuner.db.database import SQLDatabase
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx
-from tuner.model_io import LoadedModel, load_model
+from tuner.load.model_io import LoadedModel, load_model
 from tuner.schedules.lowering import lowering_config
 from tuner.search.job_database import open_database
 

@@ -10,7 +10,7 @@ from mobilenet import mobilenet_v2
 from transformer import encoder
 from weights import he_weights
 
-from tuner.model_io import load_model
+from tuner.load.model_io import load_model
 
 BUILT = {"transformer": encoder, "mobilenetv2": mobilenet_v2}
 

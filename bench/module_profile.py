@@ -31,8 +31,8 @@ from peak import fma_peak_gflops  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
-from tuner.inputs import verification_inputs  # noqa: E402
-from tuner.measure import TVMModel, median_ms  # noqa: E402
+from tuner.verify.inputs import verification_inputs  # noqa: E402
+from tuner.verify.measure import TVMModel, median_ms  # noqa: E402
 from tuner.targets import host_cpu_target  # noqa: E402
 
 

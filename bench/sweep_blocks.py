@@ -30,7 +30,7 @@ from peak import fma_peak_gflops  # noqa: E402
 
 from tuner.compile import schedule_module  # noqa: E402
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx  # noqa: E402
-from tuner.model_io import load_model  # noqa: E402
+from tuner.load.model_io import load_model  # noqa: E402
 from tuner.schedules import register_blocking as rb  # noqa: E402
 from tuner.targets import host_cpu_target  # noqa: E402
 from tuner.search.job_database import open_database  # noqa: E402

@@ -12,9 +12,9 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from tuner.compile import compile_tuned
-from tuner.inputs import random_inputs
-from tuner.measure import ORTModel, TVMModel
-from tuner.model_io import LoadedModel
+from tuner.verify.inputs import random_inputs
+from tuner.verify.measure import ORTModel, TVMModel
+from tuner.load.model_io import LoadedModel
 
 
 def assert_matches_ort(loaded: LoadedModel, fused: IRModule, target: Target, tmp_path: Path,

@@ -15,7 +15,7 @@ from tests import onnx_models
 from tests.conftest import tiny_env
 from tuner.errors import TunerError
 from tuner.gpus import local_gpus
-from tuner.model_io import load_model, parse_input_shapes
+from tuner.load.model_io import load_model, parse_input_shapes
 
 
 def tuner_cli(args: list[str], tmp_path: Path, timeout: int = 300,

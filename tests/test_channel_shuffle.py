@@ -18,7 +18,7 @@ from tests import onnx_models
 from tests.compiled import assert_matches_ort
 from tuner.rewrite import channel_shuffle
 from tuner.rewrite.graph import channels_last, fuse_for_tuning, import_onnx
-from tuner.model_io import load_model
+from tuner.load.model_io import load_model
 
 AVX2 = Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2})
 

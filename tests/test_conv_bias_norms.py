@@ -12,7 +12,7 @@ from tvm.target import Target
 from tests import onnx_models
 from tests.compiled import assert_matches_ort
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx
-from tuner.model_io import load_model
+from tuner.load.model_io import load_model
 
 NORM_OPS = ("batch_norm", "R.subtract", "R.divide", "R.multiply", "R.sqrt")
 

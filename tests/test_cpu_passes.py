@@ -19,7 +19,7 @@ from tvm.target import Target
 
 from tests import onnx_models
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx
-from tuner.model_io import load_model
+from tuner.load.model_io import load_model
 
 CPU = Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2})
 
@@ -101,7 +101,7 @@ def test_cpu_timing_waits_until_other_work_ends() -> None:
     what the machine was doing before (another job may share it)."""
     import psutil
 
-    from tuner.measure import wait_for_quiet_cpu
+    from tuner.verify.measure import wait_for_quiet_cpu
 
     limit = min(95.0, psutil.cpu_percent(interval=0.5) + 30)
     spin = "import time\nt = time.time()\nwhile time.time() - t < 3: pass"
@@ -122,11 +122,11 @@ def test_cpu_timing_waits_until_other_work_ends() -> None:
 
 @pytest.fixture
 def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
-    """tuner.measure's clock made virtual: the returned `sleep` advances it (as does the timing's
+    """tuner.verify.measure's clock made virtual: the returned `sleep` advances it (as does the timing's
     own pause), so timing tests do not depend on the machine's speed. `sleep.now[0]` is the time."""
     from types import SimpleNamespace
 
-    import tuner.measure as measure
+    import tuner.verify.measure as measure
 
     now = [0.0]
 
@@ -142,7 +142,7 @@ def test_engines_are_timed_in_alternation_so_a_slow_stretch_hits_both(virtual_cl
     """The machine slows down (2x) for the last part of the timing: timed one after the other,
     the second engine takes all of it; alternated, both see the same share, so their ratio is
     their true ratio (2:1 here). A virtual clock keeps the test independent of the machine."""
-    import tuner.measure as measure
+    import tuner.verify.measure as measure
 
     sleep, now = virtual_clock, virtual_clock.now
     calls = [0, 0]
@@ -165,7 +165,7 @@ def test_engines_are_timed_in_alternation_so_a_slow_stretch_hits_both(virtual_cl
 def test_an_engine_counts_its_fastest_instance(virtual_clock) -> None:  # noqa: ANN001
     """One of three ORT sessions stays 3x slow for the whole timing (as seen after tuning on
     the 2-core VM): the engine's figure is its fastest instance, each instance's is kept."""
-    import tuner.measure as measure
+    import tuner.verify.measure as measure
 
     sleep = virtual_clock
     tvm = [lambda: sleep(0.005), lambda: sleep(0.0052)]

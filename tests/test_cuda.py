@@ -24,8 +24,8 @@ from tuner.compile import compile_tuned
 from tuner.config import Settings
 from tuner.errors import TunerError
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx, safe_names
-from tuner.measure import ORTModel
-from tuner.model_io import load_model
+from tuner.verify.measure import ORTModel
+from tuner.load.model_io import load_model
 from tuner.pipeline import RunRequest, open_database, run
 from tuner.schedules.defaults import count_loops, dlight_schedule
 from tuner.schedules.space import space_generator

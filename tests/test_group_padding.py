@@ -21,7 +21,7 @@ from tests.compiled import assert_matches_ort
 from tuner.rewrite import group_padding
 from tuner.compile import schedule_module
 from tuner.rewrite.graph import channels_last, fuse_for_tuning, import_onnx
-from tuner.model_io import load_model
+from tuner.load.model_io import load_model
 from tuner.schedules.register_blocking import RULE_NAME
 
 AVX2 = Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2})

@@ -13,7 +13,7 @@ from tvm.target import Target
 from tests import onnx_models
 from tests.compiled import assert_matches_ort
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx
-from tuner.model_io import load_model
+from tuner.load.model_io import load_model
 
 
 def test_fp16_average_pools_sum_in_fp32_and_match_onnxruntime(tmp_path: Path) -> None:

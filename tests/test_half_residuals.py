@@ -13,7 +13,7 @@ from tvm.target import Target
 from tests import onnx_models
 from tests.compiled import assert_matches_ort
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx
-from tuner.model_io import load_model
+from tuner.load.model_io import load_model
 
 H100 = Target({"kind": "cuda", "arch": "sm_90", "max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
                "thread_warp_size": 32, "host": {"kind": "llvm"}})

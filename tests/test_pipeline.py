@@ -13,8 +13,8 @@ from tvm import relax
 from tests import onnx_models
 from tuner.config import Settings
 from tuner.errors import VerificationError
-from tuner.measure import ORTModel
-from tuner.model_io import load_model
+from tuner.verify.measure import ORTModel
+from tuner.load.model_io import load_model
 from tuner.pipeline import RunRequest, run
 
 TARGET = {"kind": "llvm", "num-cores": 2}
@@ -210,7 +210,7 @@ def test_an_fp16_module_that_overflows_is_refused_with_the_reason(tmp_path: Path
 
 
 def test_finite_divergence_is_still_reported_as_an_error_size() -> None:
-    from tuner.measure import compare
+    from tuner.verify.measure import compare
 
     ref = [np.ones((2, 3), dtype="float32")]
     assert compare([ref[0] + 1e-4], ref, ["y"], 1e-3, 1e-3).verified

@@ -19,13 +19,13 @@ from tests import onnx_models
 from tests.conftest import tiny_env
 from tests.test_bad_input import assert_clean_error, tuner_cli
 from tests.tir_helpers import TARGET, matmul
-from tuner.blame import TooManyAttempts, find_culprits
+from tuner.verify.blame import TooManyAttempts, find_culprits
 from tuner.cluster.kernel_check import check_kernel, index_bounds, random_arguments
 from tuner.config import Settings
 from tuner.db import models
 from tuner.db.engine import make_engine
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx
-from tuner.model_io import load_model
+from tuner.load.model_io import load_model
 from tuner.pipeline import RunRequest, open_database, run
 
 TOLERANCES = {"float32": (1e-3, 1e-3), "float16": (2e-2, 2e-2)}

@@ -18,9 +18,9 @@ from tests import onnx_models
 from tests.compiled import assert_matches_ort
 from tuner.compile import compile_tuned, schedule_module
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx
-from tuner.inputs import random_inputs
-from tuner.measure import ORTModel, TVMModel
-from tuner.model_io import load_model
+from tuner.verify.inputs import random_inputs
+from tuner.verify.measure import ORTModel, TVMModel
+from tuner.load.model_io import load_model
 from tuner.schedules import register_blocking
 from tuner.schedules.isa import VectorISA, vector_isa
 from tuner.schedules.register_blocking import RULE_NAME, candidates, efficiency

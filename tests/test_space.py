@@ -10,7 +10,7 @@ from tvm.target import Target
 
 from tests import onnx_models
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx
-from tuner.model_io import load_model
+from tuner.load.model_io import load_model
 from tuner.schedules.space import space_generator
 
 

@@ -15,7 +15,7 @@ from tests import onnx_models
 from tests.compiled import assert_matches_ort
 from tuner.rewrite import split_k
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx
-from tuner.model_io import load_model
+from tuner.load.model_io import load_model
 from tuner.schedules.space import space_generator
 
 H100 = Target({"kind": "cuda", "arch": "sm_90", "max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,

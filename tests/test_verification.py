@@ -16,8 +16,8 @@ from tuner import cli
 from tuner.config import Settings
 from tuner.conformance import cases, case_data, fast_settings, run_case
 from tuner.errors import TunerError
-from tuner.inputs import index_bounds
-from tuner.model_io import load_model
+from tuner.verify.inputs import index_bounds
+from tuner.load.model_io import load_model
 from tuner.pipeline import RunRequest, run
 from tuner.targets import host_cpu_target, parse_target
 
@@ -148,7 +148,7 @@ def test_nan_and_infinity_where_the_reference_has_them_agree() -> None:
     """sqrt of a negative input is NaN in every engine (ONNX's test_operator_sqrt): the same
     NaN or infinity agrees; a number where the reference has NaN does not."""
     from tuner.errors import VerificationError
-    from tuner.measure import compare
+    from tuner.verify.measure import compare
 
     ref = np.array([1.0, np.nan, np.inf, -np.inf], np.float32)
     assert compare([ref.copy()], [ref], ["y"], 1e-3, 1e-3).max_abs_error == 0.0

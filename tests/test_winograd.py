@@ -20,7 +20,7 @@ from tests.compiled import assert_matches_ort
 from tuner.rewrite import winograd
 from tuner.compile import schedule_module
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx
-from tuner.model_io import load_model
+from tuner.load.model_io import load_model
 from tuner.schedules.register_blocking import RULE_NAME
 from tuner.schedules.space import space_generator
 

@@ -130,7 +130,7 @@ def _mismatch(got: list[np.ndarray], expected: list[np.ndarray], atol: float, rt
 
 def _outputs(module: object, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     """A compiled module (`model.so` path or executable) run on the CPU with `inputs`."""
-    from .measure import TVMModel
+    from .verify.measure import TVMModel
 
     model = TVMModel(module, list(inputs))
     return model.run(model.prepare(inputs))

@@ -37,12 +37,22 @@ from tuner.schedules.cost_model import default_ranker
 from tuner.schedules.intrinsics import load_tensor_intrinsics
 
 from . import __version__
-from .blame import TooManyAttempts, find_culprits
 from .compile import Compiled, compile_tuned, compile_untuned
 from .config import Settings
 from .errors import TunerError, VerificationError
 from .hardware import fingerprint_for
-from .measure import (
+from .load.model_io import LoadedModel, load_model
+from .progress import Progress, SilentProgress
+from .rewrite import split_k, winograd
+from .rewrite.graph import PRECISIONS, fuse_for_tuning, import_onnx
+from .search.cost_model_training import retraining_due, start_model, start_retraining
+from .search.job_database import open_database
+from .search.record_checks import CheckStats, check_records
+from .search.tuning import Workers, ray_builder_count, ray_workers, tune, tuning_cores
+from .stages import stage
+from .verify.blame import TooManyAttempts, find_culprits
+from .verify.inputs import verification_inputs
+from .verify.measure import (
     Comparison,
     TVMModel,
     compare,
@@ -51,17 +61,7 @@ from .measure import (
     median_ms,
     wait_for_quiet_cpu,
 )
-from .inputs import verification_inputs
-from .model_io import LoadedModel, load_model
-from .progress import Progress, SilentProgress
-from .reference import reference_outputs
-from .rewrite import split_k, winograd
-from .rewrite.graph import PRECISIONS, fuse_for_tuning, import_onnx
-from .search.cost_model_training import retraining_due, start_model, start_retraining
-from .search.job_database import open_database
-from .search.record_checks import CheckStats, check_records
-from .search.tuning import Workers, ray_builder_count, ray_workers, tune, tuning_cores
-from .stages import stage
+from .verify.reference import reference_outputs
 
 
 @dataclass

@@ -27,9 +27,9 @@ def _settings():  # noqa: ANN202 - Settings, imported lazily to keep --help fast
 @db_app.command()
 def upgrade(db: DbOption = None) -> None:
     """Apply the Alembic migrations up to the newest schema; a no-op when already there."""
-    from .. import dbtools
+    from . import db_tools
 
-    before, after = dbtools.upgrade_database(_settings(), db)
+    before, after = db_tools.upgrade_database(_settings(), db)
     if before == after:
         out.print(f"schema already at revision {after}")
     else:
@@ -44,9 +44,9 @@ def _mb(size: int | None) -> str:
 def stats(db: DbOption = None,
           as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """Workloads and records, per hardware key and per team, and the size on disk."""
-    from .. import dbtools
+    from . import db_tools
 
-    report = dbtools.stats(_settings(), db)
+    report = db_tools.stats(_settings(), db)
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -78,9 +78,9 @@ def export_cmd(
     hardware: HardwareOption = None,
 ) -> None:
     """Write records as a MetaSchedule JSON database, plus tuner_provenance.json (hardware, teams)."""
-    from .. import dbtools
+    from . import db_tools
 
-    result = dbtools.export(_settings(), db, out_dir, hardware)
+    result = db_tools.export(_settings(), db, out_dir, hardware)
     out.print(f"exported {result.records} records of {result.workloads} workloads "
               f"({', '.join(result.hardware) or 'no hardware'}) to {result.directory}")
 
@@ -95,9 +95,9 @@ def import_cmd(
     team: Annotated[Optional[str], typer.Option(help="Team to attribute the records to (default: the export's, or the configured team).")] = None,
 ) -> None:
     """Import a MetaSchedule JSON database, all or nothing; records already present are skipped."""
-    from .. import dbtools
+    from . import db_tools
 
-    r = dbtools.import_(_settings(), db, directory, hardware, team)
+    r = db_tools.import_(_settings(), db, directory, hardware, team)
     out.print(f"imported {r.records_new} records ({r.records_duplicate} already present) of "
               f"{r.workloads_new + r.workloads_known} workloads ({r.workloads_new} new) for "
               f"{', '.join(r.hardware) or 'no hardware'}")
@@ -111,9 +111,9 @@ def prune(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Keep the best K records per workload and hardware (per team for private ones); drop failed ones."""
-    from .. import dbtools
+    from . import db_tools
 
-    result = dbtools.prune(_settings(), db, keep_top, dry_run)
+    result = db_tools.prune(_settings(), db, keep_top, dry_run)
     if as_json:
         print(json.dumps(asdict(result), indent=2))
         return
@@ -134,10 +134,10 @@ def verify_cmd(
 
     A run checks a record before serving it; this does it on demand, e.g. after `tuner db import`
     or a TVM upgrade. Wrong records are marked and never served; the next ones are checked."""
-    from .. import dbtools
+    from . import db_tools
     from ..progress import LogProgress, SilentProgress
 
-    results = dbtools.verify(_settings(), db, hardware, team, SilentProgress() if as_json else LogProgress())
+    results = db_tools.verify(_settings(), db, hardware, team, SilentProgress() if as_json else LogProgress())
     if as_json:
         print(json.dumps({key: stats.as_dict() for key, stats in results}, indent=2))
         return
@@ -168,12 +168,12 @@ def model_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """The cost models every search starts from: one per hardware family (and per team with private records)."""
-    from .. import dbtools
+    from . import db_tools
     from ..errors import TunerError
 
     if train and drop:
         raise TunerError("--train and --drop exclude each other")
-    done, rows = dbtools.cost_models(_settings(), db, hardware, team, train, drop)
+    done, rows = db_tools.cost_models(_settings(), db, hardware, team, train, drop)
     if as_json:
         print(json.dumps({"done": done, "models": rows}, indent=2))
         return

@@ -43,7 +43,7 @@ def run(
 ) -> None:
     """Tune MODEL on this machine, compile, verify against ONNX Runtime, write model.so and report.json."""
     from ..config import get_settings
-    from ..model_io import parse_input_shapes
+    from ..load.model_io import parse_input_shapes
     from ..pipeline import RunRequest
     from ..pipeline import run as run_pipeline
     from ..progress import LogProgress, RichProgress
@@ -155,7 +155,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """List the model-zoo networks shipped with the onnx package: input shapes and GFLOPs."""
-    from ..zoo_info import zoo_table
+    from ..load.zoo_info import zoo_table
 
     rows = zoo_table()
     if as_json:

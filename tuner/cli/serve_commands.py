@@ -64,7 +64,7 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON on stdout.")] = False,
 ) -> None:
     """Send MODEL to a `tuner serve`; with --wait, show its progress and download the checked module."""
-    from ..client import Client
+    from .client import Client
 
     client = Client(server, key)
     try:
@@ -84,7 +84,7 @@ def submit(
         client.close()
 
 
-def _follow(client, job: dict) -> dict:  # noqa: ANN001 - tuner.client.Client
+def _follow(client, job: dict) -> dict:  # noqa: ANN001 - tuner.cli.client.Client
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("[bold]{task.fields[status]}"), BarColumn(), MofNCompleteColumn(),
@@ -116,7 +116,7 @@ def _print_done(job: dict, path: Path) -> None:
 def keys_create(team: Annotated[str, typer.Option(help="The team the key acts for.")], db: DbOption = None) -> None:
     """Create a key; it is printed once, alone on the last line, and only its hash is stored."""
     from ..db.keys import create_key
-    from ..dbtools import migrated_engine
+    from .db_tools import migrated_engine
 
     with migrated_engine(db or _settings().resolved_db_url()) as engine:
         key, info = create_key(engine, team)
@@ -129,7 +129,7 @@ def keys_list(team: Annotated[Optional[str], typer.Option(help="Only this team's
               as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """Keys by prefix, team, creation and revocation time (never the keys themselves)."""
     from ..db.keys import list_keys
-    from ..dbtools import migrated_engine
+    from .db_tools import migrated_engine
 
     with migrated_engine(db or _settings().resolved_db_url()) as engine:
         keys = list_keys(engine, team)
@@ -151,7 +151,7 @@ def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix as 
                 db: DbOption = None) -> None:
     """Revoke a key: the service refuses it from the next request on."""
     from ..db.keys import revoke_key
-    from ..dbtools import migrated_engine
+    from .db_tools import migrated_engine
 
     with migrated_engine(db or _settings().resolved_db_url()) as engine:
         info = revoke_key(engine, prefix)

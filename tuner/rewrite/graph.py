@@ -25,7 +25,7 @@ from ..errors import TunerError
 from .group_padding import pad_groups
 from .half_pools import half_pools
 from .half_residuals import half_residuals
-from ..model_io import LoadedModel
+from ..load.model_io import LoadedModel
 from .row_padding import pad_rows
 from ..schedules.space import has_tensor_cores
 from .split_k import split_k_convolutions

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from onnx.external_data_helper import uses_external_data
 
 from tuner.errors import TunerError
-from tuner.model_io import LoadedModel, all_tensors, load_model, parse_input_shapes
+from tuner.load.model_io import LoadedModel, all_tensors, load_model, parse_input_shapes
 from tuner.targets import parse_target
 
 
@@ -109,7 +109,7 @@ def check_model(path: Path, input_shapes: dict[str, list[int]]) -> LoadedModel:
 def check_inputs(inputs: Path, model: LoadedModel) -> None:
     """The `inputs` part must hold one array per model input, with the model's shapes and dtypes
     (`model`: what `check_model` loaded)."""
-    from tuner.inputs import load_inputs
+    from tuner.verify.inputs import load_inputs
 
     try:
         load_inputs(inputs, model)

@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
-from .errors import TunerError
+from ..errors import TunerError
 from .zoo import zoo_path
 
 # Ops whose value is not a function of their inputs: never folded.

@@ -15,12 +15,12 @@ from tuner.db import admin, transfer
 from tuner.db.engine import error_reason, make_engine, redact_url
 from tuner.db.migrate import current_revision, head_revision, upgrade
 
-from .config import Settings
-from .errors import TunerError
-from .progress import Progress
+from ..config import Settings
+from ..errors import TunerError
+from ..progress import Progress
 
 if TYPE_CHECKING:
-    from .search.record_checks import CheckStats
+    from ..search.record_checks import CheckStats
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ def _key_targets(engine: Engine, hardware: str | None) -> dict[str, dict[str, An
 
 def _here(target: dict[str, Any]) -> str | None:
     """This machine's hardware key for a target, or None when it lacks that hardware."""
-    from .hardware import fingerprint_for
+    from ..hardware import fingerprint_for
 
     try:
         return fingerprint_for(target).key
@@ -114,9 +114,9 @@ def verify(settings: Settings, url: str | None, hardware: str | None, team: str 
     from tuner.db import models
     from tuner.db.database import workload_of
 
-    from .search.record_checks import check_records
-    from .search.tuning import tuning_cores
-    from .search.job_database import open_database
+    from ..search.record_checks import check_records
+    from ..search.tuning import tuning_cores
+    from ..search.job_database import open_database
 
     db_url = url or settings.resolved_db_url()
     with migrated_engine(db_url) as engine:
@@ -152,10 +152,10 @@ def cost_models(settings: Settings, url: str | None, hardware: str | None, team:
 
     from tvm.target import Target
 
-    from .search.cost_model_training import family_of, train_family
-    from .hardware import fingerprint_for
-    from .targets import host_cpu_target
-    from .search.tuning import tuning_cores
+    from ..search.cost_model_training import family_of, train_family
+    from ..hardware import fingerprint_for
+    from ..targets import host_cpu_target
+    from ..search.tuning import tuning_cores
 
     with migrated_engine(url or settings.resolved_db_url()) as engine:
         if not (train or drop):

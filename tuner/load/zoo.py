@@ -24,7 +24,7 @@ def zoo_dir() -> Path:
 
 
 def zoo_path(name: str) -> Path:
-    from .errors import TunerError
+    from ..errors import TunerError
 
     if name not in ZOO_NAMES:
         raise TunerError(f"unknown zoo model {name!r}; valid names: {', '.join(ZOO_NAMES)}")

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .errors import TunerError
-from .rewrite.graph import onnx_opset
+from ..errors import TunerError
+from ..rewrite.graph import onnx_opset
 from .measure import ORTModel
-from .stages import summary
+from ..stages import summary
 
 # Opsets tried, newest first, when ONNX Runtime cannot run the model's own.
 CONVERSION_OPSETS = (17, 13)

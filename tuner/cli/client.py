@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from .errors import TunerError
+from ..errors import TunerError
 
 
 def _detail(response: httpx.Response) -> str:

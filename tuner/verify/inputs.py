@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import onnx.shape_inference
 
-from .errors import TunerError
-from .model_io import LoadedModel
+from ..errors import TunerError
+from ..load.model_io import LoadedModel
 
 # Integer inputs that index nothing we can see are drawn in [0, DEFAULT_INT_HIGH).
 DEFAULT_INT_HIGH = 8

@@ -15,7 +15,7 @@ import onnx
 import tvm
 from tvm import relax
 
-from .errors import VerificationError
+from ..errors import VerificationError
 
 
 def _flatten(value: Any) -> list[np.ndarray]:
