@@ -34,6 +34,7 @@ import platform
 import sqlite3
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -260,7 +261,8 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel("trials")
         ax.set_ylabel("estimated latency (ms)")
         ax.legend()
-    fig.suptitle(f"cost model trained on {', '.join(results['train_models'])}: {results['cpu']}")
+    fig.suptitle(textwrap.fill(f"cost model trained on {', '.join(results['train_models'])}: {results['cpu']}", 90),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
