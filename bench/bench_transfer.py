@@ -8,7 +8,8 @@ the machine's noise alone, so one pair says little. Prints, per pair, the estima
 over tasks of weight x best measured kernel time, what the progress bar shows, from the default
 schedules' at trial 0) after every batch for both runs, the measured latency of both modules, and
 how many trials the transferred run needed to reach the cold run's final estimate; per target,
-the median share. Curves go to a plot beside the JSON.
+the median share. Curves go to a plot beside the JSON. Each target's default schedules are
+measured once into the database before its pairs, so every run starts from the same estimate.
 
 It also compiles each target model on default schedules only (a `--trials 0` cache miss) twice,
 with the plain default sample and with the defaults the trained model ranks best, verifies both
@@ -89,6 +90,27 @@ class Curve(LogProgress):
 
 def trials_to_reach(points: list[tuple[int, float]], goal: float) -> int | None:
     return next((t for t, ms in points if ms <= goal * 1.0001), None)
+
+
+def measure_defaults(source: str, url: str, target: dict) -> int:
+    """Each task's default schedule of `source` measured once into the shared database, so both
+    runs of every pair take their start from the same stored times (tuning reuses a stored
+    default's time) instead of measuring the same schedules twice: those two measurements
+    differed by up to 17% on this VM (session 21), and the trials each run needed inherited it.
+    Returns how many defaults were measured."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tuner.search.tuning import local_workers, measure_default_schedules
+
+    tgt = Target(dict(target))
+    _, fused, db = model_on_database(source, target, url)
+    tasks = ms.relax_integration.extract_tasks(fused, tgt)
+    workers = local_workers(bench_settings(), int(target["num-cores"]))
+    try:
+        times, _ = measure_default_schedules(tasks, tgt, db, workers)
+    finally:
+        workers.close()
+    return sum(t is not None for t in times)
 
 
 def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path, work: Path,
@@ -222,6 +244,7 @@ def main() -> None:
             budget = args.trials_per_task * task_count(source, target)
             row: dict = {"model": name, "trials": budget, "pairs": [], "median_trial_share_needed": None}
             results["targets"].append(row)
+            row["defaults_measured_once"] = measure_defaults(source, url, target)
             for seed in args.seeds:
                 row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target))
                 shares = [p["trial_share_needed"] for p in row["pairs"]]

@@ -26,6 +26,7 @@ from tvm.tirx import FloatImm, IntImm
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule import _ffi_api as _ms_ffi
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
+from tvm.s_tir.schedule import Trace
 from tvm.target import Target
 
 from tuner.schedules.intrinsics import load_tensor_intrinsics
@@ -438,6 +439,27 @@ class SQLDatabase(PyDatabase):
         with Session(self.engine) as session:
             row = session.execute(stmt).first()
         return Best(float(row[0]), row[1]) if row else None
+
+    def measured_default(self, mod: IRModule, trace: Trace) -> float | None:
+        """The mean time of this very default schedule of this workload, measured on this
+        hardware by an earlier run and not found wrong since; None when it must be measured.
+
+        A run that tunes a task again (a larger budget, a run cut short) need not pay for the
+        default's measurement twice, and two runs from one database state then start from the
+        same default times instead of two noisy measurements of one schedule (the transfer
+        benchmark's pairs differed by up to 17% before their first trial)."""
+        ids = self._ids(mod)
+        if not ids:
+            return None
+        r = models.TuningRecord
+        stmt = (select(r.mean_run_secs)
+                .where(r.hardware_key == self.provenance.hardware_key, self._visible(), r.workload_id.in_(ids),
+                       r.trace_json == json.dumps(_to_plain(trace.as_json(remove_postproc=False))),
+                       r.mean_run_secs.is_not(None), not_(rejected(r)))
+                .order_by(r.id.desc()).limit(1))
+        with Session(self.engine) as session:
+            secs = session.scalar(stmt)
+        return None if secs is None else float(secs)
 
     def warm_start_records(self, mod: IRModule) -> int:
         """Searched records of this workload on other hardware of our family that we may read

@@ -52,6 +52,23 @@ def test_default_schedules_are_compiled_but_never_seed_the_search(db_url: str) -
     assert mean_run_secs(db.query_tuning_record(mod, Target(TARGET), "main").run_secs) == pytest.approx(1e-5)
 
 
+def test_a_stored_default_time_is_found_for_its_own_trace_only(db_url: str) -> None:
+    """What lets a run skip measuring a default schedule an earlier run measured: the time of
+    that exact trace on this hardware, never another schedule's, another machine's, or one a
+    check found wrong."""
+    db = open_database(db_url, TARGET)
+    mod = matmul(20)
+    default = record(db, mod, [2e-5, 4e-5], searched=False)
+    assert db.measured_default(mod, default.trace) is None
+    db.commit_tuning_record(default)
+    assert db.measured_default(mod, default.trace) == pytest.approx(3e-5)
+    assert db.measured_default(mod, record(db, mod, [1e-5]).trace) is None  # another trace
+    assert db.measured_default(matmul(12), default.trace) is None  # another workload
+    assert open_database(db_url, {"kind": "llvm", "num-cores": 1}).measured_default(mod, default.trace) is None
+    db.record_checked(db.fastest_unchecked(mod).record_id, models.CHECK_WRONG, "wrong output")
+    assert db.measured_default(mod, default.trace) is None
+
+
 def test_records_are_served_per_hardware_key(db_url: str) -> None:
     db = open_database(db_url, TARGET)
     mod = matmul(16)

@@ -127,6 +127,25 @@ def test_the_budget_goes_where_the_time_is(settings: Settings, tmp_path: Path) -
     assert all(b <= a for a, b in zip(estimates, estimates[1:])), estimates
 
 
+def test_a_default_schedule_is_measured_once(settings: Settings, sqlite_url: str) -> None:
+    """A second run on the same database takes each task's default time from the record the
+    first one stored: the same start for both, and no second measurement."""
+    from tuner.pipeline import open_database
+
+    target = Target(TARGET)
+    tasks = [ms.ExtractedTask(f"mm{n}", matmul(n), target, [matmul(n)], 1) for n in (16, 24)]
+    database = open_database(sqlite_url, TARGET)
+    workers = tuning.local_workers(settings, 1)
+    try:
+        first, reused_first = tuning.measure_default_schedules(tasks, target, database, workers)
+        second, reused_second = tuning.measure_default_schedules(tasks, target, database, workers)
+    finally:
+        workers.close()
+    assert None not in first and reused_first == 0
+    assert second == pytest.approx(first) and reused_second == 2
+    assert len(database) == 2  # one record per default, not two
+
+
 def _search_with_first_round(first: Callable[[], ms.SearchStrategy]) -> tuple[int, int]:
     """(rounds, trials drawn) of one task's ContainedSearch with a budget of 12 and `first` as
     its first-round strategy."""

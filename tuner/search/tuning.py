@@ -143,7 +143,7 @@ def per_node(per_runner: dict[str, int]) -> dict[str, int]:
 
 
 def measure_default_schedules(tasks: list[ms.ExtractedTask], target: Target, database: ms.Database,
-                              workers: Workers, ranker: Ranker | None = None) -> list[float | None]:
+                              workers: Workers, ranker: Ranker | None = None) -> tuple[list[float | None], int]:
     """Measure each task's default schedule (dlight on CUDA; on CPU the register-blocked
     micro-kernel or the default sample) and store it as an ordinary record.
 
@@ -151,10 +151,13 @@ def measure_default_schedules(tasks: list[ms.ExtractedTask], target: Target, dat
     makes a kernel slower than a `--trials 0` module's (on CPU the search re-draws the
     micro-kernel's register block at random, so its first candidates can be slower than the
     analytic pick), and the search starts from a population that already holds that schedule.
-    Returns each task's default time in seconds (None where the default did not build or run).
+    Returns each task's default time in seconds (None where the default did not build or run),
+    and how many of those times came from the database.
     Not counted as trials. `ranker`: the family's cost model picks the CPU defaults, as
-    compilation does for tasks without records.
+    compilation does for tasks without records. A default our database holds a time for already
+    (the same schedule of the same workload, measured on this hardware) is not measured again.
     """
+    times: list[float | None] = [None] * len(tasks)
     picked = []
     for i, task in enumerate(tasks):
         mod = task.dispatched[0]
@@ -165,12 +168,16 @@ def measure_default_schedules(tasks: list[ms.ExtractedTask], target: Target, dat
             # default with "args.size() == initial_indices_orig.size()") and a task that holds
             # only its default is still tuned by the next run.
             sch.annotate(sch.get_sblock("root"), DEFAULT_MARK, 1)
+            if isinstance(database, SQLDatabase):
+                times[i] = database.measured_default(mod, sch.trace)
+                if times[i] is not None:
+                    continue
             # The arguments the built kernel takes: with weights pre-packed (RewriteLayout), the
             # packed ones, as MetaSchedule's own candidates are measured.
             picked.append((i, mod, sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
-    times: list[float | None] = [None] * len(tasks)
+    reused = sum(t is not None for t in times)
     if not picked:
-        return times
+        return times, reused
     built = workers.builder.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch, _ in picked])
     ok = [(p, b) for p, b in zip(picked, built) if b.error_msg is None]
     device_type = "cuda" if target.kind.name == "cuda" else "cpu"
@@ -184,7 +191,7 @@ def measure_default_schedules(tasks: list[ms.ExtractedTask], target: Target, dat
         database.commit_tuning_record(ms.database.TuningRecord(
             sch.trace, database.commit_workload(mod), run_secs, target, args_info))
         times[i] = sum(run_secs) / len(run_secs)
-    return times
+    return times, reused
 
 
 def _unnamed_handlers_dropped() -> None:
@@ -330,9 +337,9 @@ def tune(
                 t0 = time.perf_counter()
                 ranker = (default_ranker(start.trained, target)
                           if start.trained is not None and settings.cost_model.rank_defaults else None)
-                defaults = measure_default_schedules(tasks, target, database, workers, ranker)
-                progress.message(f"{sum(d is not None for d in defaults)} default schedule(s) measured in "
-                                 f"{time.perf_counter() - t0:.1f} s")
+                defaults, reused = measure_default_schedules(tasks, target, database, workers, ranker)
+                progress.message(f"{sum(d is not None for d in defaults) - reused} default schedule(s) measured in "
+                                 f"{time.perf_counter() - t0:.1f} s" + (f", {reused} known from earlier runs" if reused else ""))
             callback = ProgressCallback(weights, [defaults[i] for i in kept], progress.advance)
             progress.start(trials, len(kept))
             # The estimate before the first trial: the default schedules' (a curve of the search
