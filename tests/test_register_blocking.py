@@ -56,6 +56,14 @@ def test_efficiency_prefers_enough_accumulators_to_cover_the_fma_latency() -> No
     assert efficiency(one, isa) < 0.2
 
 
+def test_register_blocks_sweep_the_vectors_inside_each_row_block_only_when_all_of_b_fits_in_l1() -> None:
+    isa = vector_isa(AVX2)
+    assert register_blocking.rows_outer(34, 40, 8, isa)  # shufflenet's grouped 1x1: B 5.4 KB
+    assert not register_blocking.rows_outer(34, 40, 40, isa)  # one vector block: nothing to sweep
+    assert not register_blocking.rows_outer(256, 64, 16, isa)  # resnet50's 1x1 256 -> 64: B 64 KB
+    assert not register_blocking.rows_outer(1024, 256, 16, isa)  # the transformer's FFN-down
+
+
 def _tasks(path: Path, target: Target) -> list[ms.ExtractedTask]:
     """The tasks with direct convolutions (these tests are about the direct conv's micro-kernel;
     tests/test_winograd.py has the Winograd ones)."""
@@ -89,6 +97,8 @@ MODELS = {
     "conv": lambda: onnx_models.small_convnet(channels=16),
     # The output channel indexes the input through its group: split into (group, channel).
     "grouped": lambda: onnx_models.grouped_conv(channels=64, groups=4),
+    # 40 channels a group: 5 vector blocks of 8 whose B fits in L1, swept inside each row block.
+    "grouped-a-stationary": lambda: onnx_models.grouped_conv(channels=160, groups=4),
     # The channel indexes both operands: vectorized over channels, the padded input channel-last.
     "depthwise": lambda: onnx_models.grouped_conv(channels=32, groups=32, size=10, kernel=3),
     # 10x10: register blocks start mid-row; batch norm folded, the residual Sum an Add.
