@@ -210,10 +210,14 @@ def from_blob(blob: bytes, tvm_version: str) -> Trained:
     return Trained(samples, booster, meta)
 
 
-def cost_model(num_cores: int, start: Trained | None = None) -> ms.cost_model.XGBModel:
+def cost_model(num_cores: int, start: Trained | None = None, retrain: str = "every_batch") -> ms.cost_model.XGBModel:
     """XGBoost on MetaSchedule's per-store features, trained online on this run's measurements;
-    with `start`, beginning from a family's model and its samples (retrained on them plus each
-    new batch: the new task's own measurements count from the first round)."""
+    with `start`, beginning from a family's model and its samples, refitted on them plus the
+    search's own measurements after each batch (`retrain="every_batch"`: the new task's data
+    counts from the first round) or, `"adaptive"`, whenever the search's own samples grew by a
+    fifth, the cadence of a cold search (fewer fits of thousands of samples: wall time)."""
+    if retrain not in ("every_batch", "adaptive"):
+        raise ValueError(f"retrain: 'every_batch' or 'adaptive', not {retrain!r}")
     model = _model(num_cores)
     if start is None:
         return model
@@ -226,10 +230,18 @@ def cost_model(num_cores: int, start: Trained | None = None) -> ms.cost_model.XG
     model.booster = booster
     model.data = OrderedDict((key, FeatureGroup(key, list(features), np.asarray(costs)))
                              for key, (features, costs) in start.samples.groups.items())
-    model.data_size = start.samples.size
-    # Adaptive training would retrain only once the data grew by a fifth: with thousands of
-    # transferred samples, never within a task's search. Each batch retrains instead.
-    model.adaptive_training = False
+    # XGBModel predicts at random below `num_warmup_samples` (100) samples: the fitted booster
+    # predicts from the first round (a model of 64-99 records otherwise started the search blind).
+    model.num_warmup_samples = 0
+    if retrain == "adaptive":
+        # XGBModel refits once `data_size` grew by a fifth since its last fit: counting only the
+        # search's own samples gives a cold search's cadence.
+        model.data_size = model.last_train_size = 0
+    else:
+        # Adaptive training counting the transferred samples would refit only once the data grew
+        # by a fifth of thousands: never within a task's search. Each batch refits instead.
+        model.data_size = start.samples.size
+        model.adaptive_training = False
     return model
 
 

@@ -105,6 +105,46 @@ def test_a_model_trains_from_records_is_stored_and_starts_the_next_search(
         train_family(db.engine, family, store.SHARED, cores=2, min_records=100000)
 
 
+@pytest.mark.parametrize("retrain", ["every_batch", "adaptive"])
+def test_a_transferred_model_refits_every_batch_or_at_a_cold_searchs_cadence(tuned_db: str, retrain: str) -> None:
+    """"every_batch" refits after each batch the search measured; "adaptive" after its first
+    batch, then once its own samples grew by a fifth (the transferred ones do not count toward
+    it). Both predict with the transferred booster from the first round, not at random."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.schedule import Schedule
+    from tvm.target import Target
+
+    db = open_database(tuned_db, TARGET)
+    train_family(db.engine, db.provenance.family, store.SHARED, cores=2, min_records=8)
+    start = start_model(db, Lines())
+    records = [r for r in db.get_all_tuning_records() if r.run_secs]
+    mod = records[0].workload.mod
+    candidates = []
+    for rec in records:
+        if tvm_ffi.structural_equal(rec.workload.mod, mod):
+            sch = Schedule(mod)
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+            candidates.append(ms.MeasureCandidate(sch, rec.args_info))
+    context = ms.TuneContext(mod=mod, target=Target(TARGET), task_name="t", num_threads=1)
+    model = cost_model(2, start.trained, retrain)
+    first = model.predict(context, candidates)
+    assert np.array_equal(first, model.predict(context, candidates)), "the transferred booster predicts"
+
+    def batch(n: int) -> list:
+        return [candidates[i % len(candidates)] for i in range(n)]
+
+    refits = []
+    for size in (50, 4, 4, 4):
+        booster = model.booster
+        model.update(context, batch(size), [ms.runner.RunnerResult([1e-4 * (1 + i % 3)], None) for i in range(size)])
+        refits.append(model.booster is not booster)
+    # adaptive: 50 own samples fitted; +4, +8 are below a fifth of 50; +12 is not.
+    assert refits == ([True] * 4 if retrain == "every_batch" else [True, False, False, True])
+    with pytest.raises(ValueError, match="every_batch"):
+        cost_model(2, start.trained, "sometimes")
+
+
 def test_ranked_defaults_choose_among_valid_redraws_of_the_default_sample() -> None:
     """The ranker sees the plain default first and re-draws of it after; whatever it picks is a
     schedule that builds and computes what the kernel's workload computes."""

@@ -6,6 +6,7 @@ import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import BaseModel, Field
@@ -97,6 +98,12 @@ class CostModelSettings(BaseModel):
     # re-draws of the plain default (CPU). Off by default: a model trained on resnet50 alone
     # (2066 records) made transformer's defaults 12% faster and shufflenet's 30% slower.
     rank_defaults: bool = False
+    # When a search that started from a family's model refits it: "every_batch" (its own new
+    # measurements count at once; on 2 cores resnet50's transferred searches took 1.2-1.4x a cold
+    # one's wall time, 78 refits on ~2,600 samples at 16 trials/task) or "adaptive" (when the
+    # search's own samples grew by a fifth since the last fit, as a cold search refits; the
+    # transferred samples do not count toward it: ~20 refits there).
+    retrain: Literal["every_batch", "adaptive"] = "every_batch"
 
 
 class ServeSettings(BaseModel):

@@ -355,7 +355,7 @@ def tune(
                     builder=workers.builder,
                     runner=workers.runner,
                     database=database,
-                    cost_model=cost_model(cores, start.trained),
+                    cost_model=cost_model(cores, start.trained, settings.cost_model.retrain),
                     measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
                     task_scheduler=ms.task_scheduler.GradientBased(seed=seed),
                 )
