@@ -190,13 +190,26 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+# A one-vector register block of more rows than this spills on a 16-register ISA (below).
+MAX_ONE_VECTOR_ROWS_16 = 7
+# What a spilling block keeps of its modelled efficiency (13x1: 32% of the peak against 7x1's 48%).
+SPILL_FACTOR = 0.6
+
+
 def efficiency(kernel: MicroKernel, isa: VectorISA) -> float:
     """Share of the FMA pipes' peak the micro-kernel's inner step can reach: its FMAs against
-    its loads (two per cycle) and the FMA latency each accumulator chain waits for."""
+    its loads (two per cycle) and the FMA latency each accumulator chain waits for.
+
+    A block of one vector per row and more than 7 rows spills on AVX2's 16 registers although
+    its count fits: LLVM unrolls the reduction by two and keeps both steps' B vectors and several
+    broadcasts live (13x1 on 512 -> 1000 channels: 28 stack accesses per 26 FMAs in the inner
+    loop, 32% of the FMA peak against 48% for 7x1; on 12x12 rows 8x1, 9x1, 12x1 ran at 35-38%
+    against 6x1's 44%; AMD EPYC znver3). 6x2 (15 registers) does not spill."""
     fmas = kernel.mr * kernel.nv
     fma_cycles = fmas / isa.fma_units
     load_cycles = (kernel.nv + kernel.mr) / 2
-    return fma_cycles / max(fma_cycles, load_cycles, isa.fma_latency)
+    spills = isa.registers <= 16 and kernel.nv == 1 and kernel.mr > MAX_ONE_VECTOR_ROWS_16
+    return fma_cycles / max(fma_cycles, load_cycles, isa.fma_latency) * (SPILL_FACTOR if spills else 1.0)
 
 
 def usable_registers(isa: VectorISA) -> int:
@@ -211,7 +224,8 @@ def usable_registers(isa: VectorISA) -> int:
     pick is as fast (7x2 84%, 14x2 85%: `bench/sweep_blocks.py 256,14,3,256`).
     On AVX2 three quarters (12) left squeezenet's last convolution (13x13 rows: 1 or 13 per
     block) a 1x1 block at 10% of the peak (8.8 ms of a 21 ms model); 13x1 (15 registers, no
-    spill) runs it in 2.2 ms, and on 24x24 rows 6x2 (15) beat 4x2 by 1.26x (AMD EPYC, znver2)."""
+    spill) runs it in 2.2 ms, and on 24x24 rows 6x2 (15) beat 4x2 by 1.26x (AMD EPYC, znver2).
+    (Those layers are now padded to 14x13 rows, where 7x1 beats 13x1: see `efficiency`.)"""
     return isa.registers * 3 // 4 if isa.registers > 16 else isa.registers - 1
 
 
@@ -243,7 +257,9 @@ def rows_outer(reduction: int, vector_extent: int, vector_block: int, isa: Vecto
     of B fits in L1 with room to spare, it stays there in either order, and sweeping the vectors
     inside each row block reads A once instead: shufflenet's grouped 1x1 convolutions (34
     channels in, 40 out per group, 5 vector blocks of 8: B 5.4 KB, A 426 KB) re-read their input
-    five times from L2 and L3 on a Zen 3 (512 KB L2)."""
+    five times. Measured on AVX2 (AMD EPYC znver3, `bench/block_order.py`): shufflenet's 8
+    kernels that change 5.18 -> 4.45 ms per inference (each 0.81-1.00x), squeezenet's 5 and
+    resnet50's 2 within 1% in sum."""
     return vector_extent > vector_block and reduction * vector_extent * 4 <= isa.l1d_bytes // 2
 
 

@@ -56,6 +56,16 @@ def test_efficiency_prefers_enough_accumulators_to_cover_the_fma_latency() -> No
     assert efficiency(one, isa) < 0.2
 
 
+def test_one_vector_blocks_of_many_rows_lose_to_shorter_ones_on_16_registers() -> None:
+    """squeezenet's classifier (182 rows after padding, 1000 channels: one vector a row): 7x1,
+    not 13x1, which spills on AVX2; on AVX-512's 32 registers the longer block stays first."""
+    best = candidates(182, 1000, vector_isa(AVX2))[0]
+    assert (best.mr, best.nv) == (7, 1)
+    assert candidates(182, 1000, VectorISA("avx512", 8, 32))[0].mr > 7
+    # Rows with no short divisor keep the long block over a single row.
+    assert candidates(121, 1000, vector_isa(AVX2))[0].mr == 11
+
+
 def test_register_blocks_sweep_the_vectors_inside_each_row_block_only_when_all_of_b_fits_in_l1() -> None:
     isa = vector_isa(AVX2)
     assert register_blocking.rows_outer(34, 40, 8, isa)  # shufflenet's grouped 1x1: B 5.4 KB
