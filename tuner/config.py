@@ -102,7 +102,7 @@ class CostModelSettings(BaseModel):
     # measurements count at once; on 2 cores resnet50's transferred searches took 1.2-1.4x a cold
     # one's wall time, 78 refits on ~2,600 samples at 16 trials/task) or "adaptive" (when the
     # search's own samples grew by a fifth since the last fit, as a cold search refits; the
-    # transferred samples do not count toward it: ~20 refits there).
+    # transferred samples do not count toward it: 18 refits there).
     retrain: Literal["every_batch", "adaptive"] = "every_batch"
 
 
