@@ -36,9 +36,9 @@ from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuild
 from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerFuture, RunnerInput, RunnerResult
 
 from .kernel_check import check_kernel
-from .local import stopwatch
+from .local import BuildProcess, stopwatch
 from .pool import Outcome
-from .worker_tasks import build_candidate, dumps_target, measure_candidate, warm_up
+from .worker_tasks import dumps_target, measure_candidate, warm_up
 
 RESOURCE_PREFIX = "tuner_hw_"
 
@@ -165,26 +165,21 @@ def _error_text(exc: BaseException) -> str:
 
 @ray.remote(num_cpus=1, max_restarts=2, max_task_retries=1)
 class BuilderActor:
-    """Imports TVM once, then compiles candidates for as long as the job runs."""
+    """Imports TVM once, then compiles candidates for as long as the job runs, each in a
+    process that is killed when it runs past the build timeout (`BuildProcess`)."""
 
     def __init__(self) -> None:
         warm_up()
         self.node_id = ray.get_runtime_context().get_node_id()
-        self.out_dir = tempfile.mkdtemp(prefix="tuner-ray-build-")
+        self.builds = BuildProcess()
+        self.builds.pool.start()
 
     def ready(self) -> str:
         return self.node_id
 
     @ray.method(num_returns=2)
-    def build(self, mod_json: str, target: dict[str, Any]) -> tuple[str | None, bytes | None]:
-        try:
-            path = build_candidate(mod_json, target, self.out_dir)
-        except Exception as exc:  # noqa: BLE001 - a failed candidate, reported as such
-            return _error_text(exc), None
-        with open(path, "rb") as fh:
-            data = fh.read()
-        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-        return None, data
+    def build(self, mod_json: str, target: dict[str, Any], timeout_s: float) -> tuple[str | None, bytes | None]:
+        return self.builds.build(mod_json, target, timeout_s)
 
 
 @ray.remote(num_cpus=0, max_restarts=2, max_task_retries=1)
@@ -345,7 +340,8 @@ class RayBuilder(PyBuilder):
         calls = []
         for inp in build_inputs:
             i = usable[next(self._turn) % len(usable)]
-            calls.append((i, *self.actors[i].build.remote(tvm.ir.save_json(inp.mod), dumps_target(inp.target))))
+            calls.append((i, *self.actors[i].build.remote(tvm.ir.save_json(inp.mod), dumps_target(inp.target),
+                                                          self.timeout_s)))
         per_actor = -(-len(calls) // len(usable))
         results = []
         for i, error_ref, data_ref in calls:

@@ -49,3 +49,34 @@ def test_job_exception_is_reported_with_its_message() -> None:
         assert outcome.error.startswith("builder: ValueError") and "not a number" in outcome.error
     finally:
         pool.shutdown()
+
+
+def fake_build(mod_json: str, target: dict, out_dir: str) -> str:
+    """A build that hangs on "hang" and otherwise writes `mod_json` as the library."""
+    if mod_json == "hang":
+        time.sleep(120)
+    folder = os.path.join(out_dir, f"b{os.getpid()}-{time.monotonic_ns()}")
+    os.makedirs(folder)
+    path = os.path.join(folder, "lib.so")
+    with open(path, "w") as fh:
+        fh.write(mod_json)
+    return path
+
+
+def test_a_ray_builders_hung_build_is_killed_and_the_next_one_builds() -> None:
+    """What a Ray builder actor builds through: a build past the timeout is killed, not waited
+    for, so the builds queued behind it on the same actor go on (one that LLVM took minutes over
+    stalled a whole search)."""
+    from tuner.cluster.local import BuildProcess
+
+    builds = BuildProcess()
+    try:
+        t0 = time.monotonic()
+        error, data = builds.build("hang", {}, 3, fake_build)
+        assert data is None and "timed out after 3 s" in error
+        assert time.monotonic() - t0 < 60
+        error, data = builds.build("library", {}, 60, fake_build)
+        assert error is None and data == b"library"
+        assert os.listdir(builds.out_dir) == []  # the build's folder went with its bytes
+    finally:
+        builds.pool.shutdown()
