@@ -19,12 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tvm import tirx
 from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernels import _bindings, _time_kernel, model_on_database  # noqa: E402
+from kernels import _time_kernel, called_kernels, model_on_database  # noqa: E402
 from models import model_spec  # noqa: E402
 
 from tuner.compile import schedule_module  # noqa: E402
@@ -51,14 +50,9 @@ def compare(name: str, work: Path, target: dict, rounds: int) -> dict:
     chosen, _ = schedule_module(fused, tgt, db)
     with b_stationary():
         before, _ = schedule_module(fused, tgt, db)
-    calls: dict[str, int] = {}
-    for binding in _bindings(chosen["main"]):
-        calls[binding] = calls.get(binding, 0) + 1
     rows = []
-    for gv, func in chosen.functions.items():
-        if not isinstance(func, tirx.PrimFunc) or gv.name_hint not in calls:
-            continue
-        old = before[gv.name_hint]
+    for kernel, func, calls in called_kernels(chosen):
+        old = before[kernel]
         if func.script() == old.script():
             continue
         a, b = [], []
@@ -66,9 +60,9 @@ def compare(name: str, work: Path, target: dict, rounds: int) -> dict:
             a.append(_time_kernel(func, tgt))
             b.append(_time_kernel(old, tgt))
         a_ms, b_ms = sorted(a)[rounds // 2], sorted(b)[rounds // 2]
-        rows.append({"kernel": gv.name_hint, "calls": calls[gv.name_hint], "a_stationary_ms": a_ms,
+        rows.append({"kernel": kernel, "calls": calls, "a_stationary_ms": a_ms,
                      "b_stationary_ms": b_ms, "ratio": a_ms / b_ms})
-        print(f"[block-order] {name} {gv.name_hint} x{calls[gv.name_hint]}: A-stationary {a_ms:.3f} ms, "
+        print(f"[block-order] {name} {kernel} x{calls}: A-stationary {a_ms:.3f} ms, "
               f"B-stationary {b_ms:.3f} ms ({a_ms / b_ms:.2f}x)", flush=True)
     total_a = sum(r["a_stationary_ms"] * r["calls"] for r in rows)
     total_b = sum(r["b_stationary_ms"] * r["calls"] for r in rows)

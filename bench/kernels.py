@@ -60,21 +60,25 @@ def kernel_table(model: str, target_dict: dict[str, Any], db_url: str, peak_gflo
     target = Target(dict(target_dict))
     _, fused, database = model_on_database(model, target_dict, db_url, fast_math)
     scheduled, _ = schedule_module(fused, target, database)
-    calls: dict[str, int] = {}
-    for binding in _bindings(scheduled["main"]):
-        calls[binding] = calls.get(binding, 0) + 1
     rows = []
-    for gv, func in scheduled.functions.items():
-        if not isinstance(func, tirx.PrimFunc) or gv.name_hint not in calls:
-            continue
+    for name, func, calls in called_kernels(scheduled):
         flops = float(estimate_tir_flops(tvm.IRModule({"main": func})))
         ms_ = _time_kernel(func, target)
         rows.append({
-            "kernel": gv.name_hint, "calls": calls[gv.name_hint], "gflop": flops / 1e9, "ms": ms_,
+            "kernel": name, "calls": calls, "gflop": flops / 1e9, "ms": ms_,
             "gflops_per_s": flops / ms_ / 1e6, "pct_of_peak": 100 * flops / ms_ / 1e6 / peak_gflops,
             "register_blocked": "tuner.register_blocked" in func.script(),
         })
     return sorted(rows, key=lambda r: -r["ms"] * r["calls"])
+
+
+def called_kernels(scheduled: tvm.IRModule) -> list[tuple[str, tirx.PrimFunc, int]]:
+    """Each kernel the module's `main` calls: its name, its PrimFunc and how many calls."""
+    calls: dict[str, int] = {}
+    for binding in _bindings(scheduled["main"]):
+        calls[binding] = calls.get(binding, 0) + 1
+    return [(gv.name_hint, func, calls[gv.name_hint]) for gv, func in scheduled.functions.items()
+            if isinstance(func, tirx.PrimFunc) and gv.name_hint in calls]
 
 
 def _bindings(main: Any) -> list[str]:
