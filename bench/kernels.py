@@ -4,7 +4,7 @@ is from the hardware."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tvm
@@ -37,11 +37,18 @@ def built_kernel(func: tirx.PrimFunc, target: Target, dev: tvm.runtime.Device) -
     return rt, args
 
 
+def kernel_timer(func: tirx.PrimFunc, target: Target, repeat: int = 5) -> Callable[[], float]:
+    """One kernel built once; each call of the result times it again: the median milliseconds
+    on random inputs (inputs in cache, as inside a model). Kernels compared on this VM are timed
+    by turns, so that a slow stretch of it falls on all of them."""
+    rt, args = built_kernel(func, target, tvm.cpu())
+    timer = rt.time_evaluator(rt.entry_name, tvm.cpu(), number=5, repeat=repeat, min_repeat_ms=20)
+    return lambda: float(timer(*args).median) * 1e3
+
+
 def _time_kernel(func: tirx.PrimFunc, target: Target) -> float:
     """Median milliseconds of one kernel on random inputs (inputs in cache, as inside a model)."""
-    rt, args = built_kernel(func, target, tvm.cpu())
-    timer = rt.time_evaluator(rt.entry_name, tvm.cpu(), number=5, repeat=5, min_repeat_ms=20)
-    return float(timer(*args).median) * 1e3
+    return kernel_timer(func, target)()
 
 
 def model_on_database(model: str, target_dict: dict[str, Any], db_url: str,

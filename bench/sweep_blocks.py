@@ -5,9 +5,12 @@ against the measured best on this machine.
     python3 bench/sweep_blocks.py 256,14,3,256 64,56,3,64 256,56,1,64
     python3 bench/sweep_blocks.py --mcpu haswell 256,14,3,256     # the AVX2 code on this CPU
 
-A shape is `in_channels,size,kernel,out_channels[,stride]` (batch 1, square, bias + relu),
-compiled as the pipeline compiles it (channels last on CPU). The blocks listed are all those
-that divide the loops, including those the rule excludes for register pressure (`usable`).
+A shape is `in_channels,size,kernel,out_channels[,stride]` (batch 1, bias + relu; size `14` or
+`15x14`), compiled as the pipeline compiles it (channels last on CPU). The blocks listed are all
+those that divide the loops, including those the rule excludes for register pressure (`usable`).
+Each block is built once and the blocks are timed by turns, `--rounds` times (the median
+counts): this VM's speed swings by 2x within a minute, so blocks timed one after the other
+compare stretches of the VM, not blocks.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernels import _time_kernel  # noqa: E402
+from kernels import kernel_timer  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
 
 from tuner.compile import schedule_module  # noqa: E402
@@ -36,32 +39,32 @@ from tuner.targets import host_cpu_target  # noqa: E402
 from tuner.search.job_database import open_database  # noqa: E402
 
 
-def conv_model(c: int, size: int, k: int, co: int, stride: int, path: Path) -> tuple[str, float, int]:
+def conv_model(c: int, size: tuple[int, int], k: int, co: int, stride: int, path: Path) -> tuple[str, float, int]:
     rng = np.random.default_rng(0)
-    pad, out = k // 2, _out_size(size, k, stride)
+    pad, out = k // 2, _out_size(size[0], k, stride) * _out_size(size[1], k, stride)
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2),
          helper.make_node("Relu", ["c"], ["y"])],
         "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, size, size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, co, out, out])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, *size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, co, *(_out_size(n, k, stride) for n in size)])],
         [helper.make_tensor("w", TensorProto.FLOAT, (co, c, k, k), rng.standard_normal((co, c, k, k)).astype(np.float32).ravel()),
          helper.make_tensor("b", TensorProto.FLOAT, (co,), np.zeros(co, np.float32))],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return str(path), 2.0 * co * c * k * k * out * out, out
+    return str(path), 2.0 * co * c * k * k * out, out
 
 
-def sweep(shape: tuple[int, ...], target_dict: dict, peak: float, work: Path) -> list[tuple[float, rb.MicroKernel]]:
+def sweep(shape: tuple, target_dict: dict, peak: float, work: Path, rounds: int) -> list[tuple[float, rb.MicroKernel]]:
     c, size, k, co, stride = (*shape, 1)[:5]
     path, flops, out = conv_model(c, size, k, co, stride, work / "conv.onnx")
     target = Target(dict(target_dict))
     fused = fuse_for_tuning(import_onnx(load_model(path, {})), target)
     isa = rb.vector_isa(target)
     everything = rb.replace(isa, registers=isa.registers * 4 // 3)  # usable = all registers
-    blocks, _ = rb.register_blocks(out * out, co, everything)
+    blocks, _ = rb.register_blocks(out, co, everything)
     original = rb.candidates
-    results = []
+    timers = []
     for block in blocks:
         # The rule's first candidate is its pick: put the block under test first.
         rb.candidates = lambda r, v, i, b=block: [b, *[x for x in original(r, v, i) if x != b]]
@@ -73,14 +76,19 @@ def sweep(shape: tuple[int, ...], target_dict: dict, peak: float, work: Path) ->
             rb.candidates = original
         func = next(f for gv, f in scheduled.functions.items()
                     if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint)
-        ms = _time_kernel(func, target)
-        results.append((100 * flops / ms / 1e6 / peak, block))
+        timers.append(kernel_timer(func, target, repeat=1))
+    times: list[list[float]] = [[] for _ in blocks]
+    for _ in range(rounds):
+        for t, timer in zip(times, timers):
+            t.append(timer())
+    results = [(100 * flops / sorted(t)[rounds // 2] / 1e6 / peak, b) for t, b in zip(times, blocks)]
     return sorted(results, key=lambda r: -r[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("shapes", nargs="+", help="in_channels,size,kernel,out_channels[,stride]")
+    parser.add_argument("--rounds", type=int, default=15, help="timings of each block, by turns")
     parser.add_argument("--mcpu", help="compile for another CPU of this ISA family (e.g. haswell: AVX2)")
     args = parser.parse_args()
     target_dict = host_cpu_target()
@@ -94,8 +102,8 @@ def main() -> None:
           f"the rule uses {rb.usable_registers(isa)} of {isa.registers} vector registers")
     with tempfile.TemporaryDirectory() as tmp:
         for text in args.shapes:
-            shape = tuple(int(x) for x in text.split(","))
-            results = sweep(shape, target_dict, peak, Path(tmp))
+            shape = _shape(text)
+            results = sweep(shape, target_dict, peak, Path(tmp), args.rounds)
             pick = rb.register_blocks(*_extents(shape), isa)[0]
             chosen = (pick[0].mr, pick[0].nv) if pick else None
             row = " ".join(f"{b.mr}x{b.nv}{'*' if (b.mr, b.nv) == chosen else ''}"
@@ -109,11 +117,17 @@ def _out_size(size: int, k: int, stride: int) -> int:
     return (size + 2 * (k // 2) - k) // stride + 1
 
 
-def _extents(shape: tuple[int, ...]) -> tuple[int, int]:
+def _shape(text: str) -> tuple:
+    """`256,15x14,1,1024` -> (256, (15, 14), 1, 1024); a plain size is square."""
+    c, size, *rest = text.split(",")
+    hw = tuple(int(n) for n in size.split("x"))
+    return (int(c), hw * 2 if len(hw) == 1 else hw, *(int(x) for x in rest))
+
+
+def _extents(shape: tuple) -> tuple[int, int]:
     """The conv's register-block loops: output rows (y * x) and output channels."""
     c, size, k, co, stride = (*shape, 1)[:5]
-    out = _out_size(size, k, stride)
-    return out * out, co
+    return _out_size(size[0], k, stride) * _out_size(size[1], k, stride), co
 
 
 if __name__ == "__main__":
