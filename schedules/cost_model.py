@@ -210,7 +210,7 @@ def from_blob(blob: bytes, tvm_version: str) -> Trained:
     return Trained(samples, booster, meta)
 
 
-def cost_model(num_cores: int, start: Trained | None = None, retrain: str = "every_batch") -> ms.cost_model.XGBModel:
+def cost_model(num_cores: int, start: Trained | None = None, retrain: str = "adaptive") -> ms.cost_model.XGBModel:
     """XGBoost on MetaSchedule's per-store features, trained online on this run's measurements;
     with `start`, beginning from a family's model and its samples, refitted on them plus the
     search's own measurements after each batch (`retrain="every_batch"`: the new task's data

@@ -98,12 +98,15 @@ class CostModelSettings(BaseModel):
     # re-draws of the plain default (CPU). Off by default: a model trained on resnet50 alone
     # (2066 records) made transformer's defaults 12% faster and shufflenet's 30% slower.
     rank_defaults: bool = False
-    # When a search that started from a family's model refits it: "every_batch" (its own new
-    # measurements count at once; on 2 cores resnet50's transferred searches took 1.2-1.4x a cold
-    # one's wall time, 78 refits on ~2,600 samples at 16 trials/task) or "adaptive" (when the
-    # search's own samples grew by a fifth since the last fit, as a cold search refits; the
-    # transferred samples do not count toward it: 18 refits there).
-    retrain: Literal["every_batch", "adaptive"] = "every_batch"
+    # When a search that started from a family's model refits it: "adaptive" (when the search's
+    # own samples grew by a fifth since the last fit, as a cold search refits; the transferred
+    # samples do not count toward it: 18 refits for resnet50 at 16 trials/task) or "every_batch"
+    # (its own new measurements count at once: 78 refits on ~2,600 samples there, and on 2 cores
+    # transferred searches took 1.2-1.6x a cold one's wall time). The transformer from one
+    # 5-model database (znver4, bench/results/transfer-znver4-fill5-*): adaptive reached the cold
+    # runs' final estimates in 44%, 100%, 38% of the trials (3 seeds) at 1.12-1.22x their wall
+    # time; every_batch in 60% and never (2 seeds) at 1.25-1.64x.
+    retrain: Literal["every_batch", "adaptive"] = "adaptive"
 
 
 class ServeSettings(BaseModel):
