@@ -1,0 +1,117 @@
+"""A CPU rewrite or rule choice on or off: each model compiled on default schedules (a `--trials 0`
+cache miss) both ways, both verified against ONNX Runtime, then both modules and ONNX Runtime
+timed in alternation in one process (this VM's speed swings within a minute: only ratios of one
+run mean anything).
+
+    python3 bench/defaults_ab.py --without a-stationary shufflenet --mcpu znver3 \\
+        --out bench/results/a-stationary-avx2.json
+
+`--without` names the switch (SWITCHES); `--mcpu znver3` compiles AVX2 code on an AVX-512 CPU
+(ONNX Runtime then still uses this CPU's widest vectors: compare the two modules, and ORT only
+within a target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from tvm.target import Target
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernels import model_on_database  # noqa: E402
+from models import model_spec  # noqa: E402
+
+from tuner.cluster.threads import use_threads  # noqa: E402
+from tuner.compile import compile_tuned  # noqa: E402
+from tuner.hardware import machine  # noqa: E402
+from tuner.rewrite import row_padding  # noqa: E402
+from tuner.schedules import register_blocking  # noqa: E402
+from tuner.targets import host_cpu_target  # noqa: E402
+from tuner.verify.inputs import verification_inputs  # noqa: E402
+from tuner.verify.measure import ORTModel, TVMModel, compare, interleaved_medians_ms  # noqa: E402
+
+# What turns a feature off: (module, attribute, replacement). A kernel-level A/B (bench/block_order.py)
+# times the kernels that change; this one times whole modules, which also shows what a change does
+# to the kernels around them (how Relax fuses a rewritten graph).
+SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
+    # 1x1 convolutions padded to rows that divide into register blocks (row_padding.padded_height)
+    "row-padding": (row_padding, "padded_height", lambda *_: None),
+    # register blocks sweeping the vector blocks inside each row block (register_blocking.rows_outer)
+    "a-stationary": (register_blocking, "rows_outer", lambda *_: False),
+}
+
+
+@contextmanager
+def without(switch: str) -> Iterator[None]:
+    module, name, off = SWITCHES[switch]
+    saved = getattr(module, name)
+    setattr(module, name, off)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
+def compare_model(name: str, switch: str, work: Path, target: dict, rounds: int) -> dict:
+    tgt = Target(dict(target))
+    use_threads(int(target["num-cores"]))
+    loaded, fused_on, db = model_on_database(model_spec(name, work), target, f"sqlite:///{work / 'empty.sqlite'}")
+    with without(switch):
+        _, fused_off, _ = model_on_database(model_spec(name, work), target, f"sqlite:///{work / 'empty.sqlite'}")
+    inputs = verification_inputs(loaded, None, 0)[0]
+    ort = ORTModel(loaded.proto, int(target["num-cores"]))
+    reference = ort.run(inputs)
+    out_names = [o.name for o in loaded.proto.graph.output]
+    row: dict = {"model": name}
+    calls = []
+    for label, fused in (("with", fused_on), ("without", fused_off)):
+        module = TVMModel(compile_tuned(fused, tgt, db).executable, list(loaded.input_shapes))
+        args = module.prepare(inputs)
+        row[label] = {"max_abs_error": compare(module.run(args), reference, out_names, 1e-3, 1e-3).max_abs_error,
+                      "ms": []}
+        calls.append(lambda m=module, a=args: m.call(a))
+    row["onnxruntime_ms"] = []
+    for _ in range(rounds):
+        on, off, ort_ms = interleaved_medians_ms([*calls, lambda: ort.run(inputs)], 200, 5.0)
+        row["with"]["ms"].append(on)
+        row["without"]["ms"].append(off)
+        row["onnxruntime_ms"].append(ort_ms)
+    ratios = [a / b for a, b in zip(row["with"]["ms"], row["without"]["ms"])]
+    row["with_vs_without"] = ratios
+    print(f"[ab] {name}: with {switch} " + ", ".join(f"{a:.2f}" for a in row["with"]["ms"]) + " ms, without "
+          + ", ".join(f"{b:.2f}" for b in row["without"]["ms"]) + " ms (with/without "
+          + ", ".join(f"{r:.3f}" for r in ratios) + "), ORT " + ", ".join(f"{o:.2f}" for o in row["onnxruntime_ms"])
+          + f" ms; max abs error {row['with']['max_abs_error']:.1e} / {row['without']['max_abs_error']:.1e}",
+          flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--without", required=True, choices=sorted(SWITCHES))
+    parser.add_argument("--mcpu", help="compile for another CPU (e.g. znver3: AVX2 code on an AVX-512 CPU)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating timings of the three, one after the other")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    target = host_cpu_target()
+    if args.mcpu:
+        target = {**target, "mcpu": args.mcpu}
+    with tempfile.TemporaryDirectory(prefix="tuner-ab-") as tmp:
+        results = {"cpu": machine(), "mcpu": target.get("mcpu"), "without": args.without,
+                   "models": [compare_model(n, args.without, Path(tmp), target, args.rounds) for n in args.models]}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
