@@ -23,7 +23,7 @@ from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernels import _time_kernel, called_kernels, model_on_database  # noqa: E402
+from kernels import called_kernels, kernel_timer, model_on_database  # noqa: E402
 from models import model_spec  # noqa: E402
 
 from tuner.compile import schedule_module  # noqa: E402
@@ -55,10 +55,11 @@ def compare(name: str, work: Path, target: dict, rounds: int) -> dict:
         old = before[kernel]
         if func.script() == old.script():
             continue
+        timers = kernel_timer(func, tgt), kernel_timer(old, tgt)  # each built once
         a, b = [], []
         for _ in range(rounds):  # alternately: a slow stretch of the VM falls on both
-            a.append(_time_kernel(func, tgt))
-            b.append(_time_kernel(old, tgt))
+            a.append(timers[0]())
+            b.append(timers[1]())
         a_ms, b_ms = sorted(a)[rounds // 2], sorted(b)[rounds // 2]
         rows.append({"kernel": kernel, "calls": calls, "a_stationary_ms": a_ms,
                      "b_stationary_ms": b_ms, "ratio": a_ms / b_ms})

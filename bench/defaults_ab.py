@@ -31,6 +31,7 @@ from models import model_spec  # noqa: E402
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
+from tuner.rewrite.graph import fuse_for_tuning, import_onnx  # noqa: E402
 from tuner.rewrite import row_padding  # noqa: E402
 from tuner.schedules import register_blocking  # noqa: E402
 from tuner.targets import host_cpu_target  # noqa: E402
@@ -63,8 +64,8 @@ def compare_model(name: str, switch: str, work: Path, target: dict, rounds: int)
     tgt = Target(dict(target))
     use_threads(int(target["num-cores"]))
     loaded, fused_on, db = model_on_database(model_spec(name, work), target, f"sqlite:///{work / 'empty.sqlite'}")
-    with without(switch):
-        _, fused_off, _ = model_on_database(model_spec(name, work), target, f"sqlite:///{work / 'empty.sqlite'}")
+    with without(switch):  # the model as loaded, fused again with the feature off
+        fused_off = fuse_for_tuning(import_onnx(loaded), tgt)
     inputs = verification_inputs(loaded, None, 0)[0]
     ort = ORTModel(loaded.proto, int(target["num-cores"]))
     reference = ort.run(inputs)
