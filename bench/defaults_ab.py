@@ -32,7 +32,7 @@ from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx  # noqa: E402
-from tuner.rewrite import row_padding  # noqa: E402
+from tuner.rewrite import group_padding, row_padding  # noqa: E402
 from tuner.schedules import register_blocking  # noqa: E402
 from tuner.targets import host_cpu_target  # noqa: E402
 from tuner.verify.inputs import verification_inputs  # noqa: E402
@@ -44,6 +44,8 @@ from tuner.verify.measure import ORTModel, TVMModel, compare, interleaved_median
 SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
     # 1x1 convolutions padded to rows that divide into register blocks (row_padding.padded_height)
     "row-padding": (row_padding, "padded_height", lambda *_: None),
+    # ungrouped convolutions' output channels padded to whole vectors (group_padding.padded_ungrouped)
+    "ungrouped-padding": (group_padding, "padded_ungrouped", lambda *_: None),
     # register blocks sweeping the vector blocks inside each row block (register_blocking.rows_outer)
     "a-stationary": (register_blocking, "rows_outer", lambda *_: False),
 }

@@ -111,3 +111,48 @@ def test_a_module_padded_to_16_lane_groups_matches_ort(tmp_path: Path, monkeypat
               if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint}
     assert widths == {4 * 80}
     assert_matches_ort(loaded, fused, AVX2, tmp_path)
+
+
+@pytest.mark.parametrize("out_c,lanes,padded", [(1000, 16, 1008), (1000, 8, None), (24, 16, None), (40, 16, 48)])
+def test_an_ungrouped_convolution_is_padded_as_one_group(out_c: int, lanes: int, padded: int | None) -> None:
+    assert group_padding.padded_ungrouped(out_c, lanes) == padded
+
+
+def _ungrouped_convs(seed: int = 0) -> onnx.ModelProto:
+    """A 1x1 conv of 12 -> 40 channels with bias and ReLU, then a 3x3 conv of 40 -> 40 whose
+    output is added to the first's: 40 channels are 2.5 vectors of 16 lanes."""
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.uniform(-0.3, 0.3, shape).astype(np.float32), name)
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+            helper.make_node("Add", ["c2", "r1"], ["y"]),
+        ],
+        "ungrouped",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 9, 11])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 40, 9, 11])],
+        [init("w1", (40, 12, 1, 1)), init("b1", (40,)), init("w2", (40, 40, 3, 3))],
+    )
+    return helper.make_model(graph, opset_imports=onnx_models.OPSET)
+
+
+def test_a_module_with_ungrouped_convolutions_padded_to_16_lanes_matches_ort(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 output channels padded to 48 as on AVX-512, compiled for AVX2 code; with 8 lanes
+    (AVX2's own) 40 channels are whole vectors and nothing is padded."""
+    loaded = load_model(str(onnx_models.save(_ungrouped_convs(), tmp_path / "m.onnx")), {})
+
+    def conv_widths(fused: tvm.IRModule) -> set[int]:
+        return {int(f.params[1].ty.shape[0]) for gv, f in fused.functions.items()
+                if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint and "winograd" not in gv.name_hint}
+
+    assert conv_widths(fuse_for_tuning(import_onnx(loaded), AVX2)) == {40}
+    monkeypatch.setattr(group_padding, "target_lanes", lambda: 16)
+    fused = fuse_for_tuning(import_onnx(loaded), AVX2)
+    assert conv_widths(fused) == {48}
+    assert_matches_ort(loaded, fused, AVX2, tmp_path)

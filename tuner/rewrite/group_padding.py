@@ -1,4 +1,5 @@
-"""Grouped convolutions whose groups are no whole number of vectors, padded to one.
+"""Convolutions whose groups (or, ungrouped, whose output channels) are no whole number of
+vectors, padded to one.
 
 The register-blocked rule (schedules/register_blocking.py) vectorizes a grouped convolution over
 each group's output channels. ShuffleNet's groups of 68 channels fit 4-lane vectors only (half of
@@ -14,6 +15,11 @@ AVX2).
 With AVX-512 a group is padded to whole 16-lane vectors where that wastes little (68 -> 80; 34
 stays at 40, as 48 would be 41% waste): padded to 72, the 68-per-group convolution's micro-kernel
 ran on 8-lane vectors, half the FMA width (default schedule 0.23 -> 0.12 ms, znver4).
+
+An ungrouped convolution is one group: squeezenet's last (512 -> 1000 channels at 14x13 rows)
+fits 8-lane vectors only, which on Intel's AVX-512 (two 512-bit FMA pipes) is half the FMA
+width: 17-18% of the FMA peak against 58-61% padded to 1008 channels (`bench/sweep_blocks.py
+512,14x13,1,1000 512,14x13,1,1008`, Intel Xeon, rocketlake, 2 cores).
 """
 
 from __future__ import annotations
@@ -46,6 +52,12 @@ def padded_channels(per_group: int, lanes: int = LANES) -> int | None:
     return None
 
 
+def padded_ungrouped(out_c: int, lanes: int) -> int | None:
+    """An ungrouped convolution's output channels padded as one group's (`padded_channels`): its
+    own decision, so that a benchmark can turn it off alone (`bench/defaults_ab.py`)."""
+    return padded_channels(out_c, lanes)
+
+
 def target_lanes() -> int:
     """fp32 lanes of the current target's widest vector (8 without a CPU target)."""
     target = Target.current(allow_none=True)
@@ -62,18 +74,18 @@ def pad_weight(weight_ohwi: np.ndarray, groups: int, padded: int) -> np.ndarray:
 
 
 def _eligible(call: relax.Call, lanes: int) -> int | None:
-    """The padded group size for a float32 NHWC/OHWI grouped (not depthwise) convolution with
-    constant weights, None for any other call."""
+    """The padded group size for a float32 NHWC/OHWI convolution (ungrouped: one group; not
+    depthwise) with constant weights, None for any other call."""
     if not nhwc_conv2d(call):
         return None
     groups = int(call.attrs.groups)
     weight = call.args[1]
-    if groups == 1 or not isinstance(weight, tvm.ir.expr.GenericConst) or str(weight.value.dtype) != "float32":
+    if not isinstance(weight, tvm.ir.expr.GenericConst) or str(weight.value.dtype) != "float32":
         return None
     out_c, _, _, in_c = weight.value.shape
-    if in_c == 1 or out_c % groups:
+    if (groups > 1 and in_c == 1) or out_c % groups:
         return None  # depthwise: one input channel per group, vectorized over the channels
-    return padded_channels(out_c // groups, lanes)
+    return padded_ungrouped(out_c, lanes) if groups == 1 else padded_channels(out_c // groups, lanes)
 
 
 def _padded(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.Expr | None:
@@ -89,6 +101,8 @@ def _padded(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.
         data, relax.const(pad_weight(weight.value.numpy(), groups, padded)), strides=attrs.strides,
         padding=attrs.padding, dilation=attrs.dilation, groups=groups, data_layout="NHWC",
         kernel_layout="OHWI", out_layout="NHWC", out_dtype=attrs.out_dtype))
+    if groups == 1:
+        return relax.op.strided_slice(conv, axes=[3], begin=[0], end=[out_c])
     n, h, w, _ = (int(d) for d in conv.ty.shape.values)
     split = builder.emit(relax.op.reshape(conv, [n, h, w, groups, padded]))
     kept = builder.emit(relax.op.strided_slice(split, axes=[4], begin=[0], end=[per_group]))
@@ -96,7 +110,7 @@ def _padded(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.
 
 
 def rewrite(mod: IRModule, lanes: int = LANES) -> tuple[IRModule, int]:
-    """`mod` with its eligible grouped convolutions padded to vectors of `lanes` (or fewer, see
+    """`mod` with its eligible convolutions padded to vectors of `lanes` (or fewer, see
     `padded_channels`), and how many there were. Constants are folded first, so weights that
     ConvertLayout transposed are constants again."""
     return rewrite_calls(relax.transform.FoldConstant()(mod), lambda b, c: _padded(b, c, lanes))
