@@ -42,10 +42,12 @@ from tuner.verify.measure import ORTModel, TVMModel, compare, interleaved_median
 # times the kernels that change; this one times whole modules, which also shows what a change does
 # to the kernels around them (how Relax fuses a rewritten graph).
 SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
-    # 1x1 convolutions padded to rows that divide into register blocks (row_padding.padded_height)
-    "row-padding": (row_padding, "padded_height", lambda *_: None),
+    # 1x1 convolutions computed over padded rows for a better register block (row_padding.padded_rows)
+    "row-padding": (row_padding, "padded_rows", lambda *_: None),
     # ungrouped convolutions' output channels padded to whole vectors (group_padding.padded_ungrouped)
     "ungrouped-padding": (group_padding, "padded_ungrouped", lambda *_: None),
+    # 3-register blocks' vector loop as one-register vectors (register_blocking.vector_step)
+    "vector-step": (register_blocking, "vector_step", lambda isa, full, _widths: isa.lanes if isa.lanes < full else None),
     # register blocks sweeping the vector blocks inside each row block (register_blocking.rows_outer)
     "a-stationary": (register_blocking, "rows_outer", lambda *_: False),
 }

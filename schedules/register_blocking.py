@@ -404,11 +404,13 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     else:
         sch.set_scope(block_rv, 0, "local")
     _accumulator_layout(sch, block_rv, row_dims, vector_dims[0], group)
+    accumulator = sch.get(block_rv).writes[0].source
     for b in epilogue:
-        if len(row_dims) > 1 and not _fuse_iters(sch, b, row_dims, positional=True):
+        positions = row_dims if len(row_dims) > 1 else _row_positions(sch, b, accumulator) or []
+        if len(positions) > 1 and not _fuse_iters(sch, b, positions, positional=True):
             return None
         sch.reverse_compute_at(b, tile, preserve_unit_loops=True)
-    narrowed_lanes = isa.lanes if isa.lanes < full_lanes else None
+    narrowed_lanes = vector_step(isa, full_lanes, widths)
     for b in epilogue:
         inner = sch.get_loops(b)[len(others) + 2:]
         if inner:
@@ -500,6 +502,36 @@ def _fuse_iters(sch: Schedule, block_rv: SBlockRV, positions: list[int], positio
     except Exception:  # noqa: BLE001 - ScheduleError: the block keeps its iteration domain
         return False
     return True
+
+
+def _row_positions(sch: Schedule, block_rv: SBlockRV, accumulator: tirx.Buffer) -> list[int] | None:
+    """The epilogue's iterators that index the accumulator's rows (laid out [others, rows,
+    vector] by `_accumulator_layout`), in order: one (a dense's epilogue), or the output's y
+    and x of a 1x1 convolution computed as a GEMM over padded rows
+    (`tuner/rewrite/row_padding.py`), which reads row ``y * W + x``. None when they are not
+    adjacent or the block does not read the accumulator (a later epilogue block)."""
+    block = sch.get(block_rv)
+    names = [iv.var.name for iv in block.iter_vars]
+    reads = [r for r in block.reads if r.source.same_as(accumulator)]
+    if len(reads) != 1:
+        return None
+    used = _vars(reads[0].region[len(accumulator.shape) - 2].min)
+    positions = [i for i, n in enumerate(names) if n in used]
+    return positions if positions and _adjacent(positions) else None
+
+
+def vector_step(isa: VectorISA, full_lanes: int, widths: list[int]) -> int | None:
+    """The lanes of each vector the register block's vector loop is emitted as, None to
+    vectorize it whole: one register's (`isa`'s) where the ISA was narrowed or where a block
+    the search may sample spans 3 registers, which LLVM never sees as one vector. Vectorized
+    whole, a 3-vector block (48 lanes on AVX-512) ran at 2-3% of the FMA peak: squeezenet's
+    classifier as 6x3 on 174 padded rows took 24.7 ms, 0.57 ms (74%) as three 16-lane vectors
+    (Intel Xeon, rocketlake). Blocks of 1, 2 or 4 vectors stay whole: emitted as one-register
+    vectors they were about 1% slower (medians 1.008, 1.010, 1.029: resnet50, shufflenet, the
+    transformer on default schedules,
+    `bench/defaults_ab.py --without vector-step`, all blocks split)."""
+    ragged = any((w // isa.lanes) & (w // isa.lanes - 1) for w in widths)
+    return isa.lanes if isa.lanes < full_lanes or ragged else None
 
 
 def _vectorize(sch: Schedule, loop: LoopRV, lanes: int | None) -> None:

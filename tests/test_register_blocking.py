@@ -253,3 +253,13 @@ def test_narrowed_vectors_are_whole_registers_not_one_ragged_vector(tmp_path: Pa
     assert "T.unroll(T.int64(3))" in conv
     if target is AVX2:  # AVX-512 code may not run on the machine that runs the tests
         assert_matches_ort(loaded, fused, AVX2, tmp_path)
+
+
+def test_a_vector_loop_that_may_span_3_registers_is_emitted_as_one_register_vectors() -> None:
+    """LLVM builds a 48-lane vector (3 AVX-512 registers) element by element: 2-3% of the peak."""
+    isa = vector_isa(AVX512)
+    assert register_blocking.vector_step(isa, 16, [16, 32]) is None
+    assert register_blocking.vector_step(isa, 16, [16, 32, 64]) is None
+    assert register_blocking.vector_step(isa, 16, [16, 48]) == 16
+    narrowed = VectorISA("avx512", 8, 32)  # 1000 channels: 8-lane vectors on AVX-512
+    assert register_blocking.vector_step(narrowed, 16, [8, 16]) == 8
