@@ -15,6 +15,12 @@ def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> onnx.T
     return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.1, name)
 
 
+def uniform_initializer(rng: np.random.Generator, name: str, shape: tuple[int, ...],
+                        scale: float = 0.3) -> onnx.TensorProto:
+    """A weight drawn from U(-scale, scale)."""
+    return numpy_helper.from_array(rng.uniform(-scale, scale, shape).astype(np.float32), name)
+
+
 def matmul_bias_relu(m: int = 16, k: int = 64, n: int = 32, seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     graph = helper.make_graph(

@@ -5,13 +5,14 @@ activation and a residual after), and that the padded convolution is register-bl
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import tvm
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
@@ -60,10 +61,7 @@ def _grouped_block(seed: int = 0, per_group: int = 34) -> onnx.ModelProto:
     with bias, then a 1x1 conv of 4 groups of 34 whose output is added to that conv's: the shapes
     of a ShuffleNet stage (`per_group`: other than 34)."""
     c = 4 * per_group
-    rng = np.random.default_rng(seed)
-
-    def init(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
-        return numpy_helper.from_array(rng.uniform(-0.3, 0.3, shape).astype(np.float32), name)
+    init = functools.partial(onnx_models.uniform_initializer, np.random.default_rng(seed))
 
     graph = helper.make_graph(
         [
@@ -121,10 +119,7 @@ def test_an_ungrouped_convolution_is_padded_as_one_group(out_c: int, lanes: int,
 def _ungrouped_convs(seed: int = 0) -> onnx.ModelProto:
     """A 1x1 conv of 12 -> 40 channels with bias and ReLU, then a 3x3 conv of 40 -> 40 whose
     output is added to the first's: 40 channels are 2.5 vectors of 16 lanes."""
-    rng = np.random.default_rng(seed)
-
-    def init(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
-        return numpy_helper.from_array(rng.uniform(-0.3, 0.3, shape).astype(np.float32), name)
+    init = functools.partial(onnx_models.uniform_initializer, np.random.default_rng(seed))
 
     graph = helper.make_graph(
         [

@@ -4,13 +4,14 @@ what ONNX Runtime computes, and that the GEMM is register-blocked over the padde
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import tvm
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
@@ -47,12 +48,8 @@ def test_rows_are_padded_where_a_better_register_block_pays_for_the_extra_rows(
 def _squeeze_block(seed: int = 0) -> onnx.ModelProto:
     """At 13x13: a 1x1 conv with bias and ReLU, a 1x1 conv, and a 3x3 conv (not a GEMM over rows:
     left as it is), as in squeezenet's last fire module; then a 1x1 conv of stride 2 (7x7 rows)
-    whose output is added to a 1x1 conv's of the 3x3's output sliced likewise (resnet50's
-    downsampling shortcut)."""
-    rng = np.random.default_rng(seed)
-
-    def init(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
-        return numpy_helper.from_array(rng.uniform(-0.3, 0.3, shape).astype(np.float32), name)
+    with bias and ReLU, as resnet50's downsampling shortcuts."""
+    init = functools.partial(onnx_models.uniform_initializer, np.random.default_rng(seed))
 
     graph = helper.make_graph(
         [

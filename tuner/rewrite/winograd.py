@@ -188,29 +188,21 @@ def eligible(call: relax.Call, min_channels: int = MIN_CHANNELS) -> bool:
     return (kh, kw) == (KERNEL, KERNEL) and min(out_c, in_c) >= min_channels
 
 
-def output_tile(out_h: int, out_w: int) -> int | None:
-    """The output tile of a convolution's Winograd form, None to keep it direct."""
-    return TILE
-
-
 def _as_winograd(builder: relax.BlockBuilder, call: relax.Call, min_channels: int) -> relax.Expr | None:
     """The Winograd kernels standing for an eligible `call`, None for any other call."""
     if not eligible(call, min_channels):
         return None
     data, weight = call.args
-    shape = tuple(static_shape(data))
+    packed = relax.const(transform_weight(weight.value.numpy()))
     padding = tuple(int(p) for p in call.attrs.padding)
-    out_h, out_w = shape[1] + padding[0] + padding[2] - KERNEL + 1, shape[2] + padding[1] + padding[3] - KERNEL + 1
-    if (tile := output_tile(out_h, out_w)) is None:
-        return None
-    packed = relax.const(transform_weight(weight.value.numpy(), tile))
+    shape = tuple(static_shape(data))
     # Three kernels: the GEMM's search then lowers a plain batched GEMM (as one kernel with
     # its transforms, each candidate's lowering for the cost model took squeezenet's search
     # rounds from ~30 s to ~86 s); the transforms have one schedule each, nothing to search;
     # the output transform takes the convolution's epilogue (bias, activation, residual).
-    tiles = builder.emit(builder.call_te(input_transform, data, padding, tile, primfunc_name_hint="winograd_input"))
+    tiles = builder.emit(builder.call_te(input_transform, data, padding, primfunc_name_hint="winograd_input"))
     products = builder.emit(builder.call_te(batched_gemm, tiles, packed, primfunc_name_hint="winograd_gemm"))
-    return builder.call_te(output_transform, products, shape, padding, tile, primfunc_name_hint="conv2d_winograd")
+    return builder.call_te(output_transform, products, shape, padding, primfunc_name_hint="conv2d_winograd")
 
 
 def rewrite(mod: IRModule, min_channels: int = MIN_CHANNELS) -> tuple[IRModule, int]:
