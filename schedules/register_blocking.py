@@ -186,8 +186,15 @@ def _match_depthwise(block: tvm.s_tir.SBlock, names: list[str], spatial: list[bo
     return None
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+# Rows of a register block at most (more never fit the registers with a vector each).
+MAX_BLOCK_ROWS = 32
+
+
+def _divisors(n: int, at_most: int) -> list[int]:
+    """The divisors of `n` up to `at_most`: enumerating all of them made padding decisions
+    (`tuner/rewrite/row_padding.py`, which asks for every row count it might pad to) quadratic:
+    2.3 s for one 1x1 convolution at 112x112."""
+    return [d for d in range(1, min(n, at_most) + 1) if n % d == 0]
 
 
 # A one-vector register block of more rows than this spills on a 16-register ISA (below).
@@ -240,9 +247,9 @@ def candidates(rows_extent: int, vector_extent: int, isa: VectorISA) -> list[Mic
     for nv in (1, 2, 3, 4):
         if vector_extent % (nv * isa.lanes):
             continue
-        for mr in _divisors(rows_extent):
+        for mr in _divisors(rows_extent, MAX_BLOCK_ROWS):
             kernel = MicroKernel(mr, nv)
-            if mr <= 32 and kernel.registers() <= usable_registers(isa):
+            if kernel.registers() <= usable_registers(isa):
                 found.append(kernel)
     return sorted(found, key=lambda k: (-round(efficiency(k, isa), 3), k.nv * isa.lanes != vector_extent, k.nv,
                                         -k.mr * k.nv))
@@ -528,8 +535,8 @@ def vector_step(isa: VectorISA, full_lanes: int, widths: list[int]) -> int | Non
     classifier as 6x3 on 174 padded rows took 24.7 ms, 0.57 ms (74%) as three 16-lane vectors
     (Intel Xeon, rocketlake). Blocks of 1, 2 or 4 vectors stay whole: emitted as one-register
     vectors they were about 1% slower (medians 1.008, 1.010, 1.029: resnet50, shufflenet, the
-    transformer on default schedules,
-    `bench/defaults_ab.py --without vector-step`, all blocks split)."""
+    transformer on default schedules, `bench/defaults_ab.py --without vector-step`, all blocks
+    split)."""
     ragged = any((w // isa.lanes) & (w // isa.lanes - 1) for w in widths)
     return isa.lanes if isa.lanes < full_lanes or ragged else None
 
