@@ -29,7 +29,6 @@ the searches, `--searches-only` the defaults.
 from __future__ import annotations
 
 import argparse
-import json
 from contextlib import closing
 import platform
 import sqlite3
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import bench_settings, task_count  # noqa: E402
 from models import model_spec  # noqa: E402
+from results_file import write_results  # noqa: E402
 from kernels import model_on_database  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
@@ -259,8 +259,7 @@ def main() -> None:
 
 
 def save(results: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_results(results, out)
     if results["targets"]:
         plot(results, out.with_suffix(".png"))
 

@@ -12,7 +12,6 @@ the time per model summed over the calls.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernels import called_kernels, kernel_timer, model_on_database  # noqa: E402
 from models import model_spec  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 from tuner.compile import schedule_module  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
@@ -82,8 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tuner-order-") as tmp:
         results = {"cpu": machine(), "models": [compare(n, Path(tmp), target, args.rounds) for n in args.models]}
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+        write_results(results, args.out)
         print(f"wrote {args.out}")
 
 

@@ -6,7 +6,9 @@ run mean anything).
     python3 bench/defaults_ab.py --without a-stationary shufflenet --mcpu znver3 \\
         --out bench/results/a-stationary-avx2.json
 
-`--without` names the switch (SWITCHES); `--mcpu znver3` compiles AVX2 code on an AVX-512 CPU
+`--without` names the switch (`bench/switches.py`); a kernel-level A/B (`bench/block_order.py`)
+times the kernels that change, this one whole modules, which also shows what a change does to the
+kernels around them (how Relax fuses a rewritten graph). `--mcpu znver3` compiles AVX2 code on an AVX-512 CPU
 (ONNX Runtime then still uses this CPU's widest vectors: compare the two modules, and ORT only
 within a target).
 """
@@ -14,12 +16,9 @@ within a target).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
 
 from tvm.target import Target
 
@@ -27,41 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernels import model_on_database  # noqa: E402
 from models import model_spec  # noqa: E402
+from results_file import write_results  # noqa: E402
+from switches import SWITCHES, without  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx  # noqa: E402
-from tuner.rewrite import group_padding, row_padding  # noqa: E402
-from tuner.schedules import register_blocking  # noqa: E402
 from tuner.targets import host_cpu_target  # noqa: E402
 from tuner.verify.inputs import verification_inputs  # noqa: E402
 from tuner.verify.measure import ORTModel, TVMModel, compare, interleaved_medians_ms  # noqa: E402
-
-# What turns a feature off: (module, attribute, replacement). A kernel-level A/B (bench/block_order.py)
-# times the kernels that change; this one times whole modules, which also shows what a change does
-# to the kernels around them (how Relax fuses a rewritten graph).
-SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
-    # 1x1 convolutions computed over padded rows for a better register block (row_padding.padded_rows)
-    "row-padding": (row_padding, "padded_rows", lambda *_: None),
-    # ungrouped convolutions' output channels padded to whole vectors (group_padding.padded_ungrouped)
-    "ungrouped-padding": (group_padding, "padded_ungrouped", lambda *_: None),
-    # 3-register blocks' vector loop as one-register vectors (register_blocking.vector_step)
-    "vector-step": (register_blocking, "vector_step", lambda isa, full, _widths: isa.lanes if isa.lanes < full else None),
-    # register blocks sweeping the vector blocks inside each row block (register_blocking.rows_outer)
-    "a-stationary": (register_blocking, "rows_outer", lambda *_: False),
-}
-
-
-@contextmanager
-def without(switch: str) -> Iterator[None]:
-    module, name, off = SWITCHES[switch]
-    saved = getattr(module, name)
-    setattr(module, name, off)
-    try:
-        yield
-    finally:
-        setattr(module, name, saved)
 
 
 def compare_model(name: str, switch: str, work: Path, target: dict, rounds: int) -> dict:
@@ -113,8 +87,7 @@ def main() -> None:
         results = {"cpu": machine(), "mcpu": target.get("mcpu"), "without": args.without,
                    "models": [compare_model(n, args.without, Path(tmp), target, args.rounds) for n in args.models]}
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+        write_results(results, args.out)
         print(f"wrote {args.out}")
 
 

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernels import kernel_timer  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
+from switches import without  # noqa: E402
 
 from tuner.compile import schedule_module  # noqa: E402
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx  # noqa: E402
 from tuner.load.model_io import load_model  # noqa: E402
-from tuner.rewrite import row_padding  # noqa: E402
 from tuner.schedules import register_blocking as rb  # noqa: E402
 from tuner.targets import host_cpu_target  # noqa: E402
 from tuner.search.job_database import open_database  # noqa: E402
@@ -61,11 +61,8 @@ def sweep(shape: tuple, target_dict: dict, peak: float, work: Path, rounds: int)
     path, flops, out = conv_model(c, size, k, co, stride, work / "conv.onnx")
     target = Target(dict(target_dict))
     # The rows as given: padded rows (row_padding.py) would change the blocks that divide them.
-    saved, row_padding.padded_rows = row_padding.padded_rows, lambda *_: None
-    try:
+    with without("row-padding"):
         fused = fuse_for_tuning(import_onnx(load_model(path, {})), target)
-    finally:
-        row_padding.padded_rows = saved
     isa = rb.vector_isa(target)
     everything = rb.replace(isa, registers=isa.registers * 4 // 3)  # usable = all registers
     blocks, _ = rb.register_blocks(out, co, everything)

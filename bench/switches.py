@@ -1,0 +1,36 @@
+"""Features of the CPU compilation that a benchmark can turn off, by name: `bench/defaults_ab.py`
+times a model with and without one; `bench/sweep_blocks.py` turns row padding off to time the
+blocks of the rows it was given."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tuner.rewrite import group_padding, row_padding
+from tuner.schedules import register_blocking
+
+# What turns a feature off: (module, attribute, replacement).
+SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
+    # 1x1 convolutions computed over padded rows for a better register block (row_padding.padded_rows)
+    "row-padding": (row_padding, "padded_rows", lambda *_: None),
+    # ungrouped convolutions' output channels padded to whole vectors (group_padding.padded_ungrouped)
+    "ungrouped-padding": (group_padding, "padded_ungrouped", lambda *_: None),
+    # 3-register blocks' vector loop as one-register vectors (register_blocking.vector_step)
+    "vector-step": (register_blocking, "vector_step", lambda isa, full, _widths: isa.lanes if isa.lanes < full else None),
+    # register blocks sweeping the vector blocks inside each row block (register_blocking.rows_outer)
+    "a-stationary": (register_blocking, "rows_outer", lambda *_: False),
+}
+
+
+@contextmanager
+def without(switch: str) -> Iterator[None]:
+    """The feature `switch` turned off inside the block (the module's attribute replaced)."""
+    module, name, off = SWITCHES[switch]
+    saved = getattr(module, name)
+    setattr(module, name, off)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
