@@ -14,7 +14,6 @@ are the onnx package's light zoo models.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernels import kernel_table  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
+from results_file import write_results  # noqa: E402
 from models import model_spec  # noqa: E402
 
 from tuner.config import Settings, get_settings  # noqa: E402
@@ -132,13 +132,12 @@ def main() -> None:
     console.print(f"{cpu}: measured FP32 FMA peak {peak:.1f} GFLOP/s")
     rows: list[dict] = []
     budget = f"{args.trials} trials" if args.trials is not None else f"{args.trials_per_task} trials per task"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def write() -> None:  # after every model: a long run cut short keeps what it measured
-        args.out.write_text(json.dumps({
+        write_results({
             "budget": budget, "cpu": cpu, "isa": isa.name, "fma_peak_gflops": peak,
             "python": sys.version.split()[0], "platform": platform.platform(), "results": rows,
-        }, indent=2))
+        }, args.out)
 
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         if args.work:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from results_file import write_results
 from tuner.hardware import machine
 
 
@@ -222,10 +223,9 @@ def main() -> None:
             results["backends"][backend] = row
         results["cache_hit"] = bench_cache_hit(args.model, args.trials, work)
         print("cache_hit", json.dumps(results["cache_hit"]), flush=True)
-    text_out = json.dumps(results, indent=2)
-    print(text_out)
+    print(json.dumps(results, indent=2))
     if args.out:
-        args.out.write_text(text_out + "\n")
+        write_results(results, args.out)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cuda_profile import kernel_table  # noqa: E402
 from models import is_built, model_spec  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 from tuner.config import get_settings  # noqa: E402
 from tuner.load.model_io import load_model  # noqa: E402
@@ -326,9 +327,8 @@ def main() -> None:
                         if key in where:
                             print(f"[bench]   peer error: {where[key][-300:]}", flush=True)
                 print_profiles(row)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps({"python": sys.version.split()[0], "command": " ".join(sys.argv),
-                                                "results": rows}, indent=2))
+                write_results({"python": sys.version.split()[0], "command": " ".join(sys.argv), "results": rows},
+                              args.out)
     print(f"wrote {args.out}")
 
 

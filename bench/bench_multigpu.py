@@ -29,6 +29,7 @@ from tuner.hardware import fingerprint_for, machine
 from tuner.pipeline import RunRequest, run
 from tuner.progress import LogProgress
 from tuner.targets import parse_target
+from results_file import write_results
 
 
 def tune_on(gpus: int, model: str, target: dict, trials: int, work: Path, seed: int) -> dict:
@@ -86,10 +87,9 @@ def main() -> None:
         row["tuned_ms_vs_first"] = row["tuned_ms"] / base["tuned_ms"]
         row["every_runner_measured"] = bool(row["trials_per_runner"]) and all(
             n > 0 for n in row["trials_per_runner"].values()) and len(row["trials_per_runner"]) == row["runners"]
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
     if args.out:
-        args.out.write_text(text + "\n")
+        write_results(results, args.out)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from tuner.hardware import machine
 from tuner.pipeline import RunRequest, run
 from tuner.progress import LogProgress
 from tuner.targets import host_cpu_target
+from results_file import write_results
 
 
 CONFIGS = {  # label: (ray address, builders, searchers)
@@ -132,10 +133,9 @@ def main() -> None:
     results["median"] = median
     results[f"ratio_vs_{labels[0]}"] = {label: m["trials_per_minute"] / median[labels[0]]["trials_per_minute"]
                                         for label, m in median.items()}
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
     if args.out:
-        args.out.write_text(text + "\n")
+        write_results(results, args.out)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from tests.onnx_models import matmul_bias_relu, save  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
 from tuner.load.zoo import zoo_path  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 TUNER = [sys.executable, "-m", "tuner.cli"]
 
@@ -223,7 +224,7 @@ def main() -> None:
               f"{over['service_s']} s (overhead {over['overhead_s']} s, x{over['overhead_ratio']})", flush=True)
     result = {"machine": machine(), "load": load, "overhead": over}
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+        write_results(result, args.out)
         print(f"wrote {args.out}")
 
 

@@ -10,7 +10,6 @@ alone, or alone than its record, points at what the search does not see.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cuda_profile import kernel_times  # noqa: E402
 from kernels import _bindings, built_kernel  # noqa: E402
 from models import model_spec  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 from tuner.compile import compile_tuned, schedule_module  # noqa: E402
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx  # noqa: E402
@@ -103,9 +103,8 @@ def main() -> None:
               flush=True)
     rows.sort(key=lambda r: -(r["module_graph_us_per_call"] or 0) * r["calls"])
     summary = {mode: {k: v for k, v in prof.items() if k != "kernels"} for mode, prof in modules.items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(sys.argv), "gpu": tvm.cuda(0).device_name,
-                                    "modules": summary, "kernels": rows}, indent=2))
+    write_results({"command": " ".join(sys.argv), "gpu": tvm.cuda(0).device_name, "modules": summary,
+                   "kernels": rows}, args.out)
     for mode, s in summary.items():
         print(f"[kernels] module ({mode}): kernels {s['kernel_us']:.1f} us, wall {s['wall_us']:.1f} us per run")
     print(f"[kernels] sum over kernels x calls: record {sum((r['record_us'] or 0) * r['calls'] for r in rows):.1f} us, "

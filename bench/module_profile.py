@@ -10,7 +10,6 @@ than alone waits for memory its neighbours evicted (e.g. weights no longer in ca
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernels import kernel_table, model_on_database  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
@@ -109,7 +109,7 @@ def main() -> None:
                       f"{r['gflop'] / r['in_situ_ms'] * 1e3:.0f}" if r["gflop"] else "-")
     console.print(table)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        write_results(result, args.json)
 
 
 if __name__ == "__main__":

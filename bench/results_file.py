@@ -9,4 +9,4 @@ from pathlib import Path
 def write_results(results: dict, out: Path) -> None:
     """`results` as indented JSON at `out`, its folder made if missing."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(results, indent=2) + "\n")
