@@ -15,7 +15,8 @@ from tuner.schedules import register_blocking
 SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
     # 1x1 convolutions computed over padded rows for a better register block (row_padding.padded_rows)
     "row-padding": (row_padding, "padded_rows", lambda *_: None),
-    # ungrouped convolutions' output channels padded to whole vectors (group_padding.padded_ungrouped)
+    # ungrouped convolutions' output channels padded to whole vectors, or to 2- or 3-vector register
+    # blocks (group_padding.padded_ungrouped)
     "ungrouped-padding": (group_padding, "padded_ungrouped", lambda *_: None),
     # 3-register blocks' vector loop as one-register vectors (register_blocking.vector_step)
     "vector-step": (register_blocking, "vector_step", lambda isa, full, _widths: isa.lanes if isa.lanes < full else None),

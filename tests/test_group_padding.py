@@ -19,7 +19,7 @@ from tvm.target import Target
 
 from tests import onnx_models
 from tests.compiled import assert_matches_ort
-from tuner.rewrite import group_padding
+from tuner.rewrite import group_padding, row_padding
 from tuner.compile import schedule_module
 from tuner.rewrite.graph import channels_last, fuse_for_tuning, import_onnx
 from tuner.load.model_io import load_model
@@ -114,6 +114,46 @@ def test_a_module_padded_to_16_lane_groups_matches_ort(tmp_path: Path, monkeypat
 @pytest.mark.parametrize("out_c,lanes,padded", [(1000, 16, 1008), (1000, 8, None), (24, 16, None), (40, 16, 48)])
 def test_an_ungrouped_convolution_is_padded_as_one_group(out_c: int, lanes: int, padded: int | None) -> None:
     assert group_padding.padded_ungrouped(out_c, lanes) == padded
+
+
+@pytest.mark.parametrize("out_c,rows,pads_rows,padded", [
+    (1000, 169, True, 1008),  # squeezenet's last: 125 vectors of 8 (7x1 blocks) -> 126 (6x2)
+    (1000, 12, True, None),  # too few rows: memory-bound, the block does not matter
+    (40, 99, True, None),  # 5 vectors -> 6 would waste 20%
+    (256, 169, True, None),  # 32 vectors: 6x2 already
+])
+def test_on_avx2_whole_vectors_are_padded_further_where_a_better_register_block_pays(
+        out_c: int, rows: int, pads_rows: bool, padded: int | None) -> None:
+    assert group_padding.padded_ungrouped(out_c, 8, rows, row_padding.DEFAULT_ISA, pads_rows) == padded
+
+
+def _wide_1x1(out_c: int = 200, size: int = 13, seed: int = 0) -> onnx.ModelProto:
+    """A 1x1 conv of 16 -> `out_c` channels with bias and ReLU (25 vectors of 8 at 200)."""
+    init = functools.partial(onnx_models.uniform_initializer, np.random.default_rng(seed))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+        "wide_1x1",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_c, size, size])],
+        [init("w", (out_c, 16, 1, 1)), init("b", (out_c,))],
+    )
+    return helper.make_model(graph, opset_imports=onnx_models.OPSET)
+
+
+def test_a_1x1_convolution_padded_to_two_vector_blocks_on_avx2_matches_ort(tmp_path: Path) -> None:
+    """200 channels at 13x13 rows: 208, register-blocked two vectors wide over padded rows, the
+    padded channels sliced off in the same kernel."""
+    loaded = load_model(str(onnx_models.save(_wide_1x1(), tmp_path / "m.onnx")), {})
+    fused = fuse_for_tuning(import_onnx(loaded), AVX2)
+    convs = {gv.name_hint: f for gv, f in fused.functions.items()
+             if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint}
+    assert len(convs) == 1 and "strided_slice" in next(iter(convs)), list(convs)
+    assert {int(f.params[1].ty.shape[0]) for f in convs.values()} == {208}
+    scheduled, _ = schedule_module(fused, AVX2, ms.database.MemoryDatabase())
+    (text,) = [f.script() for gv, f in scheduled.functions.items()
+               if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint]
+    assert RULE_NAME in text and "T.vectorized(T.int64(16))" in text and "T.unroll(T.int64(6))" in text, text
+    assert_matches_ort(loaded, fused, AVX2, tmp_path)
 
 
 def _ungrouped_convs(seed: int = 0) -> onnx.ModelProto:

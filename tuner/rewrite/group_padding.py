@@ -20,6 +20,14 @@ An ungrouped convolution is one group: squeezenet's last (512 -> 1000 channels a
 fits 8-lane vectors only, which on Intel's AVX-512 (two 512-bit FMA pipes) is half the FMA
 width: 17-18% of the FMA peak against 58-61% padded to 1008 channels (`bench/sweep_blocks.py
 512,14x13,1,1000 512,14x13,1,1008`, Intel Xeon, rocketlake, 2 cores).
+
+An ungrouped convolution whose channels are whole vectors may still be padded a little further,
+to a vector count that allows better register blocks: on AVX2, 1000 channels are 125 vectors of
+8, so every block is one vector wide (7x1: a broadcast load per FMA); 1008 allows 6x2.
+Squeezenet's last convolution over its padded rows ran at 75% of the FMA peak as 7x1 (175 rows)
+and 82% as 6x2 (174 rows, 1008 channels): 1.09x in useful work (`bench/sweep_blocks.py --mcpu
+znver3 512,25x7,1,1000 512,29x6,1,1008`, AMD EPYC znver4 running AVX2 code). The choice is
+`row_padding`'s throughput model of the rule's pick, in useful work.
 """
 
 from __future__ import annotations
@@ -30,12 +38,19 @@ from tvm import relax
 from tvm.ir import IRModule
 from tvm.target import Target
 
-from .relax_rewrites import nhwc_conv2d, rewrite_calls
-from ..schedules.isa import vector_isa
+from .relax_rewrites import nhwc_conv2d, rewrite_calls, static_shape
+from .row_padding import DEFAULT_ISA, MIN_GAIN, padded_rows, target_isa, useful_throughput
+from ..schedules.isa import VectorISA, vector_isa
 
 LANES = 8
 # At most this many multiplications per useful one (34 -> 40 is 1.18).
 MAX_WASTE = 1.25
+# Whole vectors already, an ungrouped convolution's channels are padded for a better register
+# block only this far (1000 -> 1008 is 1.008): the block must gain MIN_GAIN in useful work.
+MAX_BLOCK_WASTE = 1.05
+# Over fewer output pixels than this the GEMM reads each weight for a few rows only: it waits
+# for memory, not for the register block (and padding adds weights to read).
+MIN_BLOCK_ROWS = 16
 
 
 def padded_channels(per_group: int, lanes: int = LANES) -> int | None:
@@ -52,10 +67,25 @@ def padded_channels(per_group: int, lanes: int = LANES) -> int | None:
     return None
 
 
-def padded_ungrouped(out_c: int, lanes: int) -> int | None:
-    """An ungrouped convolution's output channels padded as one group's (`padded_channels`): its
-    own decision, so that a benchmark can turn it off alone (`bench/defaults_ab.py`)."""
-    return padded_channels(out_c, lanes)
+def padded_ungrouped(out_c: int, lanes: int, rows: int = 0, isa: VectorISA = DEFAULT_ISA,
+                     pads_rows: bool = False) -> int | None:
+    """An ungrouped convolution's output channels padded as one group's (`padded_channels`), then
+    to a multiple of 2 or 3 vectors where the register block that allows gains MIN_GAIN in useful
+    work over `rows` output pixels (computed over `row_padding`'s padded rows where `pads_rows`):
+    its own decision, so that a benchmark can turn it off alone (`bench/defaults_ab.py`)."""
+    base = padded_channels(out_c, lanes) or out_c
+
+    def score(channels: int) -> float:
+        over = (padded_rows(rows, channels, isa) if pads_rows else None) or rows
+        return useful_throughput(rows, over, channels, isa) * out_c / channels
+
+    best, best_score = base, score(base) * MIN_GAIN if rows >= MIN_BLOCK_ROWS else float("inf")
+    for vectors in (2, 3):
+        step = vectors * isa.lanes
+        channels = -(-base // step) * step
+        if channels != base and channels <= out_c * MAX_BLOCK_WASTE and (found := score(channels)) > best_score:
+            best, best_score = channels, found
+    return None if best == out_c else best
 
 
 def target_lanes() -> int:
@@ -73,7 +103,7 @@ def pad_weight(weight_ohwi: np.ndarray, groups: int, padded: int) -> np.ndarray:
     return out.reshape(groups * padded, kh, kw, in_c)
 
 
-def _eligible(call: relax.Call, lanes: int) -> int | None:
+def _eligible(call: relax.Call, lanes: int, isa: VectorISA) -> int | None:
     """The padded group size for a float32 NHWC/OHWI convolution (ungrouped: one group; not
     depthwise) with constant weights, None for any other call."""
     if not nhwc_conv2d(call):
@@ -82,15 +112,23 @@ def _eligible(call: relax.Call, lanes: int) -> int | None:
     weight = call.args[1]
     if not isinstance(weight, tvm.ir.expr.GenericConst) or str(weight.value.dtype) != "float32":
         return None
-    out_c, _, _, in_c = weight.value.shape
+    out_c, kh, kw, in_c = weight.value.shape
     if (groups > 1 and in_c == 1) or out_c % groups:
         return None  # depthwise: one input channel per group, vectorized over the channels
-    return padded_ungrouped(out_c, lanes) if groups == 1 else padded_channels(out_c // groups, lanes)
+    if groups > 1:
+        return padded_channels(out_c // groups, lanes)
+    out_shape = static_shape(call)
+    rows = out_shape[1] * out_shape[2] if out_shape is not None and len(out_shape) == 4 else 0
+    # row_padding takes the 1x1, unpadded, undilated, same-stride ones (its `_eligible`)
+    attrs = call.attrs
+    pads_rows = (kh, kw) == (1, 1) and not any(int(p) for p in attrs.padding) and \
+        all(int(d) == 1 for d in attrs.dilation) and len({int(s) for s in attrs.strides}) == 1
+    return padded_ungrouped(out_c, lanes, rows, isa, pads_rows)
 
 
-def _padded(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.Expr | None:
+def _padded(builder: relax.BlockBuilder, call: relax.Call, lanes: int, isa: VectorISA) -> relax.Expr | None:
     """The group-padded convolution sliced back, for an eligible `call`."""
-    if (padded := _eligible(call, lanes)) is None:
+    if (padded := _eligible(call, lanes, isa)) is None:
         return None
     data, weight = call.args
     groups = int(call.attrs.groups)
@@ -109,15 +147,16 @@ def _padded(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.
     return relax.op.reshape(kept, [n, h, w, out_c])
 
 
-def rewrite(mod: IRModule, lanes: int = LANES) -> tuple[IRModule, int]:
+def rewrite(mod: IRModule, lanes: int = LANES, isa: VectorISA = DEFAULT_ISA) -> tuple[IRModule, int]:
     """`mod` with its eligible convolutions padded to vectors of `lanes` (or fewer, see
-    `padded_channels`), and how many there were. Constants are folded first, so weights that
-    ConvertLayout transposed are constants again."""
-    return rewrite_calls(relax.transform.FoldConstant()(mod), lambda b, c: _padded(b, c, lanes))
+    `padded_channels`; ungrouped ones for `isa`'s register blocks, see `padded_ungrouped`), and
+    how many there were. Constants are folded first, so weights that ConvertLayout transposed
+    are constants again."""
+    return rewrite_calls(relax.transform.FoldConstant()(mod), lambda b, c: _padded(b, c, lanes, isa))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tuner.PadGroups")
 def pad_groups(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
     """The module pass of `rewrite` for the current target's vectors (CPU only: it runs after
     `graph.channels_last`)."""
-    return rewrite(mod, target_lanes())[0]
+    return rewrite(mod, target_lanes(), target_isa())[0]

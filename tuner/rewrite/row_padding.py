@@ -49,7 +49,7 @@ def _throughput(kernel: MicroKernel, isa: VectorISA) -> float:
     return efficiency(kernel, isa) * fmas / (fmas + STEP_OVERHEAD)
 
 
-def _useful_throughput(rows: int, padded: int, channels: int, isa: VectorISA) -> float:
+def useful_throughput(rows: int, padded: int, channels: int, isa: VectorISA) -> float:
     """The modelled throughput of the rule's pick over `padded` rows, in useful work."""
     kernels, narrowed = register_blocks(padded, channels, isa)
     return _throughput(kernels[0], narrowed) * rows / padded if kernels else 0.0
@@ -60,10 +60,10 @@ def padded_rows(rows: int, channels: int, isa: VectorISA) -> int | None:
     padding (at most MAX_WASTE) whose register block runs best in useful work, if it beats the
     unpadded pick by MIN_GAIN. 196 rows on AVX2 -> 198 (6x2), 49 -> 54, 169 -> 174; on AVX-512
     (32 registers) 196 and 49 keep 7x2, 169 (13x1) -> 171 (9x2)."""
-    base = _useful_throughput(rows, rows, channels, isa)
+    base = useful_throughput(rows, rows, channels, isa)
     best, best_rows = base, None
     for padded in range(rows + 1, int(rows * MAX_WASTE) + 1):
-        if (score := _useful_throughput(rows, padded, channels, isa)) > best:
+        if (score := useful_throughput(rows, padded, channels, isa)) > best:
             best, best_rows = score, padded
     return best_rows if best_rows is not None and best >= base * MIN_GAIN else None
 
