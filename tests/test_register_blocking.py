@@ -57,8 +57,9 @@ def test_efficiency_prefers_enough_accumulators_to_cover_the_fma_latency() -> No
 
 
 def test_one_vector_blocks_of_many_rows_lose_to_shorter_ones_on_16_registers() -> None:
-    """squeezenet's classifier (182 rows after padding, 1000 channels: one vector a row): 7x1,
-    not 13x1, which spills on AVX2; on AVX-512's 32 registers the longer block stays first."""
+    """1000 channels (squeezenet's classifier before group_padding widens it to 1008 on AVX2: one
+    vector a row) over 182 rows: 7x1, not 13x1, which spills on AVX2; on AVX-512's 32 registers
+    the longer block stays first."""
     best = candidates(182, 1000, vector_isa(AVX2))[0]
     assert (best.mr, best.nv) == (7, 1)
     assert candidates(182, 1000, VectorISA("avx512", 8, 32))[0].mr > 7

@@ -39,7 +39,7 @@ from tvm.ir import IRModule
 from tvm.target import Target
 
 from .relax_rewrites import nhwc_conv2d, rewrite_calls, static_shape
-from .row_padding import DEFAULT_ISA, MIN_GAIN, padded_rows, target_isa, useful_throughput
+from .row_padding import DEFAULT_ISA, MIN_GAIN, gemm_rows, padded_rows, target_isa, useful_throughput
 from ..schedules.isa import VectorISA, vector_isa
 
 LANES = 8
@@ -112,18 +112,14 @@ def _eligible(call: relax.Call, lanes: int, isa: VectorISA) -> int | None:
     weight = call.args[1]
     if not isinstance(weight, tvm.ir.expr.GenericConst) or str(weight.value.dtype) != "float32":
         return None
-    out_c, kh, kw, in_c = weight.value.shape
+    out_c, _, _, in_c = weight.value.shape
     if (groups > 1 and in_c == 1) or out_c % groups:
         return None  # depthwise: one input channel per group, vectorized over the channels
     if groups > 1:
         return padded_channels(out_c // groups, lanes)
     out_shape = static_shape(call)
     rows = out_shape[1] * out_shape[2] if out_shape is not None and len(out_shape) == 4 else 0
-    # row_padding takes the 1x1, unpadded, undilated, same-stride ones (its `_eligible`)
-    attrs = call.attrs
-    pads_rows = (kh, kw) == (1, 1) and not any(int(p) for p in attrs.padding) and \
-        all(int(d) == 1 for d in attrs.dilation) and len({int(s) for s in attrs.strides}) == 1
-    return padded_ungrouped(out_c, lanes, rows, isa, pads_rows)
+    return padded_ungrouped(out_c, lanes, rows, isa, pads_rows=gemm_rows(call) is not None)
 
 
 def _padded(builder: relax.BlockBuilder, call: relax.Call, lanes: int, isa: VectorISA) -> relax.Expr | None:

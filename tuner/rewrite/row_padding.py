@@ -94,9 +94,10 @@ def padded_rows_conv(data: te.Tensor, weight: te.Tensor, rows: int, stride: int)
                       lambda b, y, x, k: gemm[b, y * out_w + x, k], name="conv2d_nhwc")
 
 
-def _eligible(call: relax.Call, isa: VectorISA) -> tuple[int, int] | None:
-    """(padded rows, stride) for a float32 NHWC/OHWI 1x1, unpadded, ungrouped convolution with
-    constant weights whose rows are worth padding, None for any other call."""
+def gemm_rows(call: relax.Call) -> tuple[int, int] | None:
+    """(rows, stride) of a float32 NHWC/OHWI 1x1, unpadded, ungrouped convolution with constant
+    weights (a GEMM over its output pixels, whose rows this rewrite may pad), None for any other
+    call."""
     if not nhwc_conv2d(call):
         return None
     attrs = call.attrs
@@ -112,8 +113,15 @@ def _eligible(call: relax.Call, isa: VectorISA) -> tuple[int, int] | None:
     if not isinstance(weight, tvm.ir.expr.GenericConst) or str(weight.value.dtype) != "float32":
         return None
     stride = strides[0]
-    rows = ((shape[1] - 1) // stride + 1) * ((shape[2] - 1) // stride + 1)
-    padded = padded_rows(rows, kernel[0], isa)
+    return ((shape[1] - 1) // stride + 1) * ((shape[2] - 1) // stride + 1), stride
+
+
+def _eligible(call: relax.Call, isa: VectorISA) -> tuple[int, int] | None:
+    """(padded rows, stride) for a `gemm_rows` convolution whose rows are worth padding."""
+    if (found := gemm_rows(call)) is None:
+        return None
+    rows, stride = found
+    padded = padded_rows(rows, int(call.args[1].value.shape[0]), isa)
     return None if padded is None else (padded, stride)
 
 
