@@ -74,16 +74,18 @@ def padded_ungrouped(out_c: int, lanes: int, rows: int = 0, isa: VectorISA = DEF
     work over `rows` output pixels (computed over `row_padding`'s padded rows where `pads_rows`):
     its own decision, so that a benchmark can turn it off alone (`bench/defaults_ab.py`)."""
     base = padded_channels(out_c, lanes) or out_c
+    wider = [c for c in dict.fromkeys(-(-base // (v * isa.lanes)) * v * isa.lanes for v in (2, 3))
+             if base < c <= out_c * MAX_BLOCK_WASTE] if rows >= MIN_BLOCK_ROWS else []
+    if not wider:  # most convolutions: no throughput to model (40 ms over 112x112 rows)
+        return None if base == out_c else base
 
     def score(channels: int) -> float:
         over = (padded_rows(rows, channels, isa) if pads_rows else None) or rows
         return useful_throughput(rows, over, channels, isa) * out_c / channels
 
-    best, best_score = base, score(base) * MIN_GAIN if rows >= MIN_BLOCK_ROWS else float("inf")
-    for vectors in (2, 3):
-        step = vectors * isa.lanes
-        channels = -(-base // step) * step
-        if channels != base and channels <= out_c * MAX_BLOCK_WASTE and (found := score(channels)) > best_score:
+    best, best_score = base, score(base) * MIN_GAIN
+    for channels in wider:
+        if (found := score(channels)) > best_score:
             best, best_score = channels, found
     return None if best == out_c else best
 
