@@ -10,6 +10,7 @@ than alone waits for memory its neighbours evicted (e.g. weights no longer in ca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections import defaultdict
@@ -29,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import kernel_table, model_on_database  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
 from results_file import write_results  # noqa: E402
+from switches import SWITCHES, without  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
 from tuner.verify.inputs import verification_inputs  # noqa: E402
 from tuner.verify.measure import TVMModel, median_ms  # noqa: E402
-from tuner.targets import host_cpu_target  # noqa: E402
+from tuner.targets import complete_cpu_target, host_cpu_target  # noqa: E402
 
 
 def in_situ_ms(vm: relax.VirtualMachine, args: list[Any], repeats: int,
@@ -65,12 +67,14 @@ def in_situ_ms(vm: relax.VirtualMachine, args: list[Any], repeats: int,
     return {n: float(np.median([r.get(n, 0.0) for r in runs])) for n in names}
 
 
-def profile(model_ref: str, db_url: str, repeats: int) -> dict[str, Any]:
-    target_dict = host_cpu_target()
+def profile(model_ref: str, db_url: str, repeats: int, mcpu: str | None = None,
+            switch: str | None = None) -> dict[str, Any]:
+    target_dict = complete_cpu_target({"kind": "llvm", "mcpu": mcpu}) if mcpu else host_cpu_target()
     use_threads(int(target_dict["num-cores"]))
     target = Target(dict(target_dict))
-    loaded, fused, database = model_on_database(model_ref, target_dict, db_url)
-    compiled = compile_tuned(fused, target, database)
+    with without(switch) if switch else contextlib.nullcontext():
+        loaded, fused, database = model_on_database(model_ref, target_dict, db_url)
+        compiled = compile_tuned(fused, target, database)
     names = list(loaded.input_shapes)
     model = TVMModel(compiled.executable, names)
     profiled = relax.VirtualMachine(compiled.executable, tvm.cpu())
@@ -82,14 +86,15 @@ def profile(model_ref: str, db_url: str, repeats: int) -> dict[str, Any]:
     situ = in_situ_ms(profiled, args, repeats, lambda: walls.append(median_ms(lambda: model.call(args), 50, 0.3)))
     wall = float(np.median(walls))
     peak = fma_peak_gflops(target, int(target_dict["num-cores"]))
-    alone = {r["kernel"]: r for r in kernel_table(model_ref, target_dict, db_url, peak)}
+    with without(switch) if switch else contextlib.nullcontext():
+        alone = {r["kernel"]: r for r in kernel_table(model_ref, target_dict, db_url, peak)}
     rows = []
     for name, ms_ in sorted(situ.items(), key=lambda kv: -kv[1]):
         a = alone.get(name)
         rows.append({"name": name, "in_situ_ms": ms_, "alone_ms": a["ms"] * a["calls"] if a else None,
                      "gflop": a["gflop"] * a["calls"] if a else None})
     kernels_situ = sum(r["in_situ_ms"] for r in rows if r["alone_ms"] is not None)
-    return {"model": model_ref, "wall_ms": wall, "kernels_in_situ_ms": kernels_situ,
+    return {"model": model_ref, "mcpu": target_dict["mcpu"], "without": switch, "wall_ms": wall, "kernels_in_situ_ms": kernels_situ,
             "kernels_alone_ms": sum(r["alone_ms"] for r in rows if r["alone_ms"] is not None),
             "vm_builtins_ms": sum(r["in_situ_ms"] for r in rows if r["alone_ms"] is None),
             "peak_gflops": peak, "rows": rows}
@@ -102,8 +107,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--mcpu", help="compile for another CPU (e.g. znver3: AVX2 code on an AVX-512 CPU)")
+    parser.add_argument("--without", choices=sorted(SWITCHES), help="with this feature off (bench/switches.py)")
     args = parser.parse_args()
-    result = profile(args.model, args.db, args.repeats)
+    result = profile(args.model, args.db, args.repeats, args.mcpu, args.without)
     console = Console(width=150)
     table = Table(title=f"{args.model}: wall {result['wall_ms']:.2f} ms, kernels in situ "
                         f"{result['kernels_in_situ_ms']:.2f}, alone {result['kernels_alone_ms']:.2f}, "
