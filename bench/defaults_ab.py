@@ -10,12 +10,14 @@ run mean anything).
 times the kernels that change, this one whole modules, which also shows what a change does to the
 kernels around them (how Relax fuses a rewritten graph). `--mcpu znver3` compiles AVX2 code on an AVX-512 CPU
 (ONNX Runtime then still uses this CPU's widest vectors: compare the two modules, and ORT only
-within a target).
+within a target). `--tune N` compares tuned modules instead: the model is first tuned at N trials
+per task with the feature on, then off, into one database (the kernels both share tuned once).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -38,17 +40,46 @@ from tuner.verify.inputs import verification_inputs  # noqa: E402
 from tuner.verify.measure import ORTModel, TVMModel, compare, interleaved_medians_ms  # noqa: E402
 
 
-def compare_model(name: str, switch: str, work: Path, target: dict, rounds: int) -> dict:
+def tune_both(source: str, switch: str, per_task: int, work: Path, target: dict) -> dict:
+    """`source` tuned into one database with the feature on, then off, at `per_task` trials per
+    task that is not in the database yet: the kernels both variants share are tuned once (a
+    cache hit the second time), the ones the feature changes once per variant, each with the
+    same trials."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from bench import bench_settings
+
+    from tuner.pipeline import RunRequest, run
+    from tuner.progress import LogProgress
+
+    url = f"sqlite:///{work / 'tuned.sqlite'}"
+    tuning = {}
+    for label, context in (("with", contextlib.nullcontext()), ("without", without(switch))):
+        with context:
+            _, fused, db = model_on_database(source, target, url)
+            tasks = ms.relax_integration.extract_tasks(fused, Target(dict(target)))
+            budget = per_task * sum(not db.has_workload(t.dispatched[0]) for t in tasks)
+            report = run(RunRequest(model=source, target=target, trials=budget, out_dir=work / label, db_url=url,
+                                    measure_untuned=False, name=label), bench_settings(), LogProgress(60))
+        tuning[label] = {"trials": budget, "tasks_tuned": report["tasks_tuned"],
+                         "tuning_seconds": report["tuning_seconds"]}
+    return {"db": url, "tuning": tuning}
+
+
+def compare_model(name: str, switch: str, work: Path, target: dict, rounds: int, tune: int = 0) -> dict:
     tgt = Target(dict(target))
     use_threads(int(target["num-cores"]))
-    loaded, fused_on, db = model_on_database(model_spec(name, work), target, f"sqlite:///{work / 'empty.sqlite'}")
+    work.mkdir(parents=True, exist_ok=True)
+    source = model_spec(name, work)
+    tuned = tune_both(source, switch, tune, work, target) if tune else {}
+    loaded, fused_on, db = model_on_database(source, target, tuned.get("db", f"sqlite:///{work / 'empty.sqlite'}"))
     with without(switch):  # the model as loaded, fused again with the feature off
         fused_off = fuse_for_tuning(import_onnx(loaded), tgt)
     inputs = verification_inputs(loaded, None, 0)[0]
     ort = ORTModel(loaded.proto, int(target["num-cores"]))
     reference = ort.run(inputs)
     out_names = [o.name for o in loaded.proto.graph.output]
-    row: dict = {"model": name}
+    row: dict = {"model": name, **({"tuned_trials_per_task": tune, "tuning": tuned["tuning"]} if tune else {})}
     calls = []
     for label, fused in (("with", fused_on), ("without", fused_off)):
         module = TVMModel(compile_tuned(fused, tgt, db).executable, list(loaded.input_shapes))
@@ -79,13 +110,16 @@ def main() -> None:
     parser.add_argument("--mcpu", help="compile for another CPU (e.g. znver3: AVX2 code on an AVX-512 CPU)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating timings of the three, one after the other")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--tune", type=int, default=0, metavar="TRIALS_PER_TASK",
+                        help="compare tuned modules: both variants tuned into one database first")
     args = parser.parse_args()
     target = host_cpu_target()
     if args.mcpu:
         target = {**target, "mcpu": args.mcpu}
     with tempfile.TemporaryDirectory(prefix="tuner-ab-") as tmp:
         results = {"cpu": machine(), "mcpu": target.get("mcpu"), "without": args.without,
-                   "models": [compare_model(n, args.without, Path(tmp), target, args.rounds) for n in args.models]}
+                   "models": [compare_model(n, args.without, Path(tmp) / n, target, args.rounds, args.tune)
+                              for n in args.models]}
     if args.out:
         write_results(results, args.out)
         print(f"wrote {args.out}")
