@@ -17,7 +17,6 @@ per task with the feature on, then off, into one database (the kernels both shar
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -54,8 +53,8 @@ def tune_both(source: str, switch: str, per_task: int, work: Path, target: dict)
 
     url = f"sqlite:///{work / 'tuned.sqlite'}"
     tuning = {}
-    for label, context in (("with", contextlib.nullcontext()), ("without", without(switch))):
-        with context:
+    for label, off in (("with", None), ("without", switch)):
+        with without(off):
             _, fused, db = model_on_database(source, target, url)
             tasks = ms.relax_integration.extract_tasks(fused, Target(dict(target)))
             budget = per_task * sum(not db.has_workload(t.dispatched[0]) for t in tasks)

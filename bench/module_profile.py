@@ -10,7 +10,6 @@ than alone waits for memory its neighbours evicted (e.g. weights no longer in ca
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from collections import defaultdict
@@ -72,7 +71,7 @@ def profile(model_ref: str, db_url: str, repeats: int, mcpu: str | None = None,
     target_dict = complete_cpu_target({"kind": "llvm", "mcpu": mcpu}) if mcpu else host_cpu_target()
     use_threads(int(target_dict["num-cores"]))
     target = Target(dict(target_dict))
-    with without(switch) if switch else contextlib.nullcontext():
+    with without(switch):
         loaded, fused, database = model_on_database(model_ref, target_dict, db_url)
         compiled = compile_tuned(fused, target, database)
     names = list(loaded.input_shapes)
@@ -86,7 +85,7 @@ def profile(model_ref: str, db_url: str, repeats: int, mcpu: str | None = None,
     situ = in_situ_ms(profiled, args, repeats, lambda: walls.append(median_ms(lambda: model.call(args), 50, 0.3)))
     wall = float(np.median(walls))
     peak = fma_peak_gflops(target, int(target_dict["num-cores"]))
-    with without(switch) if switch else contextlib.nullcontext():
+    with without(switch):
         alone = {r["kernel"]: r for r in kernel_table(model_ref, target_dict, db_url, peak)}
     rows = []
     for name, ms_ in sorted(situ.items(), key=lambda kv: -kv[1]):
@@ -94,7 +93,8 @@ def profile(model_ref: str, db_url: str, repeats: int, mcpu: str | None = None,
         rows.append({"name": name, "in_situ_ms": ms_, "alone_ms": a["ms"] * a["calls"] if a else None,
                      "gflop": a["gflop"] * a["calls"] if a else None})
     kernels_situ = sum(r["in_situ_ms"] for r in rows if r["alone_ms"] is not None)
-    return {"model": model_ref, "mcpu": target_dict["mcpu"], "without": switch, "wall_ms": wall, "kernels_in_situ_ms": kernels_situ,
+    return {"model": model_ref, "mcpu": target_dict["mcpu"], "without": switch, "wall_ms": wall,
+            "kernels_in_situ_ms": kernels_situ,
             "kernels_alone_ms": sum(r["alone_ms"] for r in rows if r["alone_ms"] is not None),
             "vm_builtins_ms": sum(r["in_situ_ms"] for r in rows if r["alone_ms"] is None),
             "peak_gflops": peak, "rows": rows}

@@ -26,8 +26,12 @@ SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
 
 
 @contextmanager
-def without(switch: str) -> Iterator[None]:
-    """The feature `switch` turned off inside the block (the module's attribute replaced)."""
+def without(switch: str | None) -> Iterator[None]:
+    """The feature `switch` turned off inside the block (the module's attribute replaced); with
+    None, every feature as it is."""
+    if switch is None:
+        yield
+        return
     module, name, off = SWITCHES[switch]
     saved = getattr(module, name)
     setattr(module, name, off)
