@@ -23,10 +23,13 @@ from tuner.rewrite import group_padding, row_padding
 from tuner.compile import schedule_module
 from tuner.rewrite.graph import channels_last, fuse_for_tuning, import_onnx
 from tuner.load.model_io import load_model
+from tuner.schedules.isa import vector_isa
 from tuner.schedules.register_blocking import RULE_NAME
 
 AVX2 = Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2})
 AVX512 = Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
+# AVX-512's vectors and registers: the padding decisions for it, compiled (and run) as AVX2 code.
+AVX512_ISA = vector_isa(AVX512)
 
 
 @pytest.mark.parametrize("per_group,padded", [(34, 40), (68, 72), (28, 32), (64, None), (4, None), (3, None)])
@@ -40,11 +43,11 @@ def test_with_16_lanes_groups_are_padded_to_whole_16_lane_vectors_else_8_lane_on
 
 
 def test_the_pass_pads_to_the_current_targets_vector_width() -> None:
-    assert group_padding.target_lanes() == 8
+    assert group_padding.target_isa().lanes == 8
     with AVX512:
-        assert group_padding.target_lanes() == 16
+        assert group_padding.target_isa().lanes == 16
     with AVX2:
-        assert group_padding.target_lanes() == 8
+        assert group_padding.target_isa().lanes == 8
 
 
 def test_the_padded_weight_keeps_each_groups_channels_first() -> None:
@@ -102,7 +105,7 @@ def test_the_padded_module_matches_ort_and_its_convs_are_register_blocked(tmp_pa
 def test_a_module_padded_to_16_lane_groups_matches_ort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """68 per group as on AVX-512 (68 -> 80), compiled for this machine's AVX2 code: the
     padding is a graph rewrite, whatever vectors run it."""
-    monkeypatch.setattr(group_padding, "target_lanes", lambda: 16)
+    monkeypatch.setattr(group_padding, "target_isa", lambda: AVX512_ISA)
     loaded = load_model(str(onnx_models.save(_grouped_block(per_group=68), tmp_path / "m.onnx")), {})
     fused = fuse_for_tuning(import_onnx(loaded), AVX2)
     widths = {int(f.params[1].ty.shape[0]) for gv, f in fused.functions.items()
@@ -113,7 +116,8 @@ def test_a_module_padded_to_16_lane_groups_matches_ort(tmp_path: Path, monkeypat
 
 @pytest.mark.parametrize("out_c,lanes,padded", [(1000, 16, 1008), (1000, 8, None), (24, 16, None), (40, 16, 48)])
 def test_an_ungrouped_convolution_is_padded_as_one_group(out_c: int, lanes: int, padded: int | None) -> None:
-    assert group_padding.padded_ungrouped(out_c, lanes) == padded
+    isa = AVX512_ISA if lanes == 16 else row_padding.DEFAULT_ISA
+    assert group_padding.padded_ungrouped(out_c, isa=isa) == padded
 
 
 @pytest.mark.parametrize("out_c,rows,pads_rows,padded", [
@@ -124,7 +128,7 @@ def test_an_ungrouped_convolution_is_padded_as_one_group(out_c: int, lanes: int,
 ])
 def test_on_avx2_whole_vectors_are_padded_further_where_a_better_register_block_pays(
         out_c: int, rows: int, pads_rows: bool, padded: int | None) -> None:
-    assert group_padding.padded_ungrouped(out_c, 8, rows, row_padding.DEFAULT_ISA, pads_rows) == padded
+    assert group_padding.padded_ungrouped(out_c, rows, row_padding.DEFAULT_ISA, pads_rows) == padded
 
 
 def _wide_1x1(out_c: int = 200, size: int = 13, seed: int = 0) -> onnx.ModelProto:
@@ -187,7 +191,7 @@ def test_a_module_with_ungrouped_convolutions_padded_to_16_lanes_matches_ort(
                 if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint and "winograd" not in gv.name_hint}
 
     assert conv_widths(fuse_for_tuning(import_onnx(loaded), AVX2)) == {40}
-    monkeypatch.setattr(group_padding, "target_lanes", lambda: 16)
+    monkeypatch.setattr(group_padding, "target_isa", lambda: AVX512_ISA)
     fused = fuse_for_tuning(import_onnx(loaded), AVX2)
     assert conv_widths(fused) == {48}
     assert_matches_ort(loaded, fused, AVX2, tmp_path)

@@ -36,11 +36,10 @@ import numpy as np
 import tvm
 from tvm import relax
 from tvm.ir import IRModule
-from tvm.target import Target
 
 from .relax_rewrites import nhwc_conv2d, rewrite_calls, static_shape
 from .row_padding import DEFAULT_ISA, MIN_GAIN, gemm_rows, padded_rows, target_isa, useful_throughput
-from ..schedules.isa import VectorISA, vector_isa
+from ..schedules.isa import VectorISA
 
 LANES = 8
 # At most this many multiplications per useful one (34 -> 40 is 1.18).
@@ -67,13 +66,13 @@ def padded_channels(per_group: int, lanes: int = LANES) -> int | None:
     return None
 
 
-def padded_ungrouped(out_c: int, lanes: int, rows: int = 0, isa: VectorISA = DEFAULT_ISA,
-                     pads_rows: bool = False) -> int | None:
-    """An ungrouped convolution's output channels padded as one group's (`padded_channels`), then
+def padded_ungrouped(out_c: int, rows: int = 0, isa: VectorISA = DEFAULT_ISA, pads_rows: bool = False) -> int | None:
+    """An ungrouped convolution's output channels padded as one group's to `isa`'s vectors
+    (`padded_channels`), then
     to a multiple of 2 or 3 vectors where the register block that allows gains MIN_GAIN in useful
     work over `rows` output pixels (computed over `row_padding`'s padded rows where `pads_rows`):
     its own decision, so that a benchmark can turn it off alone (`bench/defaults_ab.py`)."""
-    base = padded_channels(out_c, lanes) or out_c
+    base = padded_channels(out_c, isa.lanes) or out_c
     wider = [c for c in dict.fromkeys(-(-base // (v * isa.lanes)) * v * isa.lanes for v in (2, 3))
              if base < c <= out_c * MAX_BLOCK_WASTE] if rows >= MIN_BLOCK_ROWS else []
     if not wider:  # most convolutions: no throughput to model (40 ms over 112x112 rows)
@@ -90,12 +89,6 @@ def padded_ungrouped(out_c: int, lanes: int, rows: int = 0, isa: VectorISA = DEF
     return None if best == out_c else best
 
 
-def target_lanes() -> int:
-    """fp32 lanes of the current target's widest vector (8 without a CPU target)."""
-    target = Target.current(allow_none=True)
-    return vector_isa(target).lanes if target is not None and target.kind.name == "llvm" else LANES
-
-
 def pad_weight(weight_ohwi: np.ndarray, groups: int, padded: int) -> np.ndarray:
     """OHWI weights with each group's output channels followed by zero ones up to `padded`."""
     out_c, kh, kw, in_c = weight_ohwi.shape
@@ -105,7 +98,7 @@ def pad_weight(weight_ohwi: np.ndarray, groups: int, padded: int) -> np.ndarray:
     return out.reshape(groups * padded, kh, kw, in_c)
 
 
-def _eligible(call: relax.Call, lanes: int, isa: VectorISA) -> int | None:
+def _eligible(call: relax.Call, isa: VectorISA) -> int | None:
     """The padded group size for a float32 NHWC/OHWI convolution (ungrouped: one group; not
     depthwise) with constant weights, None for any other call."""
     if not nhwc_conv2d(call):
@@ -118,15 +111,15 @@ def _eligible(call: relax.Call, lanes: int, isa: VectorISA) -> int | None:
     if (groups > 1 and in_c == 1) or out_c % groups:
         return None  # depthwise: one input channel per group, vectorized over the channels
     if groups > 1:
-        return padded_channels(out_c // groups, lanes)
+        return padded_channels(out_c // groups, isa.lanes)
     out_shape = static_shape(call)
     rows = out_shape[1] * out_shape[2] if out_shape is not None and len(out_shape) == 4 else 0
-    return padded_ungrouped(out_c, lanes, rows, isa, pads_rows=gemm_rows(call) is not None)
+    return padded_ungrouped(out_c, rows, isa, pads_rows=gemm_rows(call) is not None)
 
 
-def _padded(builder: relax.BlockBuilder, call: relax.Call, lanes: int, isa: VectorISA) -> relax.Expr | None:
+def _padded(builder: relax.BlockBuilder, call: relax.Call, isa: VectorISA) -> relax.Expr | None:
     """The group-padded convolution sliced back, for an eligible `call`."""
-    if (padded := _eligible(call, lanes, isa)) is None:
+    if (padded := _eligible(call, isa)) is None:
         return None
     data, weight = call.args
     groups = int(call.attrs.groups)
@@ -145,16 +138,16 @@ def _padded(builder: relax.BlockBuilder, call: relax.Call, lanes: int, isa: Vect
     return relax.op.reshape(kept, [n, h, w, out_c])
 
 
-def rewrite(mod: IRModule, lanes: int = LANES, isa: VectorISA = DEFAULT_ISA) -> tuple[IRModule, int]:
-    """`mod` with its eligible convolutions padded to vectors of `lanes` (or fewer, see
-    `padded_channels`; ungrouped ones for `isa`'s register blocks, see `padded_ungrouped`), and
+def rewrite(mod: IRModule, isa: VectorISA = DEFAULT_ISA) -> tuple[IRModule, int]:
+    """`mod` with its eligible convolutions padded to `isa`'s vectors (or narrower ones, see
+    `padded_channels`; ungrouped ones also for its register blocks, see `padded_ungrouped`), and
     how many there were. Constants are folded first, so weights that ConvertLayout transposed
     are constants again."""
-    return rewrite_calls(relax.transform.FoldConstant()(mod), lambda b, c: _padded(b, c, lanes, isa))
+    return rewrite_calls(relax.transform.FoldConstant()(mod), lambda b, c: _padded(b, c, isa))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tuner.PadGroups")
 def pad_groups(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
     """The module pass of `rewrite` for the current target's vectors (CPU only: it runs after
     `graph.channels_last`)."""
-    return rewrite(mod, target_lanes(), target_isa())[0]
+    return rewrite(mod, target_isa())[0]
