@@ -68,10 +68,10 @@ def padded_channels(per_group: int, lanes: int = LANES) -> int | None:
 
 def padded_ungrouped(out_c: int, rows: int = 0, isa: VectorISA = DEFAULT_ISA, pads_rows: bool = False) -> int | None:
     """An ungrouped convolution's output channels padded as one group's to `isa`'s vectors
-    (`padded_channels`), then
-    to a multiple of 2 or 3 vectors where the register block that allows gains MIN_GAIN in useful
-    work over `rows` output pixels (computed over `row_padding`'s padded rows where `pads_rows`):
-    its own decision, so that a benchmark can turn it off alone (`bench/defaults_ab.py`)."""
+    (`padded_channels`), then to a multiple of 2 or 3 vectors where the register block that allows
+    gains MIN_GAIN in useful work over `rows` output pixels (computed over `row_padding`'s padded
+    rows where `pads_rows`): its own decision, so that a benchmark can turn it off alone
+    (`bench/defaults_ab.py`)."""
     base = padded_channels(out_c, isa.lanes) or out_c
     wider = [c for c in dict.fromkeys(-(-base // (v * isa.lanes)) * v * isa.lanes for v in (2, 3))
              if base < c <= out_c * MAX_BLOCK_WASTE] if rows >= MIN_BLOCK_ROWS else []
