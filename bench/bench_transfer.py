@@ -8,8 +8,9 @@ the machine's noise alone, so one pair says little. Prints, per pair, the estima
 over tasks of weight x best measured kernel time, what the progress bar shows, from the default
 schedules' at trial 0) after every batch for both runs, the measured latency of both modules, and
 how many trials the transferred run needed to reach the cold run's final estimate and to reach
-90% of the cold run's gain (start to final estimate); per target, the median shares. Curves go to a plot beside the JSON. Each target's default schedules are
-measured once into the database before its pairs, so every run starts from the same estimate.
+90% of the cold run's gain (start to final estimate); per target, the median shares. Curves go
+to a plot beside the JSON. Each target's default schedules are measured once into the database
+before its pairs, so every run starts from the same estimate.
 
 It also compiles each target model on default schedules only (a `--trials 0` cache miss) twice,
 with the plain default sample and with the defaults the trained model ranks best, verifies both
@@ -99,18 +100,19 @@ def trials_to_reach(points: list[tuple[int, float]], goal: float) -> int | None:
 # resnet50's transferred runs were ahead through the middle of every search (at 300 of ~620
 # trials 30.0 against 32.1 ms) and still needed 84-85% of the trials for the last few per cent.
 GAIN_SHARE = 0.9
+GAIN_KEY = f"{round(GAIN_SHARE * 100)}pct_of_cold_gain"
 
 
-def share_metrics(pair: dict, gain_share: float = GAIN_SHARE) -> dict:
-    """Both measures of one pair: trials to the cold run's final estimate, and trials to
-    `gain_share` of the cold run's gain, transferred and cold, and the transferred run's share."""
+def share_metrics(pair: dict) -> dict:
+    """Both measures of one pair, "cold_final" (trials to the cold run's final estimate) and
+    GAIN_KEY (trials to GAIN_SHARE of the cold run's gain): transferred and cold, and the
+    transferred run's share."""
     cold, transferred = pair["cold"]["curve"], pair["transferred"]["curve"]
     start, goal = pair["cold"]["start_estimate_ms"], pair["cold"]["final_estimate_ms"]
     out: dict = {}
     if not cold or start is None or goal is None:
         return out
-    for key, target_ms in (("cold_final", goal), (f"{round(gain_share * 100)}pct_of_cold_gain",
-                                                   start - gain_share * (start - goal))):
+    for key, target_ms in (("cold_final", goal), (GAIN_KEY, start - GAIN_SHARE * (start - goal))):
         reached, base = trials_to_reach(transferred, target_ms), trials_to_reach(cold, target_ms)
         out[key] = {"transferred": reached, "cold": base,
                     "share": reached / base if reached is not None and base else None}
@@ -184,8 +186,8 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
     reached, cold = final.get("transferred"), final.get("cold")
     pair["trials_to_reach_cold_final"] = {"transferred": reached, "cold": cold}
     pair["trial_share_needed"] = final.get("share")
-    gain_key = f"{round(GAIN_SHARE * 100)}pct_of_cold_gain"
-    pair[f"trials_to_{gain_key}"] = metrics.get(gain_key)
+    gain = metrics.get(GAIN_KEY) or {}
+    pair[f"trials_to_{GAIN_KEY}"] = metrics.get(GAIN_KEY)
     def estimates(run: dict) -> str:
         return " -> ".join("?" if ms is None else f"{ms:.3f}" for ms in (run["start_estimate_ms"], run["final_estimate_ms"]))
 
@@ -193,7 +195,7 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
           f"(estimate {estimates(pair['transferred'])}), cold {pair['cold']['latency_ms']:.2f} ms "
           f"(estimate {estimates(pair['cold'])}); trials to reach the cold run's final estimate: "
           f"{reached} transferred vs {cold} cold; to {GAIN_SHARE:.0%} of the cold run's gain: "
-          f"{(metrics.get(gain_key) or {}).get('transferred')} vs {(metrics.get(gain_key) or {}).get('cold')}",
+          f"{gain.get('transferred')} vs {gain.get('cold')}",
           flush=True)
     return pair
 
@@ -305,7 +307,7 @@ def main() -> None:
                 shares = [p["trial_share_needed"] for p in row["pairs"]]
                 row["median_trial_share_needed"] = median_share(shares)
                 row["median_trial_share_to_gain"] = median_share(
-                    [(p[f"trials_to_{round(GAIN_SHARE * 100)}pct_of_cold_gain"] or {}).get("share") for p in row["pairs"]])
+                    [(p[f"trials_to_{GAIN_KEY}"] or {}).get("share") for p in row["pairs"]])
                 save(results, args.out)  # after every pair: a long run cut short keeps what it measured
             print(f"[bench] {name}: trial share the transferred runs needed, per seed: "
                   f"{', '.join('never' if s is None else f'{s:.0%}' for s in shares)}", flush=True)
