@@ -26,7 +26,7 @@ from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernels import kernel_table  # noqa: E402
+from kernels import cpu_target, kernel_table  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
 from results_file import write_results  # noqa: E402
 from models import model_spec  # noqa: E402
@@ -36,7 +36,7 @@ from tuner.hardware import fingerprint_for  # noqa: E402
 from tuner.pipeline import RunRequest, run  # noqa: E402
 from tuner.progress import LogProgress  # noqa: E402
 from tuner.schedules.isa import vector_isa  # noqa: E402
-from tuner.targets import complete_cpu_target, host_cpu_target  # noqa: E402
+from tuner.targets import host_cpu_target  # noqa: E402
 
 
 def task_count(source: str, target: dict) -> int:
@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--mcpu", help="generate code for this LLVM CPU instead of the host's (e.g. znver3 on an "
                         "AVX-512 host: AVX2 code, 16 vector registers; ONNX Runtime keeps the host's kernels)")
     args = parser.parse_args()
-    target = complete_cpu_target({"kind": "llvm", "mcpu": args.mcpu}) if args.mcpu else host_cpu_target()
+    target = cpu_target(args.mcpu)
     isa = vector_isa(Target(dict(target)))
     peak = fma_peak_gflops(Target(dict(target)), int(target["num-cores"]))
     fp = fingerprint_for(target)

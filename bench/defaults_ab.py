@@ -25,7 +25,7 @@ from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernels import model_on_database  # noqa: E402
+from kernels import cpu_target, model_on_database  # noqa: E402
 from models import model_spec  # noqa: E402
 from results_file import write_results  # noqa: E402
 from switches import SWITCHES, without  # noqa: E402
@@ -34,7 +34,6 @@ from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx  # noqa: E402
-from tuner.targets import host_cpu_target  # noqa: E402
 from tuner.verify.inputs import verification_inputs  # noqa: E402
 from tuner.verify.measure import ORTModel, TVMModel, compare, interleaved_medians_ms  # noqa: E402
 
@@ -112,9 +111,7 @@ def main() -> None:
     parser.add_argument("--tune", type=int, default=0, metavar="TRIALS_PER_TASK",
                         help="compare tuned modules: both variants tuned into one database first")
     args = parser.parse_args()
-    target = host_cpu_target()
-    if args.mcpu:
-        target = {**target, "mcpu": args.mcpu}
+    target = cpu_target(args.mcpu)
     with tempfile.TemporaryDirectory(prefix="tuner-ab-") as tmp:
         results = {"cpu": machine(), "mcpu": target.get("mcpu"), "without": args.without,
                    "models": [compare_model(n, args.without, Path(tmp) / n, target, args.rounds, args.tune)

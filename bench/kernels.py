@@ -19,6 +19,7 @@ from tuner.rewrite.graph import fuse_for_tuning, import_onnx
 from tuner.load.model_io import LoadedModel, load_model
 from tuner.schedules.lowering import lowering_config
 from tuner.search.job_database import open_database
+from tuner.targets import complete_cpu_target, host_cpu_target
 
 
 def built_kernel(func: tirx.PrimFunc, target: Target, dev: tvm.runtime.Device) -> tuple[Any, list[Any]]:
@@ -49,6 +50,12 @@ def kernel_timer(func: tirx.PrimFunc, target: Target, repeat: int = 5) -> Callab
 def _time_kernel(func: tirx.PrimFunc, target: Target) -> float:
     """Median milliseconds of one kernel on random inputs (inputs in cache, as inside a model)."""
     return kernel_timer(func, target)()
+
+
+def cpu_target(mcpu: str | None = None) -> dict[str, Any]:
+    """The host CPU's target, or with `mcpu` code for that CPU on this host (`znver3`: the AVX2
+    code on an AVX-512 CPU); an `mcpu` LLVM does not know is refused (`complete_cpu_target`)."""
+    return complete_cpu_target({"kind": "llvm", "mcpu": mcpu}) if mcpu else host_cpu_target()
 
 
 def model_on_database(model: str, target_dict: dict[str, Any], db_url: str,

@@ -26,7 +26,7 @@ from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernels import kernel_table, model_on_database  # noqa: E402
+from kernels import cpu_target, kernel_table, model_on_database  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
 from results_file import write_results  # noqa: E402
 from switches import SWITCHES, without  # noqa: E402
@@ -35,7 +35,6 @@ from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
 from tuner.verify.inputs import verification_inputs  # noqa: E402
 from tuner.verify.measure import TVMModel, median_ms  # noqa: E402
-from tuner.targets import complete_cpu_target, host_cpu_target  # noqa: E402
 
 
 def in_situ_ms(vm: relax.VirtualMachine, args: list[Any], repeats: int,
@@ -68,7 +67,7 @@ def in_situ_ms(vm: relax.VirtualMachine, args: list[Any], repeats: int,
 
 def profile(model_ref: str, db_url: str, repeats: int, mcpu: str | None = None,
             switch: str | None = None) -> dict[str, Any]:
-    target_dict = complete_cpu_target({"kind": "llvm", "mcpu": mcpu}) if mcpu else host_cpu_target()
+    target_dict = cpu_target(mcpu)
     use_threads(int(target_dict["num-cores"]))
     target = Target(dict(target_dict))
     with without(switch):

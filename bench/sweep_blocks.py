@@ -28,7 +28,7 @@ from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernels import kernel_timer  # noqa: E402
+from kernels import cpu_target, kernel_timer  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
 from switches import without  # noqa: E402
 
@@ -36,7 +36,6 @@ from tuner.compile import schedule_module  # noqa: E402
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx  # noqa: E402
 from tuner.load.model_io import load_model  # noqa: E402
 from tuner.schedules import register_blocking as rb  # noqa: E402
-from tuner.targets import host_cpu_target  # noqa: E402
 from tuner.search.job_database import open_database  # noqa: E402
 
 
@@ -94,9 +93,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timings of each block, by turns")
     parser.add_argument("--mcpu", help="compile for another CPU of this ISA family (e.g. haswell: AVX2)")
     args = parser.parse_args()
-    target_dict = host_cpu_target()
-    if args.mcpu:
-        target_dict = {**target_dict, "mcpu": args.mcpu}
+    target_dict = cpu_target(args.mcpu)
     target = Target(dict(target_dict))
     threads = int(target_dict["num-cores"])
     peak = fma_peak_gflops(target, threads)
