@@ -165,10 +165,10 @@ def main() -> None:
     console.print(table)
     for r in rows:
         kt = Table(title=f"{r['model']}: slowest kernels (each timed alone)")
-        for col in ("kernel", "calls", "GFLOP", "ms", "GFLOP/s", "% of peak", "micro-kernel"):
+        for col in ("kernel", "calls", "GFLOP", "ms", "cold ms", "GFLOP/s", "% of peak", "micro-kernel"):
             kt.add_column(col, justify="right")
         for k in r["kernels"][:args.kernels]:
-            kt.add_row(k["kernel"], str(k["calls"]), f"{k['gflop']:.3f}", f"{k['ms']:.3f}",
+            kt.add_row(k["kernel"], str(k["calls"]), f"{k['gflop']:.3f}", f"{k['ms']:.3f}", f"{k['cold_ms']:.3f}",
                        f"{k['gflops_per_s']:.1f}", f"{k['pct_of_peak']:.0f}", "yes" if k["register_blocked"] else "")
         console.print(kt)
     print(f"wrote {args.out}")

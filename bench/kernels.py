@@ -13,6 +13,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.target import Target
 
+from tuner.cluster.worker_tasks import cpu_times
 from tuner.compile import schedule_module
 from tuner.db.database import SQLDatabase
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx
@@ -38,18 +39,17 @@ def built_kernel(func: tirx.PrimFunc, target: Target, dev: tvm.runtime.Device) -
     return rt, args
 
 
-def kernel_timer(func: tirx.PrimFunc, target: Target, repeat: int = 5) -> Callable[[], float]:
+def kernel_timer(func: tirx.PrimFunc, target: Target, repeat: int = 5, cold: bool = False) -> Callable[[], float]:
     """One kernel built once; each call of the result times it again: the median milliseconds
-    on random inputs (inputs in cache, as inside a model). Kernels compared on this VM are timed
-    by turns, so that a slow stretch of it falls on all of them."""
+    on random inputs. Warm: back to back, its weights and output in cache (the kernel's own
+    speed). Cold: lone calls after its weights were flushed from the caches, as the tuning
+    runner times candidates (`cpu_times`) and as a model runs them. Kernels compared on this VM are timed by
+    turns, so that a slow stretch of it falls on all of them."""
     rt, args = built_kernel(func, target, tvm.cpu())
+    if cold:
+        return lambda: float(np.median(cpu_times(rt, tvm.cpu(), args, 4 * repeat))) * 1e3
     timer = rt.time_evaluator(rt.entry_name, tvm.cpu(), number=5, repeat=repeat, min_repeat_ms=20)
     return lambda: float(timer(*args).median) * 1e3
-
-
-def _time_kernel(func: tirx.PrimFunc, target: Target) -> float:
-    """Median milliseconds of one kernel on random inputs (inputs in cache, as inside a model)."""
-    return kernel_timer(func, target)()
 
 
 def cpu_target(mcpu: str | None = None) -> dict[str, Any]:
@@ -70,16 +70,18 @@ def model_on_database(model: str, target_dict: dict[str, Any], db_url: str,
 def kernel_table(model: str, target_dict: dict[str, Any], db_url: str, peak_gflops: float,
                  fast_math: bool = True) -> list[dict[str, Any]]:
     """Every kernel of `model` as compiled from the database at `db_url` (records, else
-    defaults), slowest first."""
+    defaults), slowest first: warm times (`ms`, and the rates from them) and cold ones
+    (`cold_ms`, as the records were timed)."""
     target = Target(dict(target_dict))
     _, fused, database = model_on_database(model, target_dict, db_url, fast_math)
     scheduled, _ = schedule_module(fused, target, database)
     rows = []
     for name, func, calls in called_kernels(scheduled):
         flops = float(estimate_tir_flops(tvm.IRModule({"main": func})))
-        ms_ = _time_kernel(func, target)
+        ms_ = kernel_timer(func, target)()
         rows.append({
             "kernel": name, "calls": calls, "gflop": flops / 1e9, "ms": ms_,
+            "cold_ms": kernel_timer(func, target, cold=True)(),
             "gflops_per_s": flops / ms_ / 1e6, "pct_of_peak": 100 * flops / ms_ / 1e6 / peak_gflops,
             "register_blocked": "tuner.register_blocked" in func.script(),
         })

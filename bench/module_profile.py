@@ -1,6 +1,7 @@
 """Where a compiled model's time goes inside the module: each kernel's time as the relax VM's
-profiler sees it in the running model, next to the same kernel timed alone (bench/kernels.py),
-and the module's wall time. The difference between the wall time and the sum of the kernels is
+profiler sees it in the running model, next to the same kernel timed alone (bench/kernels.py:
+back to back, and lone calls after a flush of its weights as the tuning runner times them), and the
+module's wall time. The difference between the wall time and the sum of the kernels is
 the VM's own work (calls, allocations, layout copies the graph kept); a kernel slower in situ
 than alone waits for memory its neighbours evicted (e.g. weights no longer in cache).
 
@@ -90,11 +91,13 @@ def profile(model_ref: str, db_url: str, repeats: int, mcpu: str | None = None,
     for name, ms_ in sorted(situ.items(), key=lambda kv: -kv[1]):
         a = alone.get(name)
         rows.append({"name": name, "in_situ_ms": ms_, "alone_ms": a["ms"] * a["calls"] if a else None,
+                     "alone_cold_ms": a["cold_ms"] * a["calls"] if a else None,
                      "gflop": a["gflop"] * a["calls"] if a else None})
     kernels_situ = sum(r["in_situ_ms"] for r in rows if r["alone_ms"] is not None)
     return {"model": model_ref, "mcpu": target_dict["mcpu"], "without": switch, "wall_ms": wall,
             "kernels_in_situ_ms": kernels_situ,
             "kernels_alone_ms": sum(r["alone_ms"] for r in rows if r["alone_ms"] is not None),
+            "kernels_alone_cold_ms": sum(r["alone_cold_ms"] for r in rows if r["alone_ms"] is not None),
             "vm_builtins_ms": sum(r["in_situ_ms"] for r in rows if r["alone_ms"] is None),
             "peak_gflops": peak, "rows": rows}
 
@@ -112,13 +115,14 @@ def main() -> None:
     result = profile(args.model, args.db, args.repeats, args.mcpu, args.without)
     console = Console(width=150)
     table = Table(title=f"{args.model}: wall {result['wall_ms']:.2f} ms, kernels in situ "
-                        f"{result['kernels_in_situ_ms']:.2f}, alone {result['kernels_alone_ms']:.2f}, "
-                        f"VM builtins {result['vm_builtins_ms']:.2f}")
-    for col in ("kernel / builtin", "in situ ms", "alone ms", "in situ / alone", "GFLOP/s in situ"):
+                        f"{result['kernels_in_situ_ms']:.2f}, alone {result['kernels_alone_ms']:.2f} "
+                        f"(cold {result['kernels_alone_cold_ms']:.2f}), VM builtins {result['vm_builtins_ms']:.2f}")
+    for col in ("kernel / builtin", "in situ ms", "alone ms", "alone cold ms", "in situ / alone", "GFLOP/s in situ"):
         table.add_column(col, justify="left" if col.startswith("kernel") else "right")
     for r in result["rows"][: args.top]:
         alone = r["alone_ms"]
         table.add_row(r["name"], f"{r['in_situ_ms']:.3f}", f"{alone:.3f}" if alone else "-",
+                      f"{r['alone_cold_ms']:.3f}" if alone else "-",
                       f"{r['in_situ_ms'] / alone:.2f}" if alone else "-",
                       f"{r['gflop'] / r['in_situ_ms'] * 1e3:.0f}" if r["gflop"] else "-")
     console.print(table)

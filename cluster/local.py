@@ -121,17 +121,14 @@ class LocalRunner(PyRunner):
     def __init__(
         self,
         timeout_s: float,
-        number: int,
-        repeat: int,
-        min_repeat_ms: int,
-        cpu_cache_flush: bool,
+        cpu_calls: int,
         threads: int = 0,
     ) -> None:
         super().__init__()
         self.pool = WorkerPool(1, "runner")
         self.timeout_s = timeout_s
         # `threads`: TVM runtime threads per CPU measurement (the target's cores).
-        self.config = (number, repeat, min_repeat_ms, cpu_cache_flush, threads)
+        self.config = (cpu_calls, threads)
         self.seconds = 0.0  # wall time the task scheduler waited on measurements
         self.measured = 0
 

@@ -404,7 +404,7 @@ class RayRunner(PyRunner):
         self.actors, self.nodes = self.pool.actors, self.pool.nodes
         self.key = hardware_key
         self.timeout_s = timeout_s
-        self.config = config
+        self.config = config  # measure_candidate's timing arguments: (cpu_calls, threads)
         self.store = store
         self.overlap = overlap
         self.counts: Counter = Counter()

@@ -23,7 +23,7 @@ from tuner.config import MeasureSettings, SearchSettings, Settings, WorkerSettin
 os.environ["TUNER_WORKERS__BACKEND"] = "local"
 TINY = dict(
     search=SearchSettings(population_size=16, genetic_num_iters=1, init_min_unmeasured=8, max_trials_per_iter=8),
-    measure=MeasureSettings(number=2, repeat=1, min_repeat_ms=5, cpu_cache_flush=False, model_runs=5, model_min_seconds=0.0),
+    measure=MeasureSettings(cpu_timed_calls=3, model_runs=5, model_min_seconds=0.0),
     workers=WorkerSettings(backend="local"),
 )
 

@@ -82,13 +82,13 @@ def test_runners_only_on_matching_nodes_and_every_record_reaches_the_database(cl
 
 def test_no_matching_node_names_the_wanted_and_existing_keys(cluster) -> None:  # noqa: ANN001
     with pytest.raises(rb.ClusterError) as info:
-        rb.RayRunner("cpu-missing", 5, (1, 1, 1, False), rb.ArtifactStore())
+        rb.RayRunner("cpu-missing", 5, (3,), rb.ArtifactStore())
     text = str(info.value)
     assert "cpu-missing" in text and "cpu-kinda" in text and KEY in text
 
 
 def test_gpu_runners_take_a_gpu_on_the_matching_node(cluster) -> None:  # noqa: ANN001
-    runner = rb.RayRunner("gpu-fake-sm90", 5, (1, 1, 1, False), rb.ArtifactStore())
+    runner = rb.RayRunner("gpu-fake-sm90", 5, (3,), rb.ArtifactStore())
     try:
         assert runner.nodes == [cluster.node_ids["gpu"]]
         assert ray.available_resources().get("GPU", 0) == 0  # the runner holds the only GPU
@@ -266,7 +266,7 @@ def test_a_node_that_leaves_mid_job(cluster, tmp_path, ray_settings) -> None:  #
 
 
 def test_a_job_whose_hardware_is_all_gone_ends_with_a_clear_error(cluster) -> None:  # noqa: ANN001
-    runner = rb.RayRunner("cpu-kindb", 5, (1, 1, 1, False), rb.ArtifactStore())
+    runner = rb.RayRunner("cpu-kindb", 5, (3,), rb.ArtifactStore())
     node = next(n for n in cluster.worker_nodes if n.node_id == cluster.node_ids["kind_b"])
     cluster.remove_node(node)
     with pytest.raises(RuntimeError, match="no node with hardware cpu-kindb is left"):

@@ -50,10 +50,8 @@ class WorkerSettings(BaseModel):
 
 
 class MeasureSettings(BaseModel):
-    number: int = Field(3, ge=1)
-    repeat: int = Field(1, ge=1)
-    min_repeat_ms: int = Field(40, ge=0)
-    cpu_cache_flush: bool = True
+    # CPU candidates: lone calls timed, each after the weights' cache flush (cluster/worker_tasks.py).
+    cpu_timed_calls: int = Field(20, ge=1)
     model_runs: int = Field(20, ge=1)
     model_min_seconds: float = Field(1.0, ge=0)
     # CPU: instances of each engine (module VMs, ONNX Runtime sessions) timed; the fastest counts.

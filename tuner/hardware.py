@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from .cluster.worker_tasks import GPU_TIMING
+from .cluster.worker_tasks import CPU_TIMING, GPU_TIMING
 
 # CPU flags that change what LLVM may emit; others (e.g. `hypervisor`) are noise for the key.
 _LLVM_FEATURES = (
@@ -33,6 +33,11 @@ class Fingerprint:
     mcpu: str
     features: tuple[str, ...] = field(default_factory=tuple)
     num_cores: int = 1
+    # How its records were timed: since 2026-12-05 call by call, each after the kernel's weights
+    # were flushed from the caches (cluster/worker_tasks.py). Records timed back to back, weights in cache, ranked schedules
+    # by a time the model never sees, so they stay under the old key (their family is the same:
+    # they still seed searches as a warm start and train the family's cost model).
+    timing: str = CPU_TIMING
 
     @property
     def key(self) -> str:

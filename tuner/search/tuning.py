@@ -72,7 +72,7 @@ def local_workers(settings: Settings, cores: int) -> Workers:
     """Worker processes on this machine (no Ray)."""
     builder = LocalBuilder(settings.workers.builders or cores, settings.workers.build_timeout_s)
     m = settings.measure
-    runner = LocalRunner(settings.workers.run_timeout_s, m.number, m.repeat, m.min_repeat_ms, m.cpu_cache_flush, cores)
+    runner = LocalRunner(settings.workers.run_timeout_s, m.cpu_timed_calls, cores)
     builder.pool.start()
     runner.pool.start()
 
@@ -110,7 +110,7 @@ def ray_workers(settings: Settings, cores: int, hardware_key: str, pools: tuple[
     builder = rb.RayBuilder(ray_builder_count(settings), w.build_timeout_s, store, w.actor_start_timeout_s,
                             pool=builder_pool)
     try:
-        runner = rb.RayRunner(hardware_key, w.run_timeout_s, (m.number, m.repeat, m.min_repeat_ms, m.cpu_cache_flush, cores),
+        runner = rb.RayRunner(hardware_key, w.run_timeout_s, (m.cpu_timed_calls, cores),
                               store, overlap=w.overlap_builds, start_timeout_s=w.actor_start_timeout_s,
                               pool=runner_pool)
     except BaseException:

@@ -1,0 +1,84 @@
+"""Compiled modules of one model timed by turns: `model.so` files that `tuner run` wrote (tuned
+with different code, settings or budgets, or `--trials 0`), each checked against ONNX Runtime,
+then all of them and ONNX Runtime timed in alternation, `--rounds` times, in one process. This
+VM's speed swings within a minute: only the ratios of one round mean anything.
+
+    python3 bench/modules_ab.py zoo:squeezenet defaults=/tmp/a/model.so tuned=/tmp/b/model.so \\
+        --rounds 11 --out bench/results/x.json
+
+Unlike `defaults_ab.py`, which compiles both variants itself from one database, this compares
+modules built anywhere: e.g. searches whose records live under different hardware keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_file import write_results  # noqa: E402
+
+from tuner.cluster.threads import use_threads  # noqa: E402
+from tuner.hardware import machine  # noqa: E402
+from tuner.load.model_io import load_model  # noqa: E402
+from tuner.verify.inputs import verification_inputs  # noqa: E402
+from tuner.verify.measure import ORTModel, TVMModel, compare, interleaved_medians_ms  # noqa: E402
+
+
+def labelled(spec: str) -> tuple[str, Path]:
+    label, sep, path = spec.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"expected LABEL=PATH/model.so, got {spec!r}")
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"no such module: {path}")
+    return label, Path(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="the model the modules were compiled from (a path or zoo:NAME)")
+    parser.add_argument("modules", nargs="+", type=labelled, metavar="LABEL=PATH")
+    parser.add_argument("--threads", type=int, default=2, help="TVM and ONNX Runtime threads")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    use_threads(args.threads)
+    loaded = load_model(args.model, {})
+    inputs = verification_inputs(loaded, None, 0)[0]
+    ort = ORTModel(loaded.proto, args.threads)
+    reference = ort.run(inputs)
+    out_names = [o.name for o in loaded.proto.graph.output]
+    rows: dict[str, dict] = {}
+    calls = []
+    for label, path in args.modules:
+        module = TVMModel(path, list(loaded.input_shapes))
+        prepared = module.prepare(inputs)
+        error = compare(module.run(prepared), reference, out_names, 1e-3, 1e-3).max_abs_error
+        rows[label] = {"path": str(path), "max_abs_error": error, "ms": []}
+        calls.append(lambda m=module, a=prepared: m.call(a))
+    ort_ms: list[float] = []
+    first = args.modules[0][0]
+    for r in range(args.rounds):
+        *times, ort_time = interleaved_medians_ms([*calls, lambda: ort.run(inputs)], 200, 3.0)
+        for (label, _), t in zip(args.modules, times):
+            rows[label]["ms"].append(t)
+        ort_ms.append(ort_time)
+        print(f"[{r}] " + ", ".join(f"{label} {t:.3f}" for (label, _), t in zip(args.modules, times))
+              + f", ORT {ort_time:.3f} ms", flush=True)
+    for label, row in rows.items():
+        row["vs_" + first] = [a / b for a, b in zip(row["ms"], rows[first]["ms"])]
+        row["median_vs_" + first] = statistics.median(row["vs_" + first])
+        row["median_vs_onnxruntime"] = statistics.median(a / o for a, o in zip(row["ms"], ort_ms))
+        print(f"{label}: median {statistics.median(row['ms']):.3f} ms, / {first} {row['median_vs_' + first]:.3f}, "
+              f"/ ORT {row['median_vs_onnxruntime']:.3f}, max abs error {row['max_abs_error']:.1e}")
+    if args.out:
+        write_results({"cpu": machine(), "model": args.model, "threads": args.threads, "modules": rows,
+                       "onnxruntime_ms": ort_ms}, args.out)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
