@@ -50,9 +50,10 @@ def build_candidate(mod_json: str, target: dict[str, Any], out_dir: str) -> str:
 # a time the model never sees: squeezenet's Winograd GEMMs tuned at 16 trials per task (AVX2
 # code, AMD EPYC znver4) ran 0.14-0.22 ms back to back and 0.26-0.42 in the module, where the
 # default schedules they had beaten took 0.20-0.34. Tuned so instead (same seeds and budget),
-# modules were faster by turns in 4 of 5 searches (resnet50 0.94x, squeezenet 0.95-0.98x, the
-# transformer 0.94x in one and 1.05x in the other); flushing the output too (all arguments but
-# the first) was, on balance, no better than back to back (bench/results/cpu-timing-ab-*.json). Records timed so are keyed apart
+# modules timed by turns were faster in 4 of 5 searches (resnet50 0.935x, squeezenet 0.965x and
+# 0.991x, the transformer 0.954x in one and 1.094x in the other: its 6 MB of weights may stay in
+# L3 inside the model); flushing the output too (all arguments but the first) was no better than
+# back to back (bench/results/cpu-timing-ab-*.json). Records timed so are keyed apart
 # (Fingerprint.timing).
 CPU_TIMING = "weights-flushed"
 
