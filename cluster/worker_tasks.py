@@ -99,7 +99,8 @@ def measure_candidate(
     threads: int = 0,
 ) -> list[float]:
     """Time one built candidate on random inputs: seconds per timed call (CPU: `cpu_calls`
-    calls, each after a cache flush; CUDA: launches after an L2 flush, `gpu_times`).
+    calls, each after its weights were flushed, `cpu_times`; CUDA: launches after an L2 flush,
+    `gpu_times`).
 
     `threads`: TVM runtime threads for a CPU candidate (the target's cores; 0 = TVM's own
     default, which on x86 is half the logical CPUs even without hyper-threads)."""
