@@ -39,17 +39,22 @@ def built_kernel(func: tirx.PrimFunc, target: Target, dev: tvm.runtime.Device) -
     return rt, args
 
 
-def kernel_timer(func: tirx.PrimFunc, target: Target, repeat: int = 5, cold: bool = False) -> Callable[[], float]:
-    """One kernel built once; each call of the result times it again: the median milliseconds
-    on random inputs. Warm: back to back, its weights and output in cache (the kernel's own
-    speed). Cold: lone calls after its weights were flushed from the caches, as the tuning
-    runner times candidates (`cpu_times`) and as a model runs them. Kernels compared on this VM are timed by
-    turns, so that a slow stretch of it falls on all of them."""
+def kernel_timers(func: tirx.PrimFunc, target: Target, repeat: int = 5) -> tuple[Callable[[], float], Callable[[], float]]:
+    """One kernel built once; each call of either result times it again: the median
+    milliseconds on random inputs. Warm (first): back to back, its weights and output in cache
+    (the kernel's own speed). Cold (second): lone calls after its weights were flushed from the
+    caches, as the tuning runner times candidates (`cpu_times`) and as a model runs them.
+    Kernels compared on this VM are timed by turns, so that a slow stretch of it falls on all
+    of them."""
     rt, args = built_kernel(func, target, tvm.cpu())
-    if cold:
-        return lambda: float(np.median(cpu_times(rt, tvm.cpu(), args, 4 * repeat))) * 1e3
     timer = rt.time_evaluator(rt.entry_name, tvm.cpu(), number=5, repeat=repeat, min_repeat_ms=20)
-    return lambda: float(timer(*args).median) * 1e3
+    return (lambda: float(timer(*args).median) * 1e3,
+            lambda: float(np.median(cpu_times(rt, tvm.cpu(), args, 4 * repeat))) * 1e3)
+
+
+def kernel_timer(func: tirx.PrimFunc, target: Target, repeat: int = 5) -> Callable[[], float]:
+    """The warm timer of `kernel_timers`."""
+    return kernel_timers(func, target, repeat)[0]
 
 
 def cpu_target(mcpu: str | None = None) -> dict[str, Any]:
@@ -78,10 +83,10 @@ def kernel_table(model: str, target_dict: dict[str, Any], db_url: str, peak_gflo
     rows = []
     for name, func, calls in called_kernels(scheduled):
         flops = float(estimate_tir_flops(tvm.IRModule({"main": func})))
-        ms_ = kernel_timer(func, target)()
+        warm, cold = kernel_timers(func, target)
+        ms_ = warm()
         rows.append({
-            "kernel": name, "calls": calls, "gflop": flops / 1e9, "ms": ms_,
-            "cold_ms": kernel_timer(func, target, cold=True)(),
+            "kernel": name, "calls": calls, "gflop": flops / 1e9, "ms": ms_, "cold_ms": cold(),
             "gflops_per_s": flops / ms_ / 1e6, "pct_of_peak": 100 * flops / ms_ / 1e6 / peak_gflops,
             "register_blocked": "tuner.register_blocked" in func.script(),
         })
