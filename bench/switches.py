@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tuner.rewrite import group_padding, row_padding
+from tuner.rewrite import group_padding, row_padding, winograd
 from tuner.schedules import register_blocking
 
 # What turns a feature off: (module, attribute, replacement).
@@ -22,6 +22,8 @@ SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
     "vector-step": (register_blocking, "vector_step", lambda isa, full, _widths: isa.lanes if isa.lanes < full else None),
     # register blocks sweeping the vector blocks inside each row block (register_blocking.rows_outer)
     "a-stationary": (register_blocking, "rows_outer", lambda *_: False),
+    # convolutions with few output tiles left direct (winograd.enough_tiles): off, every eligible one Winograd
+    "winograd-min-tiles": (winograd, "enough_tiles", lambda *_: True),
 }
 
 

@@ -35,6 +35,13 @@ def test_the_isa_comes_from_the_target_not_this_machine() -> None:
     assert (vector_isa(AVX512).lanes, vector_isa(AVX512).registers) == (16, 32)
 
 
+def test_multiply_adds_per_cycle_follow_the_cpu_not_the_vector_width() -> None:
+    """Zen 4 splits a 512-bit FMA in two: its AVX-512 multiplies no faster than AVX2."""
+    lanes = {mcpu: vector_isa(Target({"kind": "llvm", "mcpu": mcpu})).fma_lanes
+             for mcpu in ("znver2", "znver4", "znver5", "skylake-avx512", "rocketlake")}
+    assert lanes == {"znver2": 16, "znver4": 16, "znver5": 32, "skylake-avx512": 32, "rocketlake": 16}
+
+
 @pytest.mark.parametrize("target", [AVX2, AVX512], ids=["avx2", "avx512"])
 def test_the_analytic_register_block_fits_the_registers_and_divides_the_loops(target: Target) -> None:
     isa = vector_isa(target)

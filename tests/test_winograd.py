@@ -89,6 +89,19 @@ def test_only_stride_one_3x3_convolutions_with_enough_channels_become_winograd(t
     assert winograd.kernels(fuse_for_tuning(import_onnx(model), cuda)) == 0
 
 
+def test_few_output_tiles_stay_direct_where_avx512_multiplies_at_full_rate(tmp_path: Path) -> None:
+    """A 7x7 output is 2x2 tiles: too few to pay for 4x the weights on Zen 5 (resnet50's 7x7
+    layers), still worth 3x fewer multiply-adds on an AVX2 core or Zen 4; 11x11 (3x3 tiles) is
+    Winograd everywhere."""
+    def kernels(size: int, mcpu: str) -> int:
+        model = onnx_models.grouped_conv(channels=16, groups=1, size=size, kernel=3)
+        loaded = load_model(str(onnx_models.save(model, tmp_path / f"conv{size}.onnx")), {})
+        return winograd.kernels(fuse_for_tuning(import_onnx(loaded), Target({"kind": "llvm", "mcpu": mcpu})))
+
+    assert {mcpu: kernels(7, mcpu) for mcpu in ("znver2", "znver4", "znver5")} == {"znver2": 1, "znver4": 1, "znver5": 0}
+    assert kernels(11, "znver5") == 1
+
+
 def test_the_default_winograd_kernels_are_parallel_vectorized_prepacked_and_match_ort(tmp_path: Path) -> None:
     """Without their rules the transforms ran serial and scalar (the default 56x56x64 kernel took
     2.07 ms against 1.25 ms direct; with them 0.82 ms)."""

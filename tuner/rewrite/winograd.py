@@ -29,6 +29,8 @@ from tvm.topi.nn.pad import pad
 from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
 
 from tuner.rewrite.relax_rewrites import count_kernels, nhwc_conv2d, rewrite_calls, static_shape
+from tuner.rewrite.row_padding import DEFAULT_ISA, target_isa
+from tuner.schedules.isa import VectorISA
 from tuner.schedules import winograd as rules
 
 TILE = 4
@@ -37,6 +39,16 @@ KERNEL = 3
 # channels at 55x55 (squeezenet's first expand) was still faster: 0.65 ms against 0.75 direct
 # (default schedules).
 MIN_CHANNELS = 16
+# Output tiles per image below which a convolution stays direct. Every transformed weight takes
+# part in one multiply-add per tile, and there are 4x as many of them as direct weights (36 per
+# channel pair against 9): with few tiles the GEMM streams weights for little work. resnet50's
+# 7x7 convolutions (2x2 tiles, 512 channels: 37.7 MB of transformed weights) ran their Winograd
+# GEMM at 28% of the peak alone and 1.6x slower with the weights out of cache (znver5, default
+# schedules), the 14x14 ones (4x4 tiles) at 83%. Where a core's multiply-adds are AVX2's (16 per
+# cycle, AVX-512 at half rate included), Winograd's 3x fewer of them still pay at 2x2 tiles:
+# resnet50 on default schedules was 4% slower with them direct (AVX2 code, same znver5), 4%
+# faster on znver5's full-rate AVX-512.
+MIN_TILES = 9
 
 
 def transform_weight(weight_ohwi: np.ndarray, tile: int = TILE) -> np.ndarray:
@@ -168,9 +180,15 @@ def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, padding: tuple[int, int, int
     return output_transform(batched_gemm(input_transform(data, padding, tile), packed), shape, padding, tile)
 
 
-def eligible(call: relax.Call, min_channels: int = MIN_CHANNELS) -> bool:
+def enough_tiles(tiling: _Tiling, isa: VectorISA) -> bool:
+    """Whether an image's output has tiles enough to pay for the transformed weights: any
+    number on a core of AVX2's multiply-add rate, MIN_TILES on one of twice that."""
+    return isa.fma_lanes <= 16 or tiling.tiles_h * tiling.tiles_w >= MIN_TILES
+
+
+def eligible(call: relax.Call, min_channels: int = MIN_CHANNELS, isa: VectorISA = DEFAULT_ISA) -> bool:
     """A float32 NHWC/OHWI 3x3 convolution with stride 1, no dilation or groups, constant
-    weights and at least `min_channels` input and output channels."""
+    weights, at least `min_channels` input and output channels and, on `isa`, tiles enough."""
     if not nhwc_conv2d(call):
         return False
     attrs = call.attrs
@@ -185,12 +203,15 @@ def eligible(call: relax.Call, min_channels: int = MIN_CHANNELS) -> bool:
     if shape is None or len(shape) != 4 or str(data.ty.dtype) != "float32":
         return False
     out_c, kh, kw, in_c = weight.value.shape
-    return (kh, kw) == (KERNEL, KERNEL) and min(out_c, in_c) >= min_channels
+    if (kh, kw) != (KERNEL, KERNEL) or min(out_c, in_c) < min_channels:
+        return False
+    return enough_tiles(_tiling(tuple(shape), tuple(int(p) for p in attrs.padding), TILE), isa)
 
 
-def _as_winograd(builder: relax.BlockBuilder, call: relax.Call, min_channels: int) -> relax.Expr | None:
+def _as_winograd(builder: relax.BlockBuilder, call: relax.Call, min_channels: int,
+                 isa: VectorISA) -> relax.Expr | None:
     """The Winograd kernels standing for an eligible `call`, None for any other call."""
-    if not eligible(call, min_channels):
+    if not eligible(call, min_channels, isa):
         return None
     data, weight = call.args
     packed = relax.const(transform_weight(weight.value.numpy()))
@@ -205,17 +226,18 @@ def _as_winograd(builder: relax.BlockBuilder, call: relax.Call, min_channels: in
     return builder.call_te(output_transform, products, shape, padding, primfunc_name_hint="conv2d_winograd")
 
 
-def rewrite(mod: IRModule, min_channels: int = MIN_CHANNELS) -> tuple[IRModule, int]:
-    """`mod` with its eligible convolutions as Winograd kernels, and how many there were.
-    Constants are folded first, so weights that ConvertLayout transposed are constants again."""
+def rewrite(mod: IRModule, min_channels: int = MIN_CHANNELS,
+            isa: VectorISA = DEFAULT_ISA) -> tuple[IRModule, int]:
+    """`mod` with its convolutions eligible on `isa` as Winograd kernels, and how many there
+    were. Constants are folded first, so weights that ConvertLayout transposed are constants again."""
     mod = relax.transform.FoldConstant()(mod)
-    return rewrite_calls(mod, lambda builder, call: _as_winograd(builder, call, min_channels))
+    return rewrite_calls(mod, lambda builder, call: _as_winograd(builder, call, min_channels, isa))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tuner.Winograd")
 def winograd_convolutions(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
-    """The module pass of `rewrite` (CPU only: it runs after `channels_last`)."""
-    return rewrite(mod)[0]
+    """The module pass of `rewrite` for the current target (CPU only: it runs after `channels_last`)."""
+    return rewrite(mod, isa=target_isa())[0]
 
 
 def kernels(mod: IRModule) -> int:
