@@ -25,6 +25,7 @@ from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from by_turns import verified_by_turns  # noqa: E402
 from kernels import cpu_target, model_on_database  # noqa: E402
 from models import model_spec  # noqa: E402
 from results_file import write_results  # noqa: E402
@@ -34,8 +35,7 @@ from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
 from tuner.rewrite.graph import fuse_for_tuning, import_onnx  # noqa: E402
-from tuner.verify.inputs import verification_inputs  # noqa: E402
-from tuner.verify.measure import ORTModel, TVMModel, compare, interleaved_medians_ms  # noqa: E402
+from tuner.verify.measure import TVMModel  # noqa: E402
 
 
 def tune_both(source: str, switch: str, per_task: int, work: Path, target: dict) -> dict:
@@ -73,24 +73,11 @@ def compare_model(name: str, switch: str, work: Path, target: dict, rounds: int,
     loaded, fused_on, db = model_on_database(source, target, tuned.get("db", f"sqlite:///{work / 'empty.sqlite'}"))
     with without(switch):  # the model as loaded, fused again with the feature off
         fused_off = fuse_for_tuning(import_onnx(loaded), tgt)
-    inputs = verification_inputs(loaded, None, 0)[0]
-    ort = ORTModel(loaded.proto, int(target["num-cores"]))
-    reference = ort.run(inputs)
-    out_names = [o.name for o in loaded.proto.graph.output]
     row: dict = {"model": name, **({"tuned_trials_per_task": tune, "tuning": tuned["tuning"]} if tune else {})}
-    calls = []
-    for label, fused in (("with", fused_on), ("without", fused_off)):
-        module = TVMModel(compile_tuned(fused, tgt, db).executable, list(loaded.input_shapes))
-        args = module.prepare(inputs)
-        row[label] = {"max_abs_error": compare(module.run(args), reference, out_names, 1e-3, 1e-3).max_abs_error,
-                      "ms": []}
-        calls.append(lambda m=module, a=args: m.call(a))
-    row["onnxruntime_ms"] = []
-    for _ in range(rounds):
-        on, off, ort_ms = interleaved_medians_ms([*calls, lambda: ort.run(inputs)], 200, 5.0)
-        row["with"]["ms"].append(on)
-        row["without"]["ms"].append(off)
-        row["onnxruntime_ms"].append(ort_ms)
+    modules = {label: TVMModel(compile_tuned(fused, tgt, db).executable, list(loaded.input_shapes))
+               for label, fused in (("with", fused_on), ("without", fused_off))}
+    timed, row["onnxruntime_ms"] = verified_by_turns(loaded, modules, int(target["num-cores"]), rounds, 5.0)
+    row.update(timed)
     ratios = [a / b for a, b in zip(row["with"]["ms"], row["without"]["ms"])]
     row["with_vs_without"] = ratios
     print(f"[ab] {name}: with {switch} " + ", ".join(f"{a:.2f}" for a in row["with"]["ms"]) + " ms, without "

@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from by_turns import verified_by_turns  # noqa: E402
 from results_file import write_results  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
 from tuner.load.model_io import load_model  # noqa: E402
-from tuner.verify.inputs import verification_inputs  # noqa: E402
-from tuner.verify.measure import ORTModel, TVMModel, compare, interleaved_medians_ms  # noqa: E402
+from tuner.verify.measure import TVMModel  # noqa: E402
 
 
 def labelled(spec: str) -> tuple[str, Path]:
@@ -47,27 +47,16 @@ def main() -> None:
     args = parser.parse_args()
     use_threads(args.threads)
     loaded = load_model(args.model, {})
-    inputs = verification_inputs(loaded, None, 0)[0]
-    ort = ORTModel(loaded.proto, args.threads)
-    reference = ort.run(inputs)
-    out_names = [o.name for o in loaded.proto.graph.output]
-    rows: dict[str, dict] = {}
-    calls = []
-    for label, path in args.modules:
-        module = TVMModel(path, list(loaded.input_shapes))
-        prepared = module.prepare(inputs)
-        error = compare(module.run(prepared), reference, out_names, 1e-3, 1e-3).max_abs_error
-        rows[label] = {"path": str(path), "max_abs_error": error, "ms": []}
-        calls.append(lambda m=module, a=prepared: m.call(a))
-    ort_ms: list[float] = []
+    modules = {label: TVMModel(path, list(loaded.input_shapes)) for label, path in args.modules}
+
+    def show(r: int, times: dict[str, float], ort_time: float) -> None:
+        print(f"[{r}] " + ", ".join(f"{label} {t:.3f}" for label, t in times.items()) + f", ORT {ort_time:.3f} ms",
+              flush=True)
+
+    rows, ort_ms = verified_by_turns(loaded, modules, args.threads, args.rounds, 3.0, show)
     first = args.modules[0][0]
-    for r in range(args.rounds):
-        *times, ort_time = interleaved_medians_ms([*calls, lambda: ort.run(inputs)], 200, 3.0)
-        for (label, _), t in zip(args.modules, times):
-            rows[label]["ms"].append(t)
-        ort_ms.append(ort_time)
-        print(f"[{r}] " + ", ".join(f"{label} {t:.3f}" for (label, _), t in zip(args.modules, times))
-              + f", ORT {ort_time:.3f} ms", flush=True)
+    for label, path in args.modules:
+        rows[label]["path"] = str(path)
     for label, row in rows.items():
         row["vs_" + first] = [a / b for a, b in zip(row["ms"], rows[first]["ms"])]
         row["median_vs_" + first] = statistics.median(row["vs_" + first])
