@@ -18,7 +18,7 @@ class VectorISA:
     registers: int  # architectural vector registers
     fma_units: int = 2  # FMA pipes per core (2 on every AVX2/AVX-512 x86 core this targets)
     fma_latency: int = 4  # cycles; 4-5 on Zen 2-4 and Skylake-Ice Lake
-    l1d_bytes: int = 32 * 1024  # per core: 32 KiB on Zen 2-5 and Skylake, 48 KiB on Ice Lake
+    l1d_bytes: int = 32 * 1024  # per core: 32 KiB on Zen 2-4 and Skylake, 48 KiB on Zen 5 and Ice Lake (32 assumed for all)
     # fp32 multiply-adds per cycle per core: twice an AVX2 core's where 512-bit FMAs run at full
     # rate (Zen 5, Xeon Scalable), the same where they are split in two (HALF_RATE_AVX512)
     fma_lanes: int = 16
