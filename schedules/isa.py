@@ -53,3 +53,15 @@ def vector_isa(target: Target) -> VectorISA:
     if _has("neon", target):
         return VectorISA("neon", 4, 32)
     return VectorISA("sse", 4, 16)
+
+
+# The ISA the graph rewrites (row and group padding, Winograd) assume without a CPU target: a
+# rewrite run outside compilation.
+DEFAULT_ISA = VectorISA("avx2", 8, 16)
+
+
+def target_isa() -> VectorISA:
+    """The current CPU target's vector ISA (DEFAULT_ISA without one): what a rewrite pass, which
+    gets no target argument, decides for."""
+    target = Target.current(allow_none=True)
+    return vector_isa(target) if target is not None and target.kind.name == "llvm" else DEFAULT_ISA

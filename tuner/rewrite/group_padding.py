@@ -38,8 +38,8 @@ from tvm import relax
 from tvm.ir import IRModule
 
 from .relax_rewrites import nhwc_conv2d, rewrite_calls, static_shape
-from .row_padding import DEFAULT_ISA, MIN_GAIN, gemm_rows, padded_rows, target_isa, useful_throughput
-from ..schedules.isa import VectorISA
+from .row_padding import MIN_GAIN, gemm_rows, padded_rows, useful_throughput
+from ..schedules.isa import DEFAULT_ISA, VectorISA, target_isa
 
 LANES = 8
 # At most this many multiplications per useful one (34 -> 40 is 1.18).

@@ -25,10 +25,9 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te, tirx
 from tvm.ir import IRModule
-from tvm.target import Target
 
 from .relax_rewrites import nhwc_conv2d, rewrite_calls, static_shape
-from ..schedules.isa import VectorISA, vector_isa
+from ..schedules.isa import DEFAULT_ISA, VectorISA, target_isa
 from ..schedules.register_blocking import MicroKernel, efficiency, register_blocks
 
 # At most this many multiplications per useful one.
@@ -40,8 +39,6 @@ MIN_GAIN = 1.10
 # AVX2 (both hide the FMA latency); measured, 6x2 was 1.17x faster on 196 rows and 7x1 against
 # 6x2 1.49x slower on 49: a fixed cost per step, amortized over more FMAs, accounts for it.
 STEP_OVERHEAD = 4
-# The ISA padding decisions assume without a CPU target (a rewrite run outside compilation).
-DEFAULT_ISA = VectorISA("avx2", 8, 16)
 
 
 def _throughput(kernel: MicroKernel, isa: VectorISA) -> float:
@@ -66,12 +63,6 @@ def padded_rows(rows: int, channels: int, isa: VectorISA) -> int | None:
         if (score := useful_throughput(rows, padded, channels, isa)) > best:
             best, best_rows = score, padded
     return best_rows if best_rows is not None and best >= base * MIN_GAIN else None
-
-
-def target_isa() -> VectorISA:
-    """The current CPU target's vector ISA (DEFAULT_ISA without one)."""
-    target = Target.current(allow_none=True)
-    return vector_isa(target) if target is not None and target.kind.name == "llvm" else DEFAULT_ISA
 
 
 def padded_rows_conv(data: te.Tensor, weight: te.Tensor, rows: int, stride: int) -> te.Tensor:

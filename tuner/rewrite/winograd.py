@@ -29,8 +29,7 @@ from tvm.topi.nn.pad import pad
 from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
 
 from tuner.rewrite.relax_rewrites import count_kernels, nhwc_conv2d, rewrite_calls, static_shape
-from tuner.rewrite.row_padding import DEFAULT_ISA, target_isa
-from tuner.schedules.isa import VectorISA
+from tuner.schedules.isa import DEFAULT_ISA, VectorISA, target_isa
 from tuner.schedules import winograd as rules
 
 TILE = 4
