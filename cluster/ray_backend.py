@@ -228,6 +228,8 @@ class ArtifactStore:
     def __init__(self) -> None:
         self.root = tempfile.mkdtemp(prefix="tuner-ray-artifacts-")
         self._refs: dict[str, ray.ObjectRef] = {}
+        # Artifacts to be measured more than once (the final timing's rounds): runs left.
+        self._runs: dict[str, int] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count()
 
@@ -240,8 +242,24 @@ class ArtifactStore:
         return path
 
     def pop(self, path: str) -> ray.ObjectRef:
+        """The artifact for a measurement; dropped here after its last allowed run."""
         with self._lock:
+            left = self._runs.pop(path, 1) - 1
+            if left > 0:
+                self._runs[path] = left
+                return self._refs[path]
             return self._refs.pop(path)
+
+    def allow_runs(self, paths: list[str], runs: int) -> None:
+        """Let each of these artifacts be measured `runs` times instead of once (0: drop them
+        now, e.g. those a failed round left over)."""
+        with self._lock:
+            for path in paths:
+                if runs > 0:
+                    self._runs[path] = runs
+                else:
+                    self._runs.pop(path, None)
+                    self._refs.pop(path, None)
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -95,7 +95,7 @@ def prune(engine: Engine, keep_top: int, dry_run: bool = False) -> PruneResult:
     owner = case((r.private.is_(True), func.coalesce(r.team, "")), else_=literal(None))
     rank = func.row_number().over(
         partition_by=[r.workload_id, r.hardware_key, r.private, owner],
-        order_by=[r.mean_run_secs, r.id],
+        order_by=models.serving_order(r),
     ).label("rank")
     # Records a check found wrong are kept (never served, they say what was wrong) and take no
     # place among the best.
@@ -127,7 +127,7 @@ def visible_records(engine: Engine, team: str, workload: int | None = None, hard
     with engine.connect() as conn:
         total = conn.scalar(select(func.count()).select_from(base.subquery())) or 0
         rows = conn.execute(
-            base.order_by(r.workload_id, r.hardware_key, r.mean_run_secs.is_(None), r.mean_run_secs, r.id)
+            base.order_by(r.workload_id, r.hardware_key, r.mean_run_secs.is_(None), *models.serving_order(r))
             .limit(limit).offset(offset)
         ).all()
     out = []
@@ -138,6 +138,7 @@ def visible_records(engine: Engine, team: str, workload: int | None = None, hard
             "workload": str(rec["shash"] + (1 << 64) if rec["shash"] < 0 else rec["shash"]),
             "hardware_key": rec["hardware_key"],
             "mean_run_secs": rec["mean_run_secs"],
+            "final_secs": rec["final_secs"],
             "run_secs": json.loads(rec["run_secs_json"]) if rec["run_secs_json"] else None,
             "target": json.loads(rec["target_json"]),
             "trace": json.loads(rec["trace_json"]),

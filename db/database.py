@@ -217,6 +217,16 @@ class Unchecked:
     mean_run_secs: float
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A record the final timing of its workload compares (`SQLDatabase.final_candidates`)."""
+
+    record_id: int
+    record: TuningRecord
+    mean_run_secs: float  # the search's time
+    default: bool  # the task's stored default schedule
+
+
 def insert_for(engine: Engine):  # noqa: ANN202 - dialect-specific Insert
     """INSERT with ON CONFLICT support: our upserts rely on constraints, not locks."""
     return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
@@ -347,7 +357,8 @@ class SQLDatabase(PyDatabase):
             stmt = stmt.where(*_searched(r, traceless_defaults=True))
         if workload_ids is not None:
             stmt = stmt.where(r.workload_id.in_(workload_ids), r.mean_run_secs.is_not(None))
-            stmt = stmt.order_by(r.mean_run_secs, r.id)
+            # Served: as compilation ranks them; the search's population: by the search's times.
+            stmt = stmt.order_by(*models.serving_order(r)) if servable else stmt.order_by(r.mean_run_secs, r.id)
         if top_k is not None:
             stmt = stmt.limit(top_k)
         with Session(self.engine) as session:
@@ -373,13 +384,13 @@ class SQLDatabase(PyDatabase):
         return record_from_json(record_payload(row), workload)
 
     def _fastest(self, columns: list[Any], workload_ids: list[int], *conditions: Any):  # noqa: ANN202 - a Select
-        """The fastest record of these workloads here that we may read and that meets the
-        conditions (ties: the first stored): what serving, cache hits and checks each ask for."""
+        """The best record of these workloads here that we may read and that meets the
+        conditions (`models.serving_order`): what serving, cache hits and checks each ask for."""
         r = models.TuningRecord
         return (select(*columns)
                 .where(r.hardware_key == self.provenance.hardware_key, self._visible(), r.workload_id.in_(workload_ids),
                        *conditions)
-                .order_by(r.mean_run_secs, r.id).limit(1))
+                .order_by(*models.serving_order(r)).limit(1))
 
     def _ids(self, mod: IRModule) -> list[int]:
         with self._lock:
@@ -435,7 +446,7 @@ class SQLDatabase(PyDatabase):
         r = models.TuningRecord
         usable = and_(r.mean_run_secs.is_not(None), not_(rejected(r)), *_searched(r, traceless_defaults)) \
             if searched_only else served(r)
-        stmt = self._fastest([r.mean_run_secs, r.team], ids, usable)
+        stmt = self._fastest([func.coalesce(r.final_secs, r.mean_run_secs), r.team], ids, usable)
         with Session(self.engine) as session:
             row = session.execute(stmt).first()
         return Best(float(row[0]), row[1]) if row else None
@@ -499,6 +510,54 @@ class SQLDatabase(PyDatabase):
             conn.execute(update(r).where(r.id == record_id).values(
                 check_status=status, check_detail=detail[:2000], checked_tvm=TVM_VERSION,
                 checked_at=models.utcnow()))
+
+    # -- final timing ------------------------------------------------------------------------
+    def final_candidates(self, mod: IRModule, top: int) -> list[Candidate]:
+        """What the final timing of this workload compares: its `top` fastest searched records
+        by the search's times (distinct schedules), its fastest stored default, and the records
+        an earlier final timing ranked (up to `top`), all that we may read and no check rejected."""
+        ids = self._ids(mod)
+        if not ids or top < 1:
+            return []
+        r = models.TuningRecord
+        usable = (r.hardware_key == self.provenance.hardware_key, self._visible(), r.workload_id.in_(ids),
+                  r.mean_run_secs.is_not(None), not_(rejected(r)))
+        searched = and_(*_searched(r, traceless_defaults=True))
+        picks = [
+            select(r).where(*usable, searched).order_by(r.mean_run_secs, r.id).limit(4 * top),
+            select(r).where(*usable, not_(searched)).order_by(r.mean_run_secs, r.id).limit(1),
+            select(r).where(*usable, r.final_secs.is_not(None)).order_by(r.final_secs, r.id).limit(top),
+        ]
+        out: list[Candidate] = []
+        traces: set[str] = set()
+        with Session(self.engine) as session:
+            for n, stmt in enumerate(picks):
+                taken = 0
+                for row in session.scalars(stmt):
+                    if taken == top or row.trace_json in traces:
+                        continue
+                    traces.add(row.trace_json)
+                    taken += 1
+                    workload = self._workloads_by_id(session, {row.workload_id})[row.workload_id]
+                    out.append(Candidate(row.id, self._to_tvm(row, workload), float(row.mean_run_secs), default=n == 1))
+        return out
+
+    def record_final_times(self, mod: IRModule, times: dict[int, float]) -> None:
+        """Store one final timing of this workload: `times` (record id -> seconds) rank its
+        records from now on; the times of an earlier final timing that we may read are dropped
+        (they were measured apart from these, so they do not compare)."""
+        ids = self._ids(mod)
+        if not ids:
+            return
+        r = models.TuningRecord
+        now = models.utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(update(r).where(
+                r.hardware_key == self.provenance.hardware_key, self._visible(), r.workload_id.in_(ids),
+                r.final_secs.is_not(None)).values(final_secs=None, final_timed_at=None))
+            for record_id, secs in times.items():
+                conn.execute(update(r).where(r.id == record_id, r.workload_id.in_(ids))
+                             .values(final_secs=secs, final_timed_at=now))
 
     def served_record_id(self, mod: IRModule) -> int | None:
         """The id of the record compilation would use for this workload here, if any."""

@@ -19,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from sqlalchemy.sql.expression import false, or_
+from sqlalchemy.sql.expression import false, func, or_
 
 
 # What a record's check found (TuningRecord.check_status).
@@ -30,6 +30,15 @@ def never_found_wrong(r: type[TuningRecord]) -> Any:
     """Records no check rejected, under any TVM version: what may teach a cost model and hold a
     place among the best that prune keeps."""
     return or_(r.check_status.is_(None), r.check_status == CHECK_OK)
+
+
+def serving_order(r: type[TuningRecord]) -> list[Any]:
+    """Best first, as compilation picks a workload's record: records with a final timing
+    (tuner/search/final_timing.py: timed again side by side when their search ended) by that
+    time, before every record ranked only by the time its search measured (ties: the first
+    stored). A search's own times, taken minutes apart on a noisy machine, favour the luckiest
+    candidate; the final timing compares the best few under the same conditions."""
+    return [r.final_secs.is_(None), func.coalesce(r.final_secs, r.mean_run_secs), r.id]
 
 
 def utcnow() -> datetime:
@@ -108,6 +117,11 @@ class TuningRecord(Base):
     check_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     checked_tvm: Mapped[str | None] = mapped_column(String(32), nullable=True)
     checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The record's time in the final timing of its workload's last search on this hardware key
+    # (median of rounds by turns beside the task's other best records and its default), or NULL
+    # (not among them): ranks before ``mean_run_secs`` (serving_order).
+    final_secs: Mapped[float | None] = mapped_column(Float, nullable=True)
+    final_timed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     workload: Mapped[Workload] = relationship(back_populates="records")
 

@@ -22,7 +22,8 @@ from tuner.config import MeasureSettings, SearchSettings, Settings, WorkerSettin
 # tests (test_ray.py, test_ray_local.py: the default, no --ray-address).
 os.environ["TUNER_WORKERS__BACKEND"] = "local"
 TINY = dict(
-    search=SearchSettings(population_size=16, genetic_num_iters=1, init_min_unmeasured=8, max_trials_per_iter=8),
+    search=SearchSettings(population_size=16, genetic_num_iters=1, init_min_unmeasured=8, max_trials_per_iter=8,
+                          final_top=2, final_rounds=2),
     measure=MeasureSettings(cpu_timed_calls=3, model_runs=5, model_min_seconds=0.0),
     workers=WorkerSettings(backend="local"),
 )
@@ -46,6 +47,8 @@ def tiny_env(tmp_path: Path) -> dict[str, str]:
         TUNER_SEARCH__GENETIC_NUM_ITERS="1",
         TUNER_SEARCH__INIT_MIN_UNMEASURED="8",
         TUNER_SEARCH__MAX_TRIALS_PER_ITER="8",
+        TUNER_SEARCH__FINAL_TOP="2",
+        TUNER_SEARCH__FINAL_ROUNDS="2",
         TUNER_MEASURE__NUMBER="2",
         TUNER_MEASURE__MIN_REPEAT_MS="5",
         TUNER_MEASURE__MODEL_RUNS="5",

@@ -15,9 +15,9 @@ def test_db_commands_end_to_end(tmp_path: Path) -> None:
     src = f"sqlite:///{tmp_path / 'src.sqlite'}"
     dest = f"sqlite:///{tmp_path / 'dest.sqlite'}"
     up = tuner_cli(["db", "upgrade", "--db", src], tmp_path)
-    assert up.returncode == 0 and "upgraded from empty to revision 0005" in up.stdout, up.stderr
+    assert up.returncode == 0 and "upgraded from empty to revision 0006" in up.stdout, up.stderr
     again = tuner_cli(["db", "upgrade", "--db", src], tmp_path)
-    assert "already at revision 0005" in again.stdout
+    assert "already at revision 0006" in again.stdout
 
     db = open_database(src, TARGET, team="vision")
     for n, secs in ((8, [1e-4]), (8, [2e-4]), (8, [3e-4]), (12, [1e-4])):

@@ -69,6 +69,47 @@ def test_a_stored_default_time_is_found_for_its_own_trace_only(db_url: str) -> N
     assert db.measured_default(mod, default.trace) is None
 
 
+def test_final_times_pick_the_served_record_and_replace_the_last_final_timing(db_url: str) -> None:
+    """The final timing (tuner/search/final_timing.py) compares a task's best searched records
+    (distinct schedules), its default and the records the last final timing ranked; its times
+    rank before every search time, and a new final timing replaces the last one's."""
+    db = open_database(db_url, TARGET)
+    mod = matmul(28)
+    for variant, secs in enumerate([1e-4, 2e-4, 3e-4, 4e-4]):
+        db.commit_tuning_record(record(db, mod, [secs], variant=variant))
+    db.commit_tuning_record(record(db, mod, [1.5e-4], variant=0))  # the fastest schedule measured again
+    db.commit_tuning_record(record(db, mod, [5e-4], searched=False))  # its default
+    found = db.final_candidates(mod, 2)
+    assert [(c.mean_run_secs, c.default) for c in found] == pytest.approx([(1e-4, False), (2e-4, False), (5e-4, True)])
+    by_time = {c.mean_run_secs: c.record_id for c in found}
+
+    # The second-fastest by the search is the fastest by the final timing: it is checked and served.
+    db.record_final_times(mod, {by_time[1e-4]: 3e-4, by_time[2e-4]: 2.5e-4, by_time[5e-4]: 6e-4})
+    assert db.fastest_unchecked(mod).record_id == by_time[2e-4]
+    checked(db, mod)
+    assert db.served_record_id(mod) == by_time[2e-4] and db.best(mod).mean_run_secs == pytest.approx(2.5e-4)
+    assert mean_run_secs(db.query_tuning_record(mod, Target(TARGET), "main").run_secs) == pytest.approx(2e-4)
+    # The search's population still comes from the search's times.
+    assert mean_run_secs(db.get_top_k(db.commit_workload(mod), 1)[0].run_secs) == pytest.approx(1e-4)
+
+    # A later search found a faster schedule: its final timing compares it with the last one's picks.
+    db.commit_tuning_record(record(db, mod, [0.5e-4], variant=5))
+    found = db.final_candidates(mod, 2)
+    assert sorted(c.mean_run_secs for c in found) == pytest.approx([0.5e-4, 1e-4, 2e-4, 5e-4])
+    new = next(c.record_id for c in found if c.mean_run_secs == pytest.approx(0.5e-4))
+    db.record_final_times(mod, {new: 2e-4})
+    with Session(db.engine) as session:
+        finals = session.execute(select(models.TuningRecord.id, models.TuningRecord.final_secs)
+                                 .where(models.TuningRecord.final_secs.is_not(None))).all()
+    assert finals == [(new, pytest.approx(2e-4))]
+    checked(db, mod)
+    assert db.served_record_id(mod) == new
+    # Final timing off: a search's times serve again.
+    db.record_final_times(mod, {})
+    checked(db, mod)
+    assert db.served_record_id(mod) == new and db.best(mod).mean_run_secs == pytest.approx(0.5e-4)
+
+
 def test_records_are_served_per_hardware_key(db_url: str) -> None:
     db = open_database(db_url, TARGET)
     mod = matmul(16)

@@ -26,7 +26,7 @@ def test_upgrade_from_empty_matches_the_models_and_is_idempotent(db_url: str) ->
     engine = make_engine(db_url)
     assert current_revision(engine) is None
     upgrade(engine)
-    assert current_revision(engine) == head_revision(engine) == "0005"
+    assert current_revision(engine) == head_revision(engine) == "0006"
     upgrade(engine)  # no-op
     assert _schema_diff(engine) == []
 
@@ -65,7 +65,7 @@ def test_upgrade_from_0001_keeps_and_backfills_data(db_url: str) -> None:
             conn.execute(rec.insert().values(workload_id=wid, hardware_key=fp.key, **row))
 
     upgrade(engine)
-    assert current_revision(engine) == "0005"
+    assert current_revision(engine) == "0006"
     assert _schema_diff(engine) == []
     with engine.connect() as conn:
         assert conn.execute(sa.select(models.Hardware.family)).scalar_one() == fp.family
@@ -90,4 +90,4 @@ def test_downgrade_and_upgrade_again(db_url: str) -> None:
     command.downgrade(alembic_config(engine), "0001")
     assert current_revision(engine) == "0001"
     upgrade(engine)
-    assert current_revision(engine) == "0005" and _schema_diff(engine) == []
+    assert current_revision(engine) == "0006" and _schema_diff(engine) == []

@@ -54,6 +54,10 @@ def test_tune_then_cache_hit(tmp_path: Path, settings: Settings, sqlite_url: str
     # before the search, so a tuned module is never slower than the defaults' one.
     assert first["tasks_default_measured"] == first["tasks_tuned"]
     assert _traces_with(sqlite_url, "tuner.register_blocked") >= 1
+    # Its best records and its default were timed again by turns, which picked the one served.
+    final = first["final_timing"]
+    assert final["tasks"] == 1 and final["candidates"] >= 2 and final["rounds"] == settings.search.final_rounds
+    assert _served_has_final_time(sqlite_url)
 
     second = _run(model, tmp_path / "b", sqlite_url, settings, trials=8)
     assert second["trials"] == 0
@@ -77,6 +81,19 @@ def test_tune_then_cache_hit(tmp_path: Path, settings: Settings, sqlite_url: str
     assert third["trials"] >= 1 and third["tasks_from_db"] == 0 and third["tasks_refined"] == third["tasks"]
     assert records() > before and third["verified"]
     assert third["latency_ms"]["tuned"] > 0
+
+
+def _served_has_final_time(db_url: str) -> bool:
+    from sqlalchemy import select
+
+    from tuner.db import models
+    from tuner.db.engine import make_engine
+
+    r = models.TuningRecord
+    with make_engine(db_url).connect() as conn:
+        served = conn.execute(select(r.final_secs).where(r.check_status == models.CHECK_OK)
+                              .order_by(*models.serving_order(r)).limit(1)).scalar_one()
+    return served is not None
 
 
 def _traces_with(db_url: str, text: str) -> int:

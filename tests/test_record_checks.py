@@ -198,6 +198,7 @@ def test_bisection_blames_the_record_that_breaks_the_model_and_returns_it_verifi
     db = open_database(sqlite_url, TARGET)
     victim = next(t for t in tasks if db.best(t.dispatched[0]) is not None)
     mod = victim.dispatched[0]
+    db.record_final_times(mod, {})  # served by search times again: the fastest, the corrupt one below
     sch = Schedule(mod)
     _corrupt(sch, _last_block(sch))
     db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), [1e-9], target,

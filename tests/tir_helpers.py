@@ -30,13 +30,15 @@ def matmul(n: int, dtype: str = "float32"):  # noqa: ANN201 - an IRModule of one
     return tvm.IRModule({"main": func})
 
 
-def record(db, mod, run_secs, target=TARGET, searched: bool = True) -> ms.database.TuningRecord:  # noqa: ANN001
-    """A record as the search makes them (with a sampling decision), or, `searched=False`, as a
-    default schedule is stored (a fixed trace, no decisions)."""
+def record(db, mod, run_secs, target=TARGET, searched: bool = True,  # noqa: ANN001
+           variant: int = 1) -> ms.database.TuningRecord:
+    """A record as the search makes them (with a sampling decision: `variant`, 0-7, tells
+    schedules apart), or, `searched=False`, as a default schedule is stored (a fixed trace, no
+    decisions)."""
     sch = Schedule(mod)
     i, _, _ = sch.get_loops(sch.get_sblock("C"))
     if searched:
-        sch.sample_categorical([1, 2], [0.5, 0.5], decision=1)
+        sch.sample_categorical(list(range(8)), [0.125] * 8, decision=variant)
     sch.parallel(i)
     workload = db.commit_workload(mod)
     return ms.database.TuningRecord(sch.trace, workload, run_secs, Target(target),

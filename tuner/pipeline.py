@@ -47,6 +47,7 @@ from .rewrite import split_k, winograd
 from .rewrite.graph import PRECISIONS, fuse_for_tuning, import_onnx
 from .search.cost_model_training import retraining_due, start_model, start_retraining
 from .search.job_database import open_database
+from .search.final_timing import FinalTiming
 from .search.record_checks import CheckStats, check_records
 from .search.tuning import Workers, ray_builder_count, ray_workers, tune, tuning_cores
 from .stages import stage
@@ -208,6 +209,7 @@ class _Tuned:
     seconds: float = 0.0
     checks: CheckStats = field(default_factory=CheckStats)
     cost_model: dict[str, Any] = field(default_factory=lambda: {"transferred": False})
+    final_timing: FinalTiming = field(default_factory=FinalTiming)
 
 
 @dataclass
@@ -385,7 +387,7 @@ def _tune(job: _Job, plans: list[_Plan]) -> list[_Tuned]:
         spent["startup"] = round(startup_s, 3)
         spent["search"] = round(elapsed - sum(spent.values()), 3)
         tuned[i] = _Tuned(result.trials, result.defaults_measured, cluster, elapsed, result.checks,
-                          dict(result.cost_model))
+                          dict(result.cost_model), result.final_timing)
         plan = plans[i]
         # The family's cost model learns what this job measured, in its own process, once this
         # run is done (_run_job).
@@ -575,6 +577,9 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         # Records whose kernels were checked against their workloads' before being served, and
         # the ones rejected (wrong output, or a check that could not build or run them).
         "record_checks": checks.as_dict(),
+        # Each tuned task's best records timed again by turns when its search ended: the one
+        # served is the fastest by that timing (tuner/search/final_timing.py).
+        "final_timing": tuned.final_timing.as_dict(),
         "records_rejected_wrong_output": checks.wrong + len(blame.records),
         # Tasks whose checked records still made the model fail verification (bisection): the
         # module was built with their default schedules and the records were marked wrong.

@@ -147,6 +147,13 @@ def _print_report(report: dict) -> None:
             + (f"; the model was wrong with {len(report['records_blamed'])} checked record(s), built without them: "
                + ", ".join(report["tasks_withheld"]) if report.get("records_blamed") else "")
         )
+    final = report.get("final_timing", {})
+    if final.get("tasks"):
+        out.print(
+            f"final timing: the best {final['candidates']} record(s) of {final['tasks']} task(s) timed again "
+            f"{final['rounds']} times by turns in {final['seconds']:.1f} s; {final['changed']} task(s) served another "
+            f"record than the search's fastest ({final['to_default']} their default schedule)"
+        )
     out.print(f"module: {report['artifact']['path']}  (sha256 {report['artifact']['sha256'][:16]}...)")
     out.print(f"report: {Path(report['artifact']['path']).with_name('report.json')}")
 

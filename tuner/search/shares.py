@@ -23,6 +23,7 @@ from tuner.cluster.worker_tasks import dumps_target
 from ..config import Settings
 from ..errors import TunerError
 from ..progress import Progress, SilentProgress
+from .final_timing import FinalTiming
 from .record_checks import CheckStats
 from .tuning import TuneResult, Workers, per_node, ray_workers, tune, tuning_cores
 from .job_database import open_database
@@ -107,7 +108,7 @@ def search_share(share: Share) -> dict[str, Any]:
     return {"trials": done_before + result.trials, "cluster": result.cluster,
             "defaults_measured": result.defaults_measured, "commit_seconds": database.commit_seconds,
             "checks": result.checks.as_dict(), "cost_model": result.cost_model,
-            "node": ray.get_runtime_context().get_node_id()}
+            "final_timing": result.final_timing.as_dict(), "node": ray.get_runtime_context().get_node_id()}
 
 
 @dataclass
@@ -184,11 +185,13 @@ def _merge(job: ShareJob, results: list[dict[str, Any]]) -> tuple[TuneResult, fl
     cluster["trials_per_searcher"] = [res["trials"] for res in results]
     cluster["seconds"] = {part: round(sum(res["cluster"].get("seconds", {}).get(part, 0.0) for res in results), 3)
                           for part in ("build", "run")}
-    checks = CheckStats()
+    checks, final = CheckStats(), FinalTiming()
     for res in results:
         checks = checks.add(CheckStats.from_dict(res["checks"]))
+        if "final_timing" in res:  # not in a share that had nothing left to tune
+            final = final.add(FinalTiming.from_dict(res["final_timing"]))
     merged = TuneResult(trials=sum(res["trials"] for res in results), per_task_trials=[],
                         cluster=cluster, defaults_measured=sum(res["defaults_measured"] for res in results),
-                        checks=checks, cost_model=next((res["cost_model"] for res in results if "cost_model" in res),
+                        checks=checks, final_timing=final, cost_model=next((res["cost_model"] for res in results if "cost_model" in res),
                                                        {"transferred": False}))
     return merged, sum(res["commit_seconds"] for res in results)

@@ -39,6 +39,7 @@ from ..interrupts import deferred_interrupts
 from ..interrupts import requested as interrupt_requested
 from ..progress import Progress, ProgressCallback
 from .cost_model_training import StartModel, start_model
+from .final_timing import FinalTiming, time_finalists
 from .record_checks import CheckFn, CheckStats, check_records
 
 
@@ -50,6 +51,7 @@ class TuneResult:
     defaults_measured: int = 0  # tasks whose default schedule was measured and stored
     checks: CheckStats = field(default_factory=CheckStats)  # the tuned tasks' fastest records checked
     cost_model: dict[str, Any] = field(default_factory=lambda: {"transferred": False})
+    final_timing: FinalTiming = field(default_factory=FinalTiming)
 
 
 @dataclass
@@ -66,6 +68,9 @@ class Workers:
     failure: Callable[[], Exception | None] = lambda: None
     # Ray: the builder and runner ActorPools, which the job's searchers share.
     pools: tuple[Any, Any] | None = None
+    # Lets built artifacts be measured `runs` times (0: release them): a Ray runner takes each
+    # artifact once, a local one reads a file that stays until its folder is removed.
+    allow_runs: Callable[[list[str], int], None] = lambda paths, runs: None
 
 
 def local_workers(settings: Settings, cores: int) -> Workers:
@@ -130,7 +135,8 @@ def ray_workers(settings: Settings, cores: int, hardware_key: str, pools: tuple[
         # Runner "node/gpuN" on GPU nodes: one per GPU.
         "trials_per_runner": dict(runner.counts),
         "seconds": {"build": round(builder.seconds, 3), "run": round(runner.seconds, 3)},
-    }, failure=lambda: runner.failure or builder.failure, pools=(builder.pool, runner.pool), check=runner.check)
+    }, failure=lambda: runner.failure or builder.failure, pools=(builder.pool, runner.pool), check=runner.check,
+        allow_runs=store.allow_runs)
 
 
 def per_node(per_runner: dict[str, int]) -> dict[str, int]:
@@ -318,6 +324,7 @@ def tune(
     workers = workers or local_workers(settings, cores)
     defaults: list[float | None] = [None] * len(tasks)
     checks = CheckStats()
+    final = FinalTiming()
     start = StartModel(None, {"transferred": False})
     # Ctrl-C is noted, not raised, until the block ends: raised inside TVM's calls it was
     # swallowed as a failed design space or a failed draw (the run then went on, deaf to a
@@ -360,6 +367,9 @@ def tune(
                     task_scheduler=ms.task_scheduler.GradientBased(seed=seed),
                 )
             if isinstance(database, SQLDatabase) and not interrupt_requested():
+                # Which record each task is served: its best few timed again side by side.
+                final = time_finalists(tasks, target, database, workers, settings, progress)
+            if isinstance(database, SQLDatabase) and not interrupt_requested():
                 # Before a record the search found can be served, on the hardware it ran on.
                 # (Only our database keeps what a check found.)
                 checks = check_records(tasks, target, database, workers.check, settings, progress)
@@ -370,4 +380,4 @@ def tune(
                 workers.close()
     return TuneResult(trials=callback.trials, per_task_trials=callback.per_task_trials, cluster=cluster,
                       defaults_measured=sum(d is not None for d in defaults), checks=checks,
-                      cost_model=start.describe)
+                      cost_model=start.describe, final_timing=final)
