@@ -48,6 +48,7 @@ class FinalTiming:
     changed: int = 0
     to_default: int = 0
     failed: int = 0  # candidates that did not build or run in every round (left unranked)
+    measurements: int = 0  # runner calls made (they count in the cluster's trials per node, not as trials)
     seconds: float = 0.0
     per_task: list[dict[str, Any]] = field(default_factory=list)
 
@@ -55,7 +56,8 @@ class FinalTiming:
         return FinalTiming(self.tasks + other.tasks, self.candidates + other.candidates,
                            max(self.rounds, other.rounds), self.changed + other.changed,
                            self.to_default + other.to_default, self.failed + other.failed,
-                           self.seconds + other.seconds, [*self.per_task, *other.per_task])
+                           self.measurements + other.measurements, self.seconds + other.seconds,
+                           [*self.per_task, *other.per_task])
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -82,9 +84,16 @@ def time_finalists(tasks: list[ms.ExtractedTask], target: Target, database: SQLD
 
     With `search.final_top` 0 the tasks' earlier final times are dropped instead, so that they
     are served by the search's times, as before this step existed."""
+    t0 = time.perf_counter()
+    stats = _time_finalists(tasks, target, database, workers, settings, progress)
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def _time_finalists(tasks: list[ms.ExtractedTask], target: Target, database: SQLDatabase, workers: Workers,
+                    settings: Settings, progress: Progress) -> FinalTiming:
     top, rounds = settings.search.final_top, settings.search.final_rounds
     stats = FinalTiming(rounds=rounds)
-    t0 = time.perf_counter()
     mods = [task.dispatched[0] for task in tasks]
     if top == 0:
         for mod in mods:
@@ -115,6 +124,7 @@ def time_finalists(tasks: list[ms.ExtractedTask], target: Target, database: SQLD
             live = [e for e in order if not e.failed]
             futures = workers.runner.run([ms.runner.RunnerInput(e.artifact, device_type, e.candidate.record.args_info)
                                           for e in live])
+            stats.measurements += len(live)
             for e, future in zip(live, futures):
                 result = future.result()
                 if result.error_msg is not None or not result.run_secs:
@@ -150,5 +160,4 @@ def time_finalists(tasks: list[ms.ExtractedTask], target: Target, database: SQLD
             "final_best_ms": round(timed[final_best.record_id] * 1e3, 6),
             "picked": "default" if final_best.default else ("search's fastest" if not changed else "another searched"),
         })
-    stats.seconds = time.perf_counter() - t0
     return stats
