@@ -531,7 +531,7 @@ class SQLDatabase(PyDatabase):
         out: list[Candidate] = []
         traces: set[str] = set()
         with Session(self.engine) as session:
-            for n, stmt in enumerate(picks):
+            for stmt in picks:
                 taken = 0
                 for row in session.scalars(stmt):
                     if taken == top or row.trace_json in traces:
@@ -539,7 +539,8 @@ class SQLDatabase(PyDatabase):
                     traces.add(row.trace_json)
                     taken += 1
                     workload = self._workloads_by_id(session, {row.workload_id})[row.workload_id]
-                    out.append(Candidate(row.id, self._to_tvm(row, workload), float(row.mean_run_secs), default=n == 1))
+                    default = DEFAULT_MARK in row.trace_json or row.trace_json.endswith(_DEFAULT_TRACE[1:])
+                    out.append(Candidate(row.id, self._to_tvm(row, workload), float(row.mean_run_secs), default))
         return out
 
     def record_final_times(self, mod: IRModule, times: dict[int, float]) -> None:
