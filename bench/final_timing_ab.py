@@ -27,15 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from by_turns import verified_by_turns  # noqa: E402
 from results_file import write_results  # noqa: E402
-from sqlalchemy import select  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
 from tvm.target import Target  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.config import get_settings  # noqa: E402
-from tuner.db import models  # noqa: E402
-from tuner.db.database import workload_of  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
 from tuner.load.model_io import load_model  # noqa: E402
 from tuner.pipeline import RunRequest, run  # noqa: E402
@@ -51,12 +48,7 @@ def final_timing(db_url: str, target_dict: dict, settings) -> dict:  # noqa: ANN
     """The final timing of every workload the database holds for this target's hardware key."""
     target = Target(target_dict)
     database = open_database(db_url, target_dict, settings.team)
-    r, w = models.TuningRecord, models.Workload
-    with database.engine.connect() as conn:
-        rows = conn.execute(select(w.id, w.shash, w.mod_json).where(w.id.in_(
-            select(r.workload_id).where(r.hardware_key == database.provenance.hardware_key))).order_by(w.id)).all()
-    tasks = [ms.ExtractedTask(f"workload {wid}", workload_of(shash, mod_json).mod, target,
-                              [workload_of(shash, mod_json).mod], 1) for wid, shash, mod_json in rows]
+    tasks = [ms.ExtractedTask(f"workload {wid}", mod, target, [mod], 1) for wid, mod in database.stored_workloads()]
     workers = local_workers(settings, tuning_cores(target))
     try:
         return time_finalists(tasks, target, database, workers, settings, SilentProgress()).as_dict()

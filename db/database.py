@@ -569,6 +569,15 @@ class SQLDatabase(PyDatabase):
         with Session(self.engine) as session:
             return session.scalar(self._fastest([r.id], ids, served(r)))
 
+    def stored_workloads(self) -> list[tuple[int, IRModule]]:
+        """Every workload with a record of this hardware key, by id: what `tuner db verify` (and
+        a benchmark that re-runs a step on a stored database) goes through."""
+        r, w = models.TuningRecord, models.Workload
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(w.id, w.shash, w.mod_json).where(w.id.in_(
+                select(r.workload_id).where(r.hardware_key == self.provenance.hardware_key))).order_by(w.id)).all()
+        return [(wid, workload_of(shash, mod_json).mod) for wid, shash, mod_json in rows]
+
     def workload_ids(self, mod: IRModule) -> list[int]:
         """The stored workloads structurally equal to `mod` (what ``withheld`` takes)."""
         return self._ids(mod)

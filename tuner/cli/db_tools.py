@@ -106,13 +106,10 @@ def verify(settings: Settings, url: str | None, hardware: str | None, team: str 
     """Check the records each workload would be served (record_checks.py) on this machine's
     hardware: without --hardware every key of the database that this machine has, with it
     that key, which it must have (a kernel is checked where it runs)."""
-    from sqlalchemy import select
     from tvm.s_tir import meta_schedule as ms
     from tvm.target import Target
 
     from tuner.cluster.local import LocalChecker
-    from tuner.db import models
-    from tuner.db.database import workload_of
 
     from ..search.record_checks import check_records
     from ..search.tuning import tuning_cores
@@ -129,12 +126,7 @@ def verify(settings: Settings, url: str | None, hardware: str | None, team: str 
     for key, target_dict in sorted(mine.items()):
         target = Target(target_dict)
         database = open_database(db_url, target_dict, team or settings.team)
-        r, w = models.TuningRecord, models.Workload
-        with database.engine.connect() as conn:
-            rows = conn.execute(select(w.id, w.shash, w.mod_json).where(
-                w.id.in_(select(r.workload_id).where(r.hardware_key == key))).order_by(w.id)).all()
-        mods = [(wid, workload_of(shash, mod_json).mod) for wid, shash, mod_json in rows]
-        tasks = [ms.ExtractedTask(f"workload {wid}", mod, target, [mod], 1) for wid, mod in mods]
+        tasks = [ms.ExtractedTask(f"workload {wid}", mod, target, [mod], 1) for wid, mod in database.stored_workloads()]
         progress.message(f"{key}: checking the records of {len(tasks)} workload(s)")
         checker = LocalChecker(tuning_cores(target), settings.checks.timeout_s)
         try:

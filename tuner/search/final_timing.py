@@ -7,8 +7,8 @@ hundred such measurements. On a VM the same ~50 us kernel measured up to 1.5x ap
 runner call to the next (squeezenet's Winograd GEMMs, AMD EPYC znver5, 2026-12-05: the best
 record, stored at 0.045 ms, re-timed 0.060-0.090; its default 0.049-0.136), so the fastest
 measurement is the luckiest more often than the best schedule. (Its measured gain so far: none
-beyond noise on squeezenet, the transformer and resnet50, emeraldrapids; README, session 30.) Here the task's `final_top` fastest searched
-records, its default and the records an earlier final timing ranked are each timed in
+beyond noise on squeezenet, the transformer and resnet50, emeraldrapids; README, session 30.)
+Here the task's `final_top` fastest searched records, its default and the records an earlier final timing ranked are each timed in
 `final_rounds` runner calls, by turns (every round times every candidate once, in a rotated
 order), and the median of a record's rounds ranks it (`models.serving_order`).
 """
