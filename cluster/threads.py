@@ -19,6 +19,14 @@ _configured: int | None = None
 # shared one core (1.9 ms instead of 0.84 on a 128x256x1024 MatMul here).
 _SHARE_ALL_CORES = -3
 
+# How many times TVM's idle pool workers yield before they sleep, when the environment does not
+# say (TVM reads it once, when its pool starts). TVM's 300000 kept a core busy ~150 ms after
+# every parallel call, and ONNX Runtime timed in that window (the report's alternation) ran
+# its first ~10 squeezenet calls 3-4x slow on a 2-core EPYC. 10000 is ~5 ms: longer than any
+# gap between the kernels of one inference, so a module's latency is unchanged (3.0-3.1 ms
+# either way there).
+_SPIN_COUNT = "10000"
+
 
 def use_threads(threads: int) -> None:
     """Run TVM's parallel loops on `threads` threads in this process and its children.
@@ -28,6 +36,7 @@ def use_threads(threads: int) -> None:
     global _configured
     threads = max(1, int(threads))
     os.environ["TVM_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", _SPIN_COUNT)
     if _configured == threads:
         return
     import tvm

@@ -152,7 +152,7 @@ def test_engines_are_timed_in_alternation_so_a_slow_stretch_hits_both(virtual_cl
         sleep(base * (2.0 if now[0] > 0.45 else 1.0))
 
     a, b = measure.interleaved_medians_ms([lambda: engine(0, 0.004), lambda: engine(1, 0.002)], max_runs=100,
-                                          min_seconds=10, block_seconds=0.05, pause_s=0.0)
+                                          min_seconds=10, block_seconds=0.05, settle_s=0.0)
     assert 1.9 < a / b < 2.1, (a, b)
     assert calls == [101, 101]  # a warm-up and max_runs each
     # One after the other, the same slow stretch falls on the second engine alone.

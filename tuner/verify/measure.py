@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -122,18 +123,26 @@ def median_ms(fn: Callable[[], Any], max_runs: int, min_seconds: float) -> float
 
 
 def interleaved_medians_ms(fns: list[Callable[[], Any]], max_runs: int, min_seconds: float,
-                           block_seconds: float = 0.25, pause_s: float = 0.03) -> list[float]:
+                           block_seconds: float = 0.25, settle_s: float = 0.05) -> list[float]:
     """Median wall time of each of `fns`, timed in alternating blocks (the longest about
     `block_seconds`; after one warm-up each), each engine's `max_runs` runs, or `min_seconds`
-    of them, spread evenly over the same rounds,
-    with `pause_s` between blocks: TVM's idle worker threads spin for a while after a parallel
-    kernel, and an engine started in that window shares the cores with them (ONNX Runtime timed
-    right after single TVM calls took 84-91 ms instead of 43-49 on resnet50, 2 cores).
+    of them, spread evenly over the same rounds.
 
     The report's ratios compare engines, so they are timed side by side: on the 2-core VMs
     here the same module's latency drifted by up to 1.8x between stretches of a few seconds
     (resnet50 tuned 46.6, 79.4, 47.4 ms in three consecutive runs, ONNX Runtime timed after it
-    each time 49.0, 43.9, 48.7), and timed one after the other the drift landed on one side."""
+    each time 49.0, 43.9, 48.7), and timed one after the other the drift landed on one side.
+
+    An engine's idle threads keep a core busy after its block: TVM's pool worker yields in a
+    loop for ~150 ms (ONNX Runtime's first ~10 squeezenet calls after it took 11-15 ms instead
+    of 3.7), ONNX Runtime's spin for 40-60 ms (the TVM module's first 3 calls after it 2x slow).
+    So each block starts with `settle_s` of untimed calls of its own engine (none for an engine
+    whose one call outlasts that), and every round takes the engines in a new (seeded) random
+    order, so no engine always follows the same one: in a fixed order, with ONNX Runtime
+    spinning, the module timed right after it read its whole block 1.1-1.8x slow in 3 rounds
+    of 16 while its twins timed next read as before (squeezenet, three VMs of one module, 2-core
+    EPYC znver4; with ORT's spinning off, 24 of 24 rounds alike). Shuffled, such blocks are a
+    minority of every engine's blocks, and its median passes over them."""
     firsts = []
     for fn in fns:
         start = time.perf_counter()
@@ -144,10 +153,16 @@ def interleaved_medians_ms(fns: list[Callable[[], Any]], max_runs: int, min_seco
     # over all of them, so every engine is timed across the whole span.
     rounds = max(math.ceil(w / max(1, int(block_seconds / f))) for w, f in zip(wanted, firsts))
     times: list[list[float]] = [[] for _ in fns]
+    order, shuffle = list(range(len(fns))), random.Random(0).shuffle
     for r in range(rounds):
-        for fn, t, w in zip(fns, times, wanted):
-            time.sleep(pause_s)
-            for _ in range(w * (r + 1) // rounds - len(t)):
+        shuffle(order)
+        for i in order:
+            fn, t = fns[i], times[i]
+            if firsts[i] < settle_s:
+                settled = time.perf_counter() + settle_s
+                while time.perf_counter() < settled:
+                    fn()
+            for _ in range(wanted[i] * (r + 1) // rounds - len(t)):
                 start = time.perf_counter()
                 fn()
                 t.append(time.perf_counter() - start)
