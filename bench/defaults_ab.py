@@ -76,14 +76,16 @@ def compare_model(name: str, switch: str, work: Path, target: dict, rounds: int,
     row: dict = {"model": name, **({"tuned_trials_per_task": tune, "tuning": tuned["tuning"]} if tune else {})}
     modules = {label: TVMModel(compile_tuned(fused, tgt, db).executable, list(loaded.input_shapes))
                for label, fused in (("with", fused_on), ("without", fused_off))}
-    timed, row["onnxruntime_ms"] = verified_by_turns(loaded, modules, int(target["num-cores"]), rounds, 5.0)
-    row.update(timed)
+    timed = verified_by_turns(loaded, modules, int(target["num-cores"]), rounds, 5.0)
+    row.update(timed.modules)
+    row["onnxruntime_ms"], row["core_round_trip_ns"] = timed.onnxruntime_ms, timed.core_round_trip_ns
     ratios = [a / b for a, b in zip(row["with"]["ms"], row["without"]["ms"])]
     row["with_vs_without"] = ratios
     print(f"[ab] {name}: with {switch} " + ", ".join(f"{a:.2f}" for a in row["with"]["ms"]) + " ms, without "
           + ", ".join(f"{b:.2f}" for b in row["without"]["ms"]) + " ms (with/without "
           + ", ".join(f"{r:.3f}" for r in ratios) + "), ORT " + ", ".join(f"{o:.2f}" for o in row["onnxruntime_ms"])
-          + f" ms; max abs error {row['with']['max_abs_error']:.1e} / {row['without']['max_abs_error']:.1e}",
+          + " ms; cores' round trip " + ", ".join("?" if c is None else f"{c:.0f}" for c in row["core_round_trip_ns"])
+          + f" ns; max abs error {row['with']['max_abs_error']:.1e} / {row['without']['max_abs_error']:.1e}",
           flush=True)
     return row
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from by_turns import verified_by_turns  # noqa: E402
+from by_turns import round_line, verified_by_turns  # noqa: E402
 from results_file import write_results  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
@@ -97,11 +97,9 @@ def main() -> None:
         loaded = load_model(args.model, {})
         modules = {label: TVMModel(Path(path), list(loaded.input_shapes)) for label, path in paths.items()}
 
-        def show(r: int, times: dict[str, float], ort_time: float) -> None:
-            print(f"[{r}] " + ", ".join(f"{k} {t:.3f}" for k, t in times.items()) + f", ORT {ort_time:.3f} ms",
-                  flush=True)
-
-        rows, ort_ms = verified_by_turns(loaded, modules, args.threads, args.rounds, 3.0, show)
+        timed = verified_by_turns(loaded, modules, args.threads, args.rounds, 3.0,
+                                  lambda *a: print(round_line(*a), flush=True))
+        rows, ort_ms = timed.modules, timed.onnxruntime_ms
     for label, row in rows.items():
         row["median_vs_searched"] = statistics.median(a / b for a, b in zip(row["ms"], rows["searched"]["ms"]))
         row["median_vs_onnxruntime"] = statistics.median(a / o for a, o in zip(row["ms"], ort_ms))
@@ -110,6 +108,7 @@ def main() -> None:
     if args.out:
         write_results({"cpu": machine(), "model": args.model, "target": target, "db": args.db,
                        "final_timing": timing, "modules": rows, "onnxruntime_ms": ort_ms,
+                       "core_round_trip_ns": timed.core_round_trip_ns,
                        "settings": {"final_top": settings.search.final_top,
                                     "final_rounds": settings.search.final_rounds}}, args.out)
         print(f"wrote {args.out}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from by_turns import verified_by_turns  # noqa: E402
+from by_turns import round_line, verified_by_turns  # noqa: E402
 from results_file import write_results  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
@@ -49,11 +49,9 @@ def main() -> None:
     loaded = load_model(args.model, {})
     modules = {label: TVMModel(path, list(loaded.input_shapes)) for label, path in args.modules}
 
-    def show(r: int, times: dict[str, float], ort_time: float) -> None:
-        print(f"[{r}] " + ", ".join(f"{label} {t:.3f}" for label, t in times.items()) + f", ORT {ort_time:.3f} ms",
-              flush=True)
-
-    rows, ort_ms = verified_by_turns(loaded, modules, args.threads, args.rounds, 3.0, show)
+    timed = verified_by_turns(loaded, modules, args.threads, args.rounds, 3.0,
+                              lambda *a: print(round_line(*a), flush=True))
+    rows, ort_ms = timed.modules, timed.onnxruntime_ms
     first = args.modules[0][0]
     for label, path in args.modules:
         rows[label]["path"] = str(path)
@@ -65,7 +63,7 @@ def main() -> None:
               f"/ ORT {row['median_vs_onnxruntime']:.3f}, max abs error {row['max_abs_error']:.1e}")
     if args.out:
         write_results({"cpu": machine(), "model": args.model, "threads": args.threads, "modules": rows,
-                       "onnxruntime_ms": ort_ms}, args.out)
+                       "onnxruntime_ms": ort_ms, "core_round_trip_ns": timed.core_round_trip_ns}, args.out)
         print(f"wrote {args.out}")
 
 

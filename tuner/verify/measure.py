@@ -68,8 +68,7 @@ class ORTModel:
     deploys. With spinning off (as the report timed it until 2026-12-03, to keep ORT's spinning
     threads away from TVM's timing) ORT was 15-20% slower on the transformer and squeezenet and
     its time swung when interleaved with TVM's (squeezenet 4.9-7.5 ms vs 4.0-4.5 spinning, 2-core
-    EPYC), while the TVM module timed beside spinning ORT was as fast as alone: the pause between
-    the alternating blocks (`interleaved_medians_ms`) outlasts ORT's spin."""
+    EPYC). Its spin outlasting its calls (40-60 ms) is dealt with by `interleaved_medians_ms`."""
 
     def __init__(self, proto: onnx.ModelProto, threads: int = 0) -> None:
         import onnxruntime as ort
