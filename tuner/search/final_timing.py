@@ -6,8 +6,8 @@ The search measures each candidate once, in its own runner call, minutes apart f
 hundred such measurements. On a VM the same ~50 us kernel measured up to 1.5x apart from one
 runner call to the next (squeezenet's Winograd GEMMs, AMD EPYC znver5, 2026-12-05: the best
 record, stored at 0.045 ms, re-timed 0.060-0.090; its default 0.049-0.136), so the fastest
-measurement is the luckiest more often than the best schedule. (Its measured gain so far: none
-beyond noise on squeezenet, the transformer and resnet50, emeraldrapids; README, session 30.)
+measurement is the luckiest more often than the best schedule. (Measured gain: squeezenet's
+module 0.986x the search's pick, 10 of 11 rounds by turns below 1, znver4; README, session 31.)
 Here the task's `final_top` fastest searched records, its default and the records an earlier final timing ranked are each timed in
 `final_rounds` runner calls, by turns (every round times every candidate once, in a rotated
 order), and the median of a record's rounds ranks it (`models.serving_order`).
