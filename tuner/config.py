@@ -28,8 +28,8 @@ class SearchSettings(BaseModel):
     max_trials_per_iter: int = Field(64, ge=1)
     # The final timing (tuner/search/final_timing.py): a task's `final_top` fastest searched
     # records and its default, timed again in `final_rounds` runner calls by turns, pick the
-    # record it is served. 0: served by the search's own times.
-    final_top: int = Field(4, ge=0)
+    # record it is served. 0 (default, README says why): served by the search's own times.
+    final_top: int = Field(0, ge=0)
     final_rounds: int = Field(5, ge=1)
 
 
