@@ -187,7 +187,7 @@ def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | N
     tile over 8, shared memory over 48 KB), so the evolutionary search's initial population
     (init_min_unmeasured valid ones) took ~12 of a round's ~16 s per task, and with an untrained
     cost model the evolution after it picks at random anyway; ReplayTrace draws a round's
-    few candidates in 3-7 s."""
+    few candidates in 3-7 s. On CPU the evolution of such a round cost ~2.5 s per task."""
     first = (lambda: ms.search_strategy.ReplayTrace(max_fail_count=REPLAY_FAILS)) if config.random_first_round else None
     return ContainedSearch(lambda: ms.search_strategy.EvolutionarySearch(
         population_size=config.population_size,

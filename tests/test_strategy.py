@@ -185,7 +185,7 @@ def test_a_first_round_strategy_that_fails_to_start_leaves_the_task_to_the_evolu
     assert calls == [] and rounds >= 1 and drawn == 12
 
 
-def test_cuda_searches_start_random_unless_a_trained_model_steers_them(settings: Settings) -> None:
+def test_searches_start_random_unless_a_trained_model_steers_them(settings: Settings) -> None:
     cuda = Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024, "host": TARGET})
     cpu = Target(TARGET)
     gpu_config = tuning.search_config(settings, cuda, trained=False)
@@ -193,4 +193,5 @@ def test_cuda_searches_start_random_unless_a_trained_model_steers_them(settings:
     assert gpu_config.init_min_unmeasured == settings.search.init_min_unmeasured_gpu
     assert not tuning.search_config(settings, cuda, trained=True).random_first_round
     cpu_config = tuning.search_config(settings, cpu, trained=False)
-    assert not cpu_config.random_first_round and cpu_config.init_min_unmeasured == settings.search.init_min_unmeasured
+    assert cpu_config.random_first_round and cpu_config.init_min_unmeasured == settings.search.init_min_unmeasured
+    assert not tuning.search_config(settings, cpu, trained=True).random_first_round
