@@ -245,6 +245,12 @@ def cost_model(num_cores: int, start: Trained | None = None, retrain: str = "ada
     return model
 
 
+def scores_at_random(model: ms.cost_model.XGBModel) -> bool:
+    """Whether `model` still predicts at random (XGBModel below `num_warmup_samples`, or not yet
+    fitted): an evolution it steers picks at random, at the evolution's cost in time."""
+    return model.data_size < model.num_warmup_samples or model.booster is None
+
+
 def default_ranker(trained: Trained, target: Target) -> Callable[[IRModule, list[Schedule]], int] | None:
     """Ranks a workload's candidate default schedules (schedules/defaults.py) by the trained
     model's predicted throughput, without measuring any: the index of the best, the first

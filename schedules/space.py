@@ -178,11 +178,13 @@ REPLAY_FAILS = 256
 
 
 def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | None = None,
-                    stop: Callable[[], bool] | None = None) -> ms.SearchStrategy:
+                    stop: Callable[[], bool] | None = None,
+                    untrained: Callable[[], bool] | None = None) -> ms.SearchStrategy:
     """Evolutionary search whose errors end its own task only (see strategy.py); `report`
     hears of each task so ended; once `stop()` is true, every task's search ends.
 
-    ``config.random_first_round``: each task's first round is random valid schedules. On CUDA
+    ``config.random_first_round``: each task's first round is random valid schedules, and so is
+    every later round while `untrained()` says the cost model still scores at random. On CUDA
     97-99% of random samples fail VerifyGPUCode (resnet50's convolutions: a virtual-thread
     tile over 8, shared memory over 48 KB), so the evolutionary search's initial population
     (init_min_unmeasured valid ones) took ~12 of a round's ~16 s per task, and with an untrained
@@ -193,5 +195,5 @@ def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | N
         population_size=config.population_size,
         init_min_unmeasured=min(config.init_min_unmeasured, config.population_size),
         genetic_num_iters=config.genetic_num_iters,
-    ), report, stop, first)
+    ), report, stop, first, untrained)
 

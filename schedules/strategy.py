@@ -12,7 +12,8 @@ schedule) while the others go on.
 
 It can also give each task's first round to another strategy (`make_first`, random valid
 schedules: `space.search_strategy`), while a cost model that has seen no measurement would only
-steer the evolution at random; its candidates count as the evolutionary search's own trials.
+steer the evolution at random; with `untrained`, every later round too while that says the cost
+model still scores at random. Those candidates count as the evolutionary search's own trials.
 If that strategy fails to start (its pre-tuning raises), the evolutionary search draws the first
 round too: the task is not ended for it.
 """
@@ -38,20 +39,24 @@ class ContainedSearch(PySearchStrategy):
     """Delegates to `make_inner()` (an EvolutionarySearch); an exception from its pre-tuning or
     from generating candidates is retried `ATTEMPTS` times per round, then ends this task's
     search, reported through `report(task name, error)`. Once `stop()` is true every task's
-    search ends. `make_first`, if given, makes the strategy of each task's first round."""
+    search ends. `make_first`, if given, makes the strategy of each task's first round, and of
+    each later one while `untrained()` is true."""
 
     def __init__(self, make_inner: Callable[[], ms.SearchStrategy],
                  report: Callable[[str, str], None] | None = None,
                  stop: Callable[[], bool] | None = None,
-                 make_first: Callable[[], ms.SearchStrategy] | None = None) -> None:
+                 make_first: Callable[[], ms.SearchStrategy] | None = None,
+                 untrained: Callable[[], bool] | None = None) -> None:
         self.make_inner = make_inner
         self.make_first = make_first
+        self.untrained = untrained
         self.report = report
         self.stop = stop
         self.inner = make_inner()
         self.first = make_first() if make_first is not None else None
         self.first_started = False  # `first` started (its pre-tuning did not raise)
         self.first_pending = False  # the first round is still to be drawn by `first`
+        self.first_drew = False  # the round now measured was drawn by `first`
         self.task_name = "task"
         self.ended = False
 
@@ -87,13 +92,15 @@ class ContainedSearch(PySearchStrategy):
         # task scheduler return normally; an exception raised inside its C++ loop can kill it.
         if self.ended or (self.stop is not None and self.stop()):
             return None
-        if self.first_pending:
+        self.first_drew = False
+        if self.first_pending or (self.first_started and self.untrained is not None and self.untrained()):
             self.first_pending = False
             try:
                 drawn = self.first.generate_measure_candidates()
             except Exception:  # noqa: BLE001 - the evolutionary search draws this round instead
                 drawn = None
             if drawn:
+                self.first_drew = True
                 return drawn
         for attempt in range(ATTEMPTS):
             try:
@@ -108,9 +115,11 @@ class ContainedSearch(PySearchStrategy):
         # (its budget), and learns nothing else from them but through the database and the
         # cost model, which the task scheduler updates.
         self.inner.notify_runner_results(measure_candidates, results)
+        if self.first_drew:  # and `first` counts its own draws (ReplayTrace's next round)
+            self.first.notify_runner_results(measure_candidates, results)
 
     def clone(self) -> ms.SearchStrategy:
-        return ContainedSearch(self.make_inner, self.report, self.stop, self.make_first)
+        return ContainedSearch(self.make_inner, self.report, self.stop, self.make_first, self.untrained)
 
     def _end(self, exc: Exception) -> None:
         self.ended = True

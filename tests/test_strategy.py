@@ -89,7 +89,8 @@ class Curve(Messages):
 def test_a_task_whose_search_raises_ends_alone(monkeypatch: pytest.MonkeyPatch, settings: Settings,
                                                tmp_path: Path) -> None:
     monkeypatch.setattr(tuning, "search_strategy",
-                        lambda cfg, report=None, stop=None: strategy.ContainedSearch(lambda: Flaky(_evolutionary(cfg)), report, stop))
+                        lambda cfg, report=None, stop=None, untrained=None: strategy.ContainedSearch(
+                            lambda: Flaky(_evolutionary(cfg)), report, stop))
     target = Target(TARGET)
     tasks = [ms.ExtractedTask(name, mod, target, [mod], 1)
              for name, mod in (("always", matmul(32)), ("once", matmul(48)))]
@@ -146,15 +147,16 @@ def test_a_default_schedule_is_measured_once(settings: Settings, sqlite_url: str
     assert len(database) == 2  # one record per default, not two
 
 
-def _search_with_first_round(first: Callable[[], ms.SearchStrategy]) -> tuple[int, int]:
-    """(rounds, trials drawn) of one task's ContainedSearch with a budget of 12 and `first` as
-    its first-round strategy."""
+def _search_with_first_round(first: Callable[[], ms.SearchStrategy],
+                             untrained: Callable[[], bool] | None = None) -> tuple[int, int]:
+    """(rounds, trials drawn) of one task's ContainedSearch with a budget of 12 (rounds of 4) and
+    `first` as its first-round strategy (and of later rounds while `untrained()`)."""
     from tuner.schedules.space import space_generator
 
     target = Target(TARGET)
     search = strategy.ContainedSearch(
         lambda: ms.search_strategy.EvolutionarySearch(population_size=16, init_min_unmeasured=4, genetic_num_iters=1),
-        make_first=first)
+        make_first=first, untrained=untrained)
     context = ms.TuneContext(mod=matmul(32), target=target, space_generator=space_generator(target),
                              search_strategy=search, task_name="t", num_threads=1)
     search.pre_tuning(12, 4, context.generate_design_space(), ms.database.MemoryDatabase(),
@@ -175,6 +177,26 @@ def test_a_random_first_round_counts_against_the_evolutionary_budget() -> None:
     # The first round was the random one, the later ones the evolutionary search's, and the
     # budget of 12 trials held across both.
     assert calls == [1] and rounds >= 2 and drawn == 12
+
+
+def test_rounds_stay_random_while_the_cost_model_scores_at_random() -> None:
+    """The model learns after the second round: rounds 1-2 are ReplayTrace's (each a fresh draw:
+    it counted its own trials), round 3 the evolutionary search's, 12 trials in all."""
+    calls: list[int] = []
+    asked: list[int] = []
+
+    def untrained() -> bool:
+        asked.append(1)
+        return len(asked) < 2  # asked from the second round on: true once, then false
+
+    rounds, drawn = _search_with_first_round(
+        lambda: Flaky(lambda: ms.search_strategy.ReplayTrace(max_fail_count=16), calls), untrained)
+    assert calls == [1, 1] and rounds == 3 and drawn == 12
+    # Without the predicate only the first round is random.
+    calls.clear()
+    rounds, drawn = _search_with_first_round(lambda: Flaky(lambda: ms.search_strategy.ReplayTrace(max_fail_count=16),
+                                                           calls))
+    assert calls == [1] and rounds == 3 and drawn == 12
 
 
 def test_a_first_round_strategy_that_fails_to_start_leaves_the_task_to_the_evolutionary_search() -> None:

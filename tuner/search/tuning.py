@@ -22,7 +22,7 @@ from tvm.target import Target
 
 from tuner.cluster.local import LocalBuilder, LocalChecker, LocalRunner
 from tuner.db.database import DEFAULT_MARK, SQLDatabase
-from tuner.schedules.cost_model import cost_model, default_ranker
+from tuner.schedules.cost_model import cost_model, default_ranker, scores_at_random
 from tuner.schedules.defaults import Ranker, default_schedule
 from tuner.schedules.space import (
     SearchConfig,
@@ -250,10 +250,11 @@ def search_config(settings: Settings, target: Target, trained: bool) -> SearchCo
     """The evolutionary search's settings for `target`. On CUDA, where nearly every random
     schedule fails the GPU checks, each round's initial population needs fewer valid random
     samples (`init_min_unmeasured_gpu`). Unless a trained cost model steers it from the start,
-    each task's first round is random valid schedules (`SearchConfig.random_first_round`): an
-    untrained XGBoost model scores at random, so the evolution only spent time. On CPU that round
-    took ~110 s for squeezenet's 34 tasks, drawn at random ~20 s (`tuner run zoo:squeezenet
-    --trials 64`: 4 min 53 s -> 2 min 58 s, AMD EPYC znver4)."""
+    each task's first round is random valid schedules (`SearchConfig.random_first_round`), and
+    so is every round while the run's model has seen fewer than its warm-up samples: an untrained
+    XGBoost model scores at random, so the evolution only spent time. On CPU the first round took
+    ~110 s for squeezenet's 34 tasks, drawn at random ~20 s (`tuner run zoo:squeezenet --trials
+    64`: 4 min 53 s -> 2 min 58 s, AMD EPYC znver4)."""
     gpu = target.kind.name == "cuda"
     return SearchConfig(
         population_size=settings.search.population_size,
@@ -264,7 +265,8 @@ def search_config(settings: Settings, target: Target, trained: bool) -> SearchCo
 
 
 def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list[logging.Logger], seed: int,
-                    cfg: SearchConfig, cores: int, progress: Progress) -> tuple[list[ms.TuneContext], list[int]]:
+                    cfg: SearchConfig, cores: int, progress: Progress,
+                    untrained: Callable[[], bool] | None = None) -> tuple[list[ms.TuneContext], list[int]]:
     """One TuneContext per task whose design space can be generated, and those tasks' indices.
 
     Each task's design spaces are drawn here, once, and the context searches exactly those (see
@@ -275,7 +277,7 @@ def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list
                 space: ms.SpaceGenerator, searched: bool = False) -> ms.TuneContext:
         """A probe (draws the design spaces) or, `searched`, the context the scheduler tunes."""
         return ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space,
-                              search_strategy=search_strategy(cfg, ended, interrupt_requested) if searched else None,
+                              search_strategy=search_strategy(cfg, ended, interrupt_requested, untrained) if searched else None,
                               task_name=task.task_name, logger=logger, rand_state=rand_state, num_threads=cores)
 
     def ended(task_name: str, error: str) -> None:
@@ -340,7 +342,9 @@ def tune(
             if isinstance(database, SQLDatabase) and settings.cost_model.transfer:
                 start = start_model(database, progress)
             cfg = search_config(settings, target, trained=start.trained is not None)
-            contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress)
+            model = cost_model(cores, start.trained, settings.cost_model.retrain)
+            contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress,
+                                             lambda: scores_at_random(model))
             weights = [float(tasks[i].weight) for i in kept]
             if not interrupt_requested():
                 progress.message(f"measuring the default schedules of {len(tasks)} task(s)")
@@ -365,7 +369,7 @@ def tune(
                     builder=workers.builder,
                     runner=workers.runner,
                     database=database,
-                    cost_model=cost_model(cores, start.trained, settings.cost_model.retrain),
+                    cost_model=model,
                     measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
                     task_scheduler=ms.task_scheduler.GradientBased(seed=seed),
                 )
