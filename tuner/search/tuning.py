@@ -9,8 +9,8 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +254,8 @@ def search_config(settings: Settings, target: Target, trained: bool) -> SearchCo
     so is every round while the run's model has seen fewer than its warm-up samples: an untrained
     XGBoost model scores at random, so the evolution only spent time. On CPU the first round took
     ~110 s for squeezenet's 34 tasks, drawn at random ~20 s (`tuner run zoo:squeezenet --trials
-    64`: 4 min 53 s -> 2 min 58 s, AMD EPYC znver4)."""
+    64`: 4 min 53 s, 2 min 58 s with the first round random, 1 min 23 s with every untrained
+    round random; AMD EPYC znver4)."""
     gpu = target.kind.name == "cuda"
     return SearchConfig(
         population_size=settings.search.population_size,
@@ -264,20 +265,34 @@ def search_config(settings: Settings, target: Target, trained: bool) -> SearchCo
     )
 
 
+def seeded_tasks(tasks: list[ms.ExtractedTask], database: ms.Database) -> set[int]:
+    """The tasks whose evolutionary search would start from records in the database (what its
+    `get_top_k` gives: earlier searches here, or warm-start records of compatible hardware)."""
+    return {i for i, task in enumerate(tasks)
+            if database.has_workload(task.dispatched[0])
+            and database.get_top_k(database.commit_workload(task.dispatched[0]), 1)}
+
+
 def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list[logging.Logger], seed: int,
                     cfg: SearchConfig, cores: int, progress: Progress,
-                    untrained: Callable[[], bool] | None = None) -> tuple[list[ms.TuneContext], list[int]]:
+                    untrained: Callable[[], bool] | None = None,
+                    seeded: Collection[int] = ()) -> tuple[list[ms.TuneContext], list[int]]:
     """One TuneContext per task whose design space can be generated, and those tasks' indices.
+
+    The tasks in `seeded` start their search from records already in the database (warm start
+    from compatible hardware, an earlier search): on CPU their rounds are never drawn at random
+    (`cfg.random_first_round`), so the evolution starts from those records.
 
     Each task's design spaces are drawn here, once, and the context searches exactly those (see
     `design_spaces`). TVM's tensor-core rules fail on some fp16 kernels: those tasks are searched
     in the plain CUDA space; a task with no usable space at all is left out (it keeps its default
     schedule) instead of ending the run."""
     def context(task: ms.ExtractedTask, logger: logging.Logger, rand_state: int,
-                space: ms.SpaceGenerator, searched: bool = False) -> ms.TuneContext:
-        """A probe (draws the design spaces) or, `searched`, the context the scheduler tunes."""
+                space: ms.SpaceGenerator, searched: SearchConfig | None = None) -> ms.TuneContext:
+        """A probe (draws the design spaces) or, `searched` (its config), the context the scheduler tunes."""
         return ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space,
-                              search_strategy=search_strategy(cfg, ended, interrupt_requested, untrained) if searched else None,
+                              search_strategy=search_strategy(searched, ended, interrupt_requested, untrained)
+                              if searched is not None else None,
                               task_name=task.task_name, logger=logger, rand_state=rand_state, num_threads=cores)
 
     def ended(task_name: str, error: str) -> None:
@@ -301,7 +316,8 @@ def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list
                 progress.message(f"{task.task_name}: no design space could be generated; it keeps its default schedule")
                 continue
             progress.message(f"{task.task_name}: the tensor-core space {problem}; searching the plain CUDA space")
-        contexts.append(context(task, logger, rand_state, fixed_space(spaces, target, mod, tensor_cores), searched=True))
+        mine = replace(cfg, random_first_round=False) if i in seeded and target.kind.name == "llvm" else cfg
+        contexts.append(context(task, logger, rand_state, fixed_space(spaces, target, mod, tensor_cores), searched=mine))
         kept.append(i)
     return contexts, kept
 
@@ -344,7 +360,7 @@ def tune(
             cfg = search_config(settings, target, trained=start.trained is not None)
             model = cost_model(cores, start.trained, settings.cost_model.retrain)
             contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress,
-                                             lambda: scores_at_random(model))
+                                             lambda: scores_at_random(model), seeded_tasks(tasks, database))
             weights = [float(tasks[i].weight) for i in kept]
             if not interrupt_requested():
                 progress.message(f"measuring the default schedules of {len(tasks)} task(s)")
