@@ -35,7 +35,7 @@ from . import models
 
 # A trace without sampling decisions ("[insts, []]", as record_row writes it) was not found by
 # the search: a default schedule stored beside the search's records (dlight on CUDA).
-_DEFAULT_TRACE = "%, []]"
+_NO_DECISIONS = ", []]"
 # The root-block annotation that marks a stored default schedule whatever its trace holds (a
 # CPU default is a sample of the design space, decisions included).
 DEFAULT_MARK = "tuner.default_schedule"
@@ -63,8 +63,13 @@ def _searched(r: type[models.TuningRecord], traceless_defaults: bool) -> list[An
     """Conditions that leave stored default schedules out."""
     conditions = [r.trace_json.not_like(f"%{DEFAULT_MARK}%")]
     if traceless_defaults:
-        conditions.append(r.trace_json.not_like(_DEFAULT_TRACE))
+        conditions.append(r.trace_json.not_like(f"%{_NO_DECISIONS}"))
     return conditions
+
+
+def _stored_default(trace_json: str) -> bool:
+    """`_searched(r, traceless_defaults=True)` of one record, in Python: a stored default schedule."""
+    return DEFAULT_MARK in trace_json or trace_json.endswith(_NO_DECISIONS)
 
 
 def signed_shash(mod: IRModule) -> int:
@@ -539,8 +544,8 @@ class SQLDatabase(PyDatabase):
                     traces.add(row.trace_json)
                     taken += 1
                     workload = self._workloads_by_id(session, {row.workload_id})[row.workload_id]
-                    default = DEFAULT_MARK in row.trace_json or row.trace_json.endswith(_DEFAULT_TRACE[1:])
-                    out.append(Candidate(row.id, self._to_tvm(row, workload), float(row.mean_run_secs), default))
+                    out.append(Candidate(row.id, self._to_tvm(row, workload), float(row.mean_run_secs),
+                                         _stored_default(row.trace_json)))
         return out
 
     def record_final_times(self, mod: IRModule, times: dict[int, float]) -> None:

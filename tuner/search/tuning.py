@@ -279,9 +279,8 @@ def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list
                     seeded: Collection[int] = ()) -> tuple[list[ms.TuneContext], list[int]]:
     """One TuneContext per task whose design space can be generated, and those tasks' indices.
 
-    The tasks in `seeded` start their search from records already in the database (warm start
-    from compatible hardware, an earlier search): on CPU their rounds are never drawn at random
-    (`cfg.random_first_round`), so the evolution starts from those records.
+    The tasks in `seeded` are searched without random rounds (`cfg.random_first_round` off), so
+    their evolution starts from the records the database holds for them.
 
     Each task's design spaces are drawn here, once, and the context searches exactly those (see
     `design_spaces`). TVM's tensor-core rules fail on some fp16 kernels: those tasks are searched
@@ -316,7 +315,7 @@ def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list
                 progress.message(f"{task.task_name}: no design space could be generated; it keeps its default schedule")
                 continue
             progress.message(f"{task.task_name}: the tensor-core space {problem}; searching the plain CUDA space")
-        mine = replace(cfg, random_first_round=False) if i in seeded and target.kind.name == "llvm" else cfg
+        mine = replace(cfg, random_first_round=False) if i in seeded else cfg
         contexts.append(context(task, logger, rand_state, fixed_space(spaces, target, mod, tensor_cores), searched=mine))
         kept.append(i)
     return contexts, kept
@@ -359,8 +358,11 @@ def tune(
                 start = start_model(database, progress)
             cfg = search_config(settings, target, trained=start.trained is not None)
             model = cost_model(cores, start.trained, settings.cost_model.retrain)
+            # On CPU a task with records of its own (warm start, an earlier search) evolves from
+            # them; CUDA's random first round stays (its evolution's own draws are the slow part).
+            seeded = seeded_tasks(tasks, database) if cfg.random_first_round and target.kind.name == "llvm" else set()
             contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress,
-                                             lambda: scores_at_random(model), seeded_tasks(tasks, database))
+                                             lambda: scores_at_random(model), seeded)
             weights = [float(tasks[i].weight) for i in kept]
             if not interrupt_requested():
                 progress.message(f"measuring the default schedules of {len(tasks)} task(s)")
