@@ -22,6 +22,9 @@ SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
     "vector-step": (register_blocking, "vector_step", lambda isa, full, _widths: isa.lanes if isa.lanes < full else None),
     # register blocks sweeping the vector blocks inside each row block (register_blocking.rows_outer)
     "a-stationary": (register_blocking, "rows_outer", lambda *_: False),
+    # threads split GEMMs by rows where activations outweigh weights (register_blocking.rows_parallel):
+    # off, by the rule's cache order (output channels, Winograd positions)
+    "rows-parallel": (register_blocking, "rows_parallel", lambda *_: False),
     # convolutions with few output tiles left direct (winograd.enough_tiles): off, every eligible one Winograd
     "winograd-min-tiles": (winograd, "enough_tiles", lambda *_: True),
 }

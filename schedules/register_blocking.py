@@ -47,6 +47,9 @@ from .isa import VectorISA, vector_isa
 # blocks that carry a `schedule_rule` annotation.
 RULE_NAME = "tuner.register_blocked"
 ANNOTATION = "schedule_rule"
+# The block of a Winograd convolution's 36 GEMMs (`tuner/rewrite/winograd.py`): batched over the
+# transform's positions, which its neighbours do not split their threads by (`rows_parallel`).
+WINOGRAD_GEMM = "bgemm"
 
 
 def _keep(sch: Schedule, block: SBlockRV) -> list[Schedule]:
@@ -270,6 +273,37 @@ def rows_outer(reduction: int, vector_extent: int, vector_block: int, isa: Vecto
     return vector_extent > vector_block and reduction * vector_extent * 4 <= isa.l1d_bytes // 2
 
 
+def _operand_bytes(block: tvm.s_tir.SBlock, b_index: int) -> tuple[int, int, int]:
+    """Bytes of A, B and C as their buffers hold them."""
+    def size(region: tirx.stmt.TensorRegion) -> int:
+        return math.prod(int(d) for d in region.source.shape) * region.source.dtype.bits // 8
+    return size(block.reads[1 - b_index]), size(block.reads[b_index]), size(block.writes[0])
+
+
+def rows_parallel(operand_bytes: tuple[int, int, int], others_extent: int, winograd: bool) -> bool:
+    """Whether the threads split the kernel by its rows (output pixels, tiles, tokens) rather
+    than by its outer loops in the rule's cache order (often the output channels).
+
+    TVM's thread pool hands thread t the t-th contiguous chunk of a kernel's parallel loop, and
+    the kernels around a GEMM (Winograd transforms, pools, concatenations, the elementwise
+    kernels, MetaSchedule's tilings) split theirs by the output's rows. A GEMM split by output
+    channels, or a Winograd GEMM split by its 36 positions, reads half of its input from the
+    other core's cache and leaves half of its output there for the next kernel. Between cores
+    that share no L3 (a VM's vCPUs on two CCXs, a server's threads across CCXs) a cache line's
+    round trip took 330-350 ns against 55-81 within one (`bench/core_latency.py`), and
+    squeezenet's Winograd kernels ran 2-7x slower there (`bench/results/core-states-squeezenet-
+    znver4.json`). Split by rows, each thread reads the activations it wrote itself and all of
+    the weights, which every core caches alike; so it pays where the activations outweigh the
+    weights (a network's early layers, every Winograd GEMM of squeezenet), not where a layer's
+    weights dwarf its pixels (resnet50's 7x7 layers: 4 MB of weights, 0.4 MB of input).
+    Batched GEMMs (attention heads) keep their batch outermost, as their neighbours do."""
+    a, b, c = operand_bytes
+    activations, weights = a + c, b
+    if winograd:
+        return activations >= weights
+    return others_extent == 1 and activations >= weights
+
+
 def register_blocks(rows_extent: int, vector_extent: int, isa: VectorISA) -> tuple[list[MicroKernel], VectorISA]:
     """The register blocks for a kernel and the ISA narrowed to the vectors they use.
 
@@ -395,10 +429,18 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     # B's packed panel (the reduction x one register block's vectors) stays in cache while
     # every row block of A passes over it, unless all of B fits in L1 (`rows_outer`).
     reduction = math.prod(e for e, s in zip(extents, spatial) if not s)
-    chosen = [r_outer, v_outer] if rows_outer(reduction, extents[roles.vector], best.nv * isa.lanes, isa) \
-        else [v_outer, r_outer]
-    sch.reorder(*others, *chosen, *reduce, r_inner, v_inner)
-    tile = chosen[-1]
+    others_extent = math.prod(e for i, e in enumerate(extents) if spatial[i] and i not in (*roles.rows, roles.vector))
+    by_rows = rows_parallel(_operand_bytes(block, roles.b_index), others_extent, block.name_hint == WINOGRAD_GEMM)
+    if by_rows:
+        # The threads split the rows, as the kernels before and after split theirs (see
+        # `rows_parallel`): a Winograd GEMM's 36 positions go inside the row blocks.
+        order = [r_outer, *others, v_outer]
+    else:
+        chosen = [r_outer, v_outer] if rows_outer(reduction, extents[roles.vector], best.nv * isa.lanes, isa) \
+            else [v_outer, r_outer]
+        order = [*others, *chosen]
+    sch.reorder(*order, *reduce, r_inner, v_inner)
+    tile = order[-1]
     if roles.a_vector_dim is not None and not _channel_last(sch, block_rv, 1 - roles.b_index, roles.a_vector_dim,
                                                            isa.lanes):
         return None
@@ -423,7 +465,7 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
         if inner:
             _vectorize(sch, inner[-1], narrowed_lanes)
         sch.annotate(b, ANNOTATION, RULE_NAME)
-    fused = sch.fuse(*others, *chosen)
+    fused = sch.fuse(*order)
     sch.parallel(fused)
     sch.unroll(r_inner)
     _vectorize(sch, v_inner, narrowed_lanes)

@@ -271,3 +271,15 @@ def test_a_vector_loop_that_may_span_3_registers_is_emitted_as_one_register_vect
     assert register_blocking.vector_step(isa, 16, [16, 48]) == 16
     narrowed = VectorISA("avx512", 8, 32)  # 1000 channels: 8-lane vectors on AVX-512
     assert register_blocking.vector_step(narrowed, 16, [8, 16]) == 8
+
+
+def test_threads_split_the_rows_where_activations_outweigh_the_weights() -> None:
+    # squeezenet's first Winograd GEMM (A 0.45 MB, weights 0.15, C 1.8): by tiles, as its transforms
+    assert register_blocking.rows_parallel((451584, 147456, 1806336), 36, True)
+    # resnet50's 7x7 layers' Winograd GEMM: 37.7 MB of weights for 4 tiles stay split by position
+    assert not register_blocking.rows_parallel((36 * 4 * 512 * 4, 37748736, 36 * 4 * 512 * 4), 36, True)
+    # a 1x1 convolution 64 -> 256 on 56x56 rows, and 2048 -> 512 on 7x7 ones
+    assert register_blocking.rows_parallel((56 * 56 * 64 * 4, 64 * 256 * 4, 56 * 56 * 256 * 4), 1, False)
+    assert not register_blocking.rows_parallel((49 * 2048 * 4, 2048 * 512 * 4, 49 * 512 * 4), 1, False)
+    # attention's batched matmuls keep their heads outermost, as the softmax after them
+    assert not register_blocking.rows_parallel((4 * 128 * 64 * 4, 4 * 128 * 64 * 4, 4 * 128 * 128 * 4), 4, False)

@@ -31,6 +31,7 @@ from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_poi
 from tuner.rewrite.relax_rewrites import count_kernels, nhwc_conv2d, rewrite_calls, static_shape
 from tuner.schedules.isa import DEFAULT_ISA, VectorISA, target_isa
 from tuner.schedules import winograd as rules
+from tuner.schedules.register_blocking import WINOGRAD_GEMM
 
 TILE = 4
 KERNEL = 3
@@ -142,7 +143,7 @@ def batched_gemm(data_pack: te.Tensor, packed: te.Tensor) -> te.Tensor:
     return te.compute(
         (alpha, alpha, tiles, co),
         lambda eps, nu, p, k: te.sum(data_pack[eps, nu, p, rc] * packed[eps, nu, k, rc], axis=[rc]),
-        name="bgemm", attrs={"layout_free_placeholders": [packed]})
+        name=WINOGRAD_GEMM, attrs={"layout_free_placeholders": [packed]})
 
 
 def output_transform(bgemm: te.Tensor, shape: tuple[int, ...], padding: tuple[int, int, int, int],
