@@ -112,6 +112,13 @@ class CostModelSettings(BaseModel):
     retrain: Literal["every_batch", "adaptive"] = "adaptive"
 
 
+class CompileSettings(BaseModel):
+    # How a CPU module's activations share memory (tuner/compile/storage_plan.py): "reuse"
+    # (TVM's plan), "per-shape" (a block per tensor shape: each core keeps its cache lines when
+    # the cores share no L3), "auto" (per-shape where the host's cores span several L3s).
+    storage_plan: Literal["auto", "reuse", "per-shape"] = "auto"
+
+
 class ServeSettings(BaseModel):
     """`tuner serve`: limits per team, the job lease, polling."""
 
@@ -160,6 +167,7 @@ class Settings(BaseSettings):
     verify: VerifySettings = VerifySettings()
     checks: CheckSettings = CheckSettings()
     cost_model: CostModelSettings = CostModelSettings()
+    compile: CompileSettings = CompileSettings()
     # `tuner serve`: uploads and artifacts live here; empty = under the user data dir.
     storage_dir: str = ""
     serve: ServeSettings = ServeSettings()

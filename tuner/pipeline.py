@@ -38,6 +38,7 @@ from tuner.schedules.intrinsics import load_tensor_intrinsics
 
 from . import __version__
 from .compile import Compiled, compile_tuned, compile_untuned
+from .compile.storage_plan import resolve as resolve_storage
 from .config import Settings
 from .errors import TunerError, VerificationError
 from .hardware import fingerprint_for
@@ -448,6 +449,7 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
     threads = tuning_cores(target) if target.kind.name == "llvm" else 0
     if threads:
         use_threads(threads)
+    storage = resolve_storage(settings.compile.storage_plan, threads) if threads else "reuse"
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
         names = list(model.input_shapes)
         device = device_for(target.kind.name)
@@ -477,7 +479,7 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
             try:
                 with stage("compile"):
                     built = compile_tuned(plan.fused, target, database, cuda_graph=request.cuda_graph,
-                                          ranker=ranker)
+                                          ranker=ranker, storage=storage)
                     path = Path(tmp) / f"model-{next(builds)}.so"
                     built.executable.export_library(str(path))
                     return built, path, TVMModel(path, names, device)
@@ -563,6 +565,8 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         "max_abs_error": comparison.max_abs_error,
         "precision": request.precision,
         "fast_math": request.fast_math,
+        # CPU: how activations share memory ("reuse" or "per-shape"; tuner/compile/storage_plan.py).
+        "storage_plan": storage,
         "winograd_kernels": winograd.kernels(plan.fused),
         "split_k_kernels": split_k.kernels(plan.fused),
         # fp16 is checked against the fp32 reference, with the looser fp16 tolerance.

@@ -16,6 +16,8 @@ from tvm.target import Target
 from tuner.schedules.defaults import DefaultScheduleStats, Ranker, apply_default_schedules, count_loops
 from tuner.schedules.lowering import lowering_config
 
+from .storage_plan import storage_per_shape
+
 
 @dataclass
 class Compiled:
@@ -35,8 +37,10 @@ def uses_cuda_graph(executable: Any) -> bool:
     return _CUDA_GRAPH_BUILTIN in executable.as_text()
 
 
-def lowering_passes(target: Target) -> list[tvm.transform.Pass]:
-    """Relax lowering after scheduling, as TVM's default pipeline does it for the target."""
+def lowering_passes(target: Target, storage: str = "reuse") -> list[tvm.transform.Pass]:
+    """Relax lowering after scheduling, as TVM's default pipeline does it for the target;
+    ``storage="per-shape"``: activation blocks split by shape after TVM's memory plan
+    (`storage_plan`)."""
     # tvm.relax.pipeline's dispatcher reaches these through the backend packages, which (TVM
     # 0.27) do not export them: take them from the pipeline modules themselves.
     if target.kind.name == "llvm":
@@ -45,7 +49,11 @@ def lowering_passes(target: Target) -> list[tvm.transform.Pass]:
         from tvm.relax.backend.cuda import pipeline as backend
     else:
         return [*relax_pipeline.dataflow_lower_passes(target), *relax_pipeline.finalize_passes(target)]
-    return [*backend.dataflow_lower_passes(target), *backend.finalize_passes(target)]
+    passes = [*backend.dataflow_lower_passes(target), *backend.finalize_passes(target)]
+    if storage == "per-shape":
+        planned = [p.info.name for p in passes].index("StaticPlanBlockMemory")
+        passes.insert(planned + 1, storage_per_shape)
+    return passes
 
 
 def prepack_weights(scheduled: IRModule) -> IRModule:
@@ -77,13 +85,14 @@ def schedule_module(fused: IRModule, target: Target, database: Database,
 
 
 def compile_tuned(fused: IRModule, target: Target, database: Database, cuda_graph: bool = True,
-                  ranker: Ranker | None = None) -> Compiled:
+                  ranker: Ranker | None = None, storage: str = "reuse") -> Compiled:
     """Best records from `database`, default schedules for every kernel without one.
 
     ``cuda_graph``: on CUDA, the module's kernel launches are captured into a CUDA graph at the
     first run and replayed after (TVM's RewriteCUDAGraph): a batch-1 model of small kernels is
     otherwise bound by launch overhead (torch's CUDA graphs beat the module so on an H200).
-    ``ranker``: picks the default schedules of kernels without a record (the family's cost model)."""
+    ``ranker``: picks the default schedules of kernels without a record (the family's cost model).
+    ``storage``: how activations share memory on CPU (`storage_plan.resolve`'s answer)."""
     scheduled, defaults = schedule_module(fused, target, database, ranker)
     loops = count_loops(scheduled)
     config: dict[str, Any] = {}
@@ -92,7 +101,7 @@ def compile_tuned(fused: IRModule, target: Target, database: Database, cuda_grap
         # only CUDA modules can hold them.
         config = {**lowering_config(scheduled), "relax.backend.use_cuda_graph": cuda_graph}
     with target, tvm.transform.PassContext(opt_level=3, config=config):
-        ex = relax.build(scheduled, target=target, relax_pipeline=tvm.transform.Sequential(lowering_passes(target)))
+        ex = relax.build(scheduled, target=target, relax_pipeline=tvm.transform.Sequential(lowering_passes(target, storage)))
     return Compiled(executable=ex, loops=loops, defaults=defaults,
                     cuda_graph=target.kind.name == "cuda" and uses_cuda_graph(ex))
 
