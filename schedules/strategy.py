@@ -14,6 +14,9 @@ It can also give each task's first round to another strategy (`make_first`, rand
 schedules: `space.search_strategy`), while a cost model that has seen no measurement would only
 steer the evolution at random; with `untrained`, every later round too while that says the cost
 model still scores at random. Those candidates count as the evolutionary search's own trials.
+ReplayTrace draws each round afresh and may draw a schedule again (a small kernel's register-
+blocked space has a few dozen): what this task measured already is dropped from its draws, as
+the evolutionary search drops it from its own.
 If that strategy fails to start (its pre-tuning raises), the evolutionary search draws the first
 round too: the task is not ended for it.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from tvm_ffi import structural_hash
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate, PySearchStrategy
@@ -57,6 +61,7 @@ class ContainedSearch(PySearchStrategy):
         self.first_started = False  # `first` started (its pre-tuning did not raise)
         self.first_pending = False  # the first round is still to be drawn by `first`
         self.first_drew = False  # the round now measured was drawn by `first`
+        self.measured: set[int] = set()  # structural hashes of the kernels this task measured
         self.task_name = "task"
         self.ended = False
 
@@ -70,6 +75,7 @@ class ContainedSearch(PySearchStrategy):
                    database: ms.Database | None = None, cost_model: ms.CostModel | None = None) -> None:
         self.ended = False
         self.first_started = self.first_pending = False
+        self.measured = set()
         try:
             self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
         except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError, TVMError, ...
@@ -99,9 +105,10 @@ class ContainedSearch(PySearchStrategy):
                 drawn = self.first.generate_measure_candidates()
             except Exception:  # noqa: BLE001 - the evolutionary search draws this round instead
                 drawn = None
-            if drawn:
+            fresh = self._unmeasured(drawn or [])
+            if fresh:
                 self.first_drew = True
-                return drawn
+                return fresh
         for attempt in range(ATTEMPTS):
             try:
                 return self.inner.generate_measure_candidates()
@@ -115,8 +122,19 @@ class ContainedSearch(PySearchStrategy):
         # (its budget), and learns nothing else from them but through the database and the
         # cost model, which the task scheduler updates.
         self.inner.notify_runner_results(measure_candidates, results)
+        self.measured.update(structural_hash(c.sch.mod) for c in measure_candidates)
         if self.first_drew:  # and `first` counts its own draws (ReplayTrace's next round)
             self.first.notify_runner_results(measure_candidates, results)
+
+    def _unmeasured(self, drawn: list[MeasureCandidate]) -> list[MeasureCandidate]:
+        """`drawn` without the kernels measured before or drawn twice."""
+        fresh, seen = [], set(self.measured)
+        for candidate in drawn:
+            key = structural_hash(candidate.sch.mod)
+            if key not in seen:
+                seen.add(key)
+                fresh.append(candidate)
+        return fresh
 
     def clone(self) -> ms.SearchStrategy:
         return ContainedSearch(self.make_inner, self.report, self.stop, self.make_first, self.untrained)
