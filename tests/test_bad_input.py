@@ -73,6 +73,13 @@ def test_unknown_precision(tmp_path: Path) -> None:
     assert_clean_error(tuner_cli(["run", "m.onnx", "--precision", "fp8"], tmp_path), "unknown precision 'fp8'")
 
 
+def test_an_invalid_setting_names_the_field_and_what_it_accepts(tmp_path: Path) -> None:
+    onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "m.onnx")
+    env = {**tiny_env(tmp_path), "TUNER_COMPILE__STORAGE_PLAN": "bogus"}
+    assert_clean_error(tuner_cli(["run", "m.onnx", "--trials", "0"], tmp_path, env=env),
+                       "compile.storage_plan", "'auto', 'reuse' or 'per-shape'", "'bogus'")
+
+
 def test_unreachable_database(tmp_path: Path) -> None:
     onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "m.onnx")
     proc = tuner_cli(

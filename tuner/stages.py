@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from .errors import TunerError
 
 STAGES = ("load", "import", "fusion", "tuning", "compile", "verify", "time")
@@ -38,7 +40,12 @@ def last_line(error: BaseException) -> str:
 def summary(error: BaseException) -> str:
     """The error's type and the last line of its message (`last_line`), at most 300
     characters; for one with no message (a bare `assert` in TVM's operator library) the file and
-    line that raised it."""
+    line that raised it; for a setting that failed validation, which one and why (pydantic's last
+    line is only a link)."""
+    if isinstance(error, ValidationError):
+        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                           for e in error.errors())
+        return f"invalid setting: {fields}"[:300]
     if text := last_line(error):
         return f"{type(error).__name__}: {text}"[:300]
     frames = traceback.extract_tb(error.__traceback__)
