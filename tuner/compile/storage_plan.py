@@ -15,8 +15,9 @@ wrote 4x slower. squeezenet's module ran 2.1x slower there (6.2 ms against 3.0),
 ``per-shape`` lets a block hold tensors of one shape and dtype only: they are written by the
 same kernels' partitions, so each line stays with the core that uses it, inference after
 inference. squeezenet on default schedules, by turns (`bench/results/storage-plan-squeezenet-
-znver4.json`): 0.69x the time on cores without a shared L3, 1.09x on cores with one (its blocks:
-7 -> 32, 6.7 -> 19.6 MB; resnet50 9.3 -> 41.8 MB). ``auto`` (the default) takes it where the
+znver4.json`): 0.73x the time on cores without a shared L3, 1.06x on cores with one (its blocks:
+7 -> 32, 6.7 -> 19.6 MB); tuned at 16 trials per task 0.82x and 1.10x; resnet50 0.93x and 1.06x
+(9.3 -> 41.8 MB). ``auto`` (the default) takes it where the
 module's threads may run on cores of more than one L3, as the host's kernel reports them (this
 project's 2-core VMs report one L3 whichever cores the host gives them, so they keep `reuse`).
 """
