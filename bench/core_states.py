@@ -51,14 +51,14 @@ def main() -> None:
     profiled = relax.VirtualMachine(lib, tvm.cpu())
     kernels: dict[str, list[dict[str, float]]] = {s: [] for s in STATES.values()}
     walls: dict[str, list[float]] = {s: [] for s in STATES.values()}
+    if round_trip_ns(0.02) is None:
+        parser.error("no core round trip: needs 2 CPUs and a C compiler (cc)")
     end = time.monotonic() + args.seconds
     while time.monotonic() < end:
         before = shares_cache(round_trip_ns(0.02))
         wall = median_ms(lambda: model.call(inputs), 20, 0.05)
         situ = in_situ_ms(profiled, inputs, 5)
-        if before is None:
-            parser.error("no core round trip: needs 2 CPUs and a C compiler (cc)")
-        if shares_cache(round_trip_ns(0.02)) != before:
+        if before is None or shares_cache(round_trip_ns(0.02)) != before:
             continue  # the host moved a vCPU during the batch
         kernels[STATES[before]].append(situ)
         walls[STATES[before]].append(wall)

@@ -298,10 +298,7 @@ def rows_parallel(operand_bytes: tuple[int, int, int], others_extent: int, winog
     weights dwarf its pixels (resnet50's 7x7 layers: 4 MB of weights, 0.4 MB of input).
     Batched GEMMs (attention heads) keep their batch outermost, as their neighbours do."""
     a, b, c = operand_bytes
-    activations, weights = a + c, b
-    if winograd:
-        return activations >= weights
-    return others_extent == 1 and activations >= weights
+    return (winograd or others_extent == 1) and a + c >= b
 
 
 def register_blocks(rows_extent: int, vector_extent: int, isa: VectorISA) -> tuple[list[MicroKernel], VectorISA]:

@@ -122,7 +122,8 @@ class ContainedSearch(PySearchStrategy):
         # (its budget), and learns nothing else from them but through the database and the
         # cost model, which the task scheduler updates.
         self.inner.notify_runner_results(measure_candidates, results)
-        self.measured.update(structural_hash(c.sch.mod) for c in measure_candidates)
+        if self.first_started:  # only random rounds need them (`_unmeasured`)
+            self.measured.update(structural_hash(c.sch.mod) for c in measure_candidates)
         if self.first_drew:  # and `first` counts its own draws (ReplayTrace's next round)
             self.first.notify_runner_results(measure_candidates, results)
 
