@@ -15,10 +15,10 @@ from .stages import last_line
 
 def host_cpu_target() -> dict[str, Any]:
     """The host CPU as LLVM sees it, using every physical core (hyper-threads hurt measurements)."""
-    from tvm.target import codegen
+    from .hardware import llvm_host_cpu
 
     cores = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-    return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": int(cores)}
+    return {"kind": "llvm", "mcpu": llvm_host_cpu(), "num-cores": int(cores)}
 
 
 def local_cuda_target() -> dict[str, Any]:
