@@ -53,7 +53,6 @@ from kernels import model_on_database  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
-from tuner.config import Settings  # noqa: E402
 from tuner.search.cost_model_training import start_model, train_family  # noqa: E402
 from tuner.db import cost_models as store  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
@@ -104,11 +103,11 @@ GAIN_SHARE = 0.9
 GAIN_KEY = f"{round(GAIN_SHARE * 100)}pct_of_cold_gain"
 
 
-def share_metrics(pair: dict, label: str = "transferred") -> dict:
+def share_metrics(pair: dict) -> dict:
     """Both measures of one pair, "cold_final" (trials to the cold run's final estimate) and
-    GAIN_KEY (trials to GAIN_SHARE of the cold run's gain): transferred (the run `label`) and
-    cold, and the transferred run's share."""
-    cold, transferred = pair["cold"]["curve"], pair[label]["curve"]
+    GAIN_KEY (trials to GAIN_SHARE of the cold run's gain): transferred and cold, and the
+    transferred run's share."""
+    cold, transferred = pair["cold"]["curve"], pair["transferred"]["curve"]
     start, goal = pair["cold"]["start_estimate_ms"], pair["cold"]["final_estimate_ms"]
     out: dict = {}
     if not cold or start is None or goal is None:
@@ -161,32 +160,18 @@ def measure_defaults(source: str, url: str, target: dict) -> int:
     return sum(t is not None for t in times)
 
 
-def run_settings(transfer: bool, first_round: int | None) -> Settings:
-    """The benchmark's settings for one run; `first_round`: its `search.transferred_first_round`."""
-    settings = bench_settings(transfer=transfer)
-    if first_round is None:
-        return settings
-    return settings.model_copy(update={"search": settings.search.model_copy(
-        update={"transferred_first_round": first_round})})
-
-
 def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path, work: Path,
-                  target: dict, first_rounds: list[int] | None = None) -> dict:
+                  target: dict) -> dict:
     """One seed's pair of searches from copies of the same database state: with the family's
-    trained model as the search's starting model, then without it. With `first_rounds`, one
-    transferred search per value of `search.transferred_first_round`: the first is the pair's
-    "transferred" run, the others "transferred-first<N>", each measured against the cold run."""
+    trained model as the search's starting model, then without it."""
     pair: dict = {"seed": seed}
-    values = first_rounds or [None]
-    runs = [("transferred", True, values[0]), *((f"transferred-first{v}", True, v) for v in values[1:]),
-            ("cold", False, None)]
-    for label, transfer, first_round in runs:
+    for label, transfer in (("transferred", True), ("cold", False)):
         copy = work / f"{name}-{label}-{seed}.sqlite"
         copy_database(db_file, copy)
         curve = Curve()
         report = run(RunRequest(model=source, target=target, trials=budget, out_dir=work / f"{name}-{label}-{seed}",
                                 db_url=f"sqlite:///{copy}", seed=seed, measure_untuned=False, name=name),
-                     run_settings(transfer, first_round), curve)
+                     bench_settings(transfer=transfer), curve)
         copy.unlink()
         if report["cost_model"]["transferred"] != transfer:
             raise SystemExit(f"{name} {label}: the run's cost model was "
@@ -195,15 +180,7 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
                        "final_estimate_ms": curve.points[-1][1] if curve.points else None,
                        "tasks_default_measured": report["tasks_default_measured"],
                        "latency_ms": report["latency_ms"]["tuned"], "onnxruntime_ms": report["latency_ms"]["onnxruntime"],
-                       "tuning_seconds": report["tuning_seconds"], "cost_model": report["cost_model"],
-                       "transferred_first_round": first_round}
-    for label, transfer, _ in runs[1:-1]:
-        variant = share_metrics(pair, label)
-        pair[label]["trials_to_reach_cold_final"] = variant.get("cold_final")
-        pair[label][f"trials_to_{GAIN_KEY}"] = variant.get(GAIN_KEY)
-        print(f"[bench] {name} seed {seed} {label}: {pair[label]['latency_ms']:.2f} ms; trials to the cold run's "
-              f"final estimate {variant.get('cold_final')}; to {GAIN_SHARE:.0%} of its gain {variant.get(GAIN_KEY)}",
-              flush=True)
+                       "tuning_seconds": report["tuning_seconds"], "cost_model": report["cost_model"]}
     metrics = share_metrics(pair)
     final = metrics.get("cold_final", {})
     reached, cold = final.get("transferred"), final.get("cold")
@@ -274,9 +251,6 @@ def main() -> None:
     parser.add_argument("--keep-db", type=Path, help="copy the filled database here (reuse it with --db)")
     parser.add_argument("--defaults-only", action="store_true", help="only compare plain and ranked defaults")
     parser.add_argument("--searches-only", action="store_true", help="skip the plain vs ranked defaults comparison")
-    parser.add_argument("--transferred-first-rounds", type=int, nargs="+", metavar="N",
-                        help="one transferred search per value of search.transferred_first_round (trials "
-                             "of a task's first round), the first the pair's own")
     parser.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
                         help="print both measures of stored results' pairs and stop (no searches)")
     args = parser.parse_args()
@@ -329,8 +303,7 @@ def main() -> None:
             results["targets"].append(row)
             row["defaults_measured_once"] = measure_defaults(source, url, target)
             for seed in args.seeds:
-                row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target,
-                                                  args.transferred_first_rounds))
+                row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target))
                 shares = [p["trial_share_needed"] for p in row["pairs"]]
                 row["median_trial_share_needed"] = median_share(shares)
                 row["median_trial_share_to_gain"] = median_share(

@@ -55,8 +55,6 @@ class SearchConfig:
     # Each task's first round: random valid schedules (MetaSchedule's ReplayTrace) instead of an
     # evolution steered by a cost model that has not seen one measurement (see search_strategy).
     random_first_round: bool = False
-    # Trials of each task's first round where a trained cost model ranks it (0: a round's usual).
-    first_round_trials: int = 0
 
 
 def _rules_key(target: Target, mod: IRModule | None, tensor_cores: bool) -> str:
@@ -197,5 +195,5 @@ def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | N
         population_size=config.population_size,
         init_min_unmeasured=min(config.init_min_unmeasured, config.population_size),
         genetic_num_iters=config.genetic_num_iters,
-    ), report, stop, first, untrained, config.first_round_trials)
+    ), report, stop, first, untrained)
 

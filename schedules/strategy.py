@@ -19,10 +19,6 @@ blocked space has a few dozen): what this task measured already is dropped from 
 the evolutionary search drops it from its own.
 If that strategy fails to start (its pre-tuning raises), the evolutionary search draws the first
 round too: the task is not ended for it.
-
-`first_round_trials` caps the first round of a search whose cost model already ranks (one
-transferred from the database): its best-scored few candidates are measured, the rest of the
-budget goes to the rounds the task scheduler gives where the time is.
 """
 
 from __future__ import annotations
@@ -54,13 +50,10 @@ class ContainedSearch(PySearchStrategy):
                  report: Callable[[str, str], None] | None = None,
                  stop: Callable[[], bool] | None = None,
                  make_first: Callable[[], ms.SearchStrategy] | None = None,
-                 untrained: Callable[[], bool] | None = None,
-                 first_round_trials: int = 0) -> None:
+                 untrained: Callable[[], bool] | None = None) -> None:
         self.make_inner = make_inner
         self.make_first = make_first
         self.untrained = untrained
-        self.first_round_trials = first_round_trials
-        self.rounds = 0  # rounds drawn since pre-tuning
         self.report = report
         self.stop = stop
         self.inner = make_inner()
@@ -83,7 +76,6 @@ class ContainedSearch(PySearchStrategy):
         self.ended = False
         self.first_started = self.first_pending = False
         self.measured = set()
-        self.rounds = 0
         try:
             self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
         except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError, TVMError, ...
@@ -107,7 +99,6 @@ class ContainedSearch(PySearchStrategy):
         if self.ended or (self.stop is not None and self.stop()):
             return None
         self.first_drew = False
-        self.rounds += 1
         if self.first_pending or (self.first_started and self.untrained is not None and self.untrained()):
             self.first_pending = False
             try:
@@ -120,12 +111,7 @@ class ContainedSearch(PySearchStrategy):
                 return fresh
         for attempt in range(ATTEMPTS):
             try:
-                drawn = self.inner.generate_measure_candidates()
-                # EvolutionarySearch lists its best-scored candidates first (its random picks
-                # are the epsilon-greedy few) and counts trials by the results it is given.
-                if self.rounds == 1 and self.first_round_trials and drawn:
-                    return list(drawn)[:self.first_round_trials]
-                return drawn
+                return self.inner.generate_measure_candidates()
             except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError, TVMError, ...
                 if attempt == ATTEMPTS - 1:
                     self._end(exc)
@@ -152,8 +138,7 @@ class ContainedSearch(PySearchStrategy):
         return fresh
 
     def clone(self) -> ms.SearchStrategy:
-        return ContainedSearch(self.make_inner, self.report, self.stop, self.make_first, self.untrained,
-                               self.first_round_trials)
+        return ContainedSearch(self.make_inner, self.report, self.stop, self.make_first, self.untrained)
 
     def _end(self, exc: Exception) -> None:
         self.ended = True

@@ -149,18 +149,16 @@ def test_a_default_schedule_is_measured_once(settings: Settings, sqlite_url: str
     assert len(database) == 2  # one record per default, not two
 
 
-def _search_with_first_round(first: Callable[[], ms.SearchStrategy] | None,
-                             untrained: Callable[[], bool] | None = None, first_round_trials: int = 0,
-                             sizes: list[int] | None = None) -> tuple[int, int]:
+def _search_with_first_round(first: Callable[[], ms.SearchStrategy],
+                             untrained: Callable[[], bool] | None = None) -> tuple[int, int]:
     """(rounds, trials drawn) of one task's ContainedSearch with a budget of 12 (rounds of 4) and
-    `first` as its first-round strategy (and of later rounds while `untrained()`); each round's
-    candidate count goes to `sizes`."""
+    `first` as its first-round strategy (and of later rounds while `untrained()`)."""
     from tuner.schedules.space import space_generator
 
     target = Target(TARGET)
     search = strategy.ContainedSearch(
         lambda: ms.search_strategy.EvolutionarySearch(population_size=16, init_min_unmeasured=4, genetic_num_iters=1),
-        make_first=first, untrained=untrained, first_round_trials=first_round_trials)
+        make_first=first, untrained=untrained)
     context = ms.TuneContext(mod=matmul(32), target=target, space_generator=space_generator(target),
                              search_strategy=search, task_name="t", num_threads=1)
     search.pre_tuning(12, 4, context.generate_design_space(), ms.database.MemoryDatabase(),
@@ -169,8 +167,6 @@ def _search_with_first_round(first: Callable[[], ms.SearchStrategy] | None,
     while (candidates := search.generate_measure_candidates()) is not None:
         rounds += 1
         drawn += len(candidates)
-        if sizes is not None:
-            sizes.append(len(candidates))
         search.notify_runner_results(candidates, [ms.runner.RunnerResult(run_secs=[1e-3], error_msg=None)
                                                   for _ in candidates])
     search.post_tuning()
@@ -247,14 +243,6 @@ def test_random_rounds_never_measure_a_kernel_twice() -> None:
     assert calls[:2] == [1, 1] and drawn == 12 and rounds == 3
 
 
-def test_a_ranked_first_round_measures_only_its_best_scored_few() -> None:
-    """With a transferred cost model the first round's few best-scored candidates are measured;
-    the budget they leave goes to later rounds, and the task's budget still holds."""
-    sizes: list[int] = []
-    rounds, drawn = _search_with_first_round(None, first_round_trials=2, sizes=sizes)
-    assert sizes[0] == 2 and sizes[1] == 4 and drawn == 12 and rounds == len(sizes) >= 4
-
-
 def test_a_first_round_strategy_that_fails_to_start_leaves_the_task_to_the_evolutionary_search() -> None:
     calls: list[int] = []
     rounds, drawn = _search_with_first_round(
@@ -273,6 +261,3 @@ def test_searches_start_random_unless_a_trained_model_steers_them(settings: Sett
     cpu_config = tuning.search_config(settings, cpu, trained=False)
     assert cpu_config.random_first_round and cpu_config.init_min_unmeasured == settings.search.init_min_unmeasured
     assert not tuning.search_config(settings, cpu, trained=True).random_first_round
-    capped = settings.model_copy(update={"search": settings.search.model_copy(update={"transferred_first_round": 3})})
-    assert tuning.search_config(capped, cpu, trained=True).first_round_trials == 3
-    assert tuning.search_config(capped, cpu, trained=False).first_round_trials == 0

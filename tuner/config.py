@@ -31,10 +31,6 @@ class SearchSettings(BaseModel):
     # record it is served. 0 (default, README says why): served by the search's own times.
     final_top: int = Field(0, ge=0)
     final_rounds: int = Field(5, ge=1)
-    # Trials in each task's first round when the search starts from the database's trained cost
-    # model: its best-scored candidates only, the rest of the budget for the rounds the task
-    # scheduler gives where the time is (0: as many as any round).
-    transferred_first_round: int = Field(0, ge=0)
 
 
 class WorkerSettings(BaseModel):

@@ -262,7 +262,6 @@ def search_config(settings: Settings, target: Target, trained: bool) -> SearchCo
         genetic_num_iters=settings.search.genetic_num_iters,
         init_min_unmeasured=settings.search.init_min_unmeasured_gpu if gpu else settings.search.init_min_unmeasured,
         random_first_round=not trained,
-        first_round_trials=settings.search.transferred_first_round if trained else 0,
     )
 
 
@@ -404,7 +403,6 @@ def tune(
             progress.stop()
             if owned:
                 workers.close()
-    described = {**start.describe, **({"first_round_trials": cfg.first_round_trials} if start.trained else {})}
     return TuneResult(trials=callback.trials, per_task_trials=callback.per_task_trials, cluster=cluster,
                       defaults_measured=sum(d is not None for d in defaults), checks=checks,
-                      cost_model=described, final_timing=final)
+                      cost_model=start.describe, final_timing=final)
