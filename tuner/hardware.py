@@ -75,10 +75,9 @@ def _host_cpu() -> tuple[str, tuple[str, ...]]:
     return brand, tuple(f for f in _LLVM_FEATURES if f in flags)
 
 
-# Intel client cores with AVX-512 (one 512-bit FMA pipe: half of AVX-512's rate) and the server
-# cores, newest first, that a hypervisor may present under their CPUID model: the marks are flags
-# only the server core has (AMX is server-only; Granite Rapids adds AMX-FP16).
-_CLIENT_AVX512 = frozenset({"cannonlake", "icelake-client", "tigerlake", "rocketlake"})
+# The Intel server cores, newest first, that a hypervisor may present under the CPUID model of a
+# client core with half-rate AVX-512 (`schedules/isa.py`'s CLIENT_AVX512): the marks are flags only
+# the server core has (AMX is server-only; Granite Rapids adds AMX-FP16).
 _SERVER_CORES = (("graniterapids", ("amx_tile", "amx_fp16")), ("sapphirerapids", ("amx_tile",)))
 
 
@@ -93,13 +92,15 @@ def llvm_host_cpu(system_cpu: str | None = None, flags: frozenset[str] | None = 
     as long compiled for `sapphirerapids`. So a client name on a host with server-only flags
     becomes the newest server core whose marks the host has.
     """
-    if system_cpu is None:
-        from tvm.target import codegen
+    from tvm.target import codegen
 
+    from .schedules.isa import CLIENT_AVX512
+
+    if system_cpu is None:
         system_cpu = str(codegen.llvm_get_system_cpu())
     if flags is None:
         flags = _host_info()[1]
-    if system_cpu in _CLIENT_AVX512:
+    if system_cpu in CLIENT_AVX512:
         for server, marks in _SERVER_CORES:
             if all(mark in flags for mark in marks):
                 return server
@@ -112,7 +113,8 @@ def machine() -> str:
     from tvm.target import codegen
 
     brand, _ = _host_cpu()
-    llvm, seen = llvm_host_cpu(), str(codegen.llvm_get_system_cpu())
+    seen = str(codegen.llvm_get_system_cpu())
+    llvm = llvm_host_cpu(seen)
     name = llvm if llvm == seen else f"{llvm}; CPUID model: {seen}"
     return f"{brand} ({name}), {psutil.cpu_count(logical=False)} cores"
 
