@@ -211,6 +211,7 @@ class Best:
 
     mean_run_secs: float
     team: str | None
+    default: bool = False  # a stored default schedule (as `best`'s `traceless_defaults` tells them)
 
 
 @dataclass(frozen=True)
@@ -451,10 +452,11 @@ class SQLDatabase(PyDatabase):
         r = models.TuningRecord
         usable = and_(r.mean_run_secs.is_not(None), not_(rejected(r)), *_searched(r, traceless_defaults)) \
             if searched_only else served(r)
-        stmt = self._fastest([func.coalesce(r.final_secs, r.mean_run_secs), r.team], ids, usable)
+        stored_default = not_(and_(*_searched(r, traceless_defaults)))
+        stmt = self._fastest([func.coalesce(r.final_secs, r.mean_run_secs), r.team, stored_default], ids, usable)
         with Session(self.engine) as session:
             row = session.execute(stmt).first()
-        return Best(float(row[0]), row[1]) if row else None
+        return Best(float(row[0]), row[1], bool(row[2])) if row else None
 
     def measured_default(self, mod: IRModule, trace: Trace) -> float | None:
         """The mean time of this very default schedule of this workload, measured on this

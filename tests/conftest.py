@@ -15,7 +15,7 @@ import pytest
 
 from tests.pg import fresh_pg_schema
 
-from tuner.config import MeasureSettings, SearchSettings, Settings, WorkerSettings
+from tuner.config import CompileSettings, MeasureSettings, SearchSettings, Settings, WorkerSettings
 
 # Tests tune with worker processes, not the default local Ray (a Ray start per test would double
 # the suite's time), in this process and in every `tuner` it starts; the Ray path has its own
@@ -26,6 +26,8 @@ TINY = dict(
                           final_top=2, final_rounds=2),
     measure=MeasureSettings(cpu_timed_calls=3, model_runs=5, model_min_seconds=0.0),
     workers=WorkerSettings(backend="local"),
+    # Two more compilations per run with records: tests/test_kernel_choice.py has it on.
+    compile=CompileSettings(in_model_choice=False),
 )
 
 
@@ -54,6 +56,7 @@ def tiny_env(tmp_path: Path) -> dict[str, str]:
         TUNER_MEASURE__MODEL_RUNS="5",
         TUNER_MEASURE__MODEL_MIN_SECONDS="0",
         TUNER_WORKERS__BACKEND="local",
+        TUNER_COMPILE__IN_MODEL_CHOICE="false",
         TUNER_DB_URL=f"sqlite:///{tmp_path / 'env.sqlite'}",
         XDG_CACHE_HOME=str(tmp_path / "cache"),
     )

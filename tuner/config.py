@@ -117,6 +117,10 @@ class CompileSettings(BaseModel):
     # (TVM's plan), "per-shape" (a block per tensor shape: each core keeps its cache lines when
     # the cores share no L3), "auto" (per-shape where the host's cores span several L3s).
     storage_plan: Literal["auto", "reuse", "per-shape"] = "auto"
+    # CPU: kernels of searched records timed inside the model against their default schedules
+    # before the module is served; records slower there are left out of it
+    # (tuner/compile/kernel_choice.py), and the defaults-only module is timed beside the result.
+    in_model_choice: bool = True
 
 
 class ServeSettings(BaseModel):

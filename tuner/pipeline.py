@@ -38,6 +38,7 @@ from tuner.schedules.intrinsics import load_tensor_intrinsics
 
 from . import __version__
 from .compile import Compiled, compile_tuned, compile_untuned
+from .compile.kernel_choice import KernelChoice, kernel_tasks, searched_records, slower_records
 from .compile.storage_plan import resolve as resolve_storage
 from .config import Settings
 from .errors import TunerError, VerificationError
@@ -60,6 +61,7 @@ from .verify.measure import (
     compare,
     device_for,
     fastest_instance_ms,
+    kernels_in_model_ms,
     median_ms,
     wait_for_quiet_cpu,
 )
@@ -438,6 +440,55 @@ def _blame(job: _Job, plan: _Plan, failure: VerificationError, build: Any, verif
     return _Blame(withheld=culprits, records=records)
 
 
+@dataclass
+class _Module:
+    """A compiled candidate of the module to serve, loaded, with its inputs on its device."""
+
+    compiled: Compiled
+    path: Path
+    model: TVMModel
+    args: list[Any]
+    comparison: Comparison | None = None  # None until verified
+
+
+def _choose_kernels(job: _Job, plan: _Plan, served: _Module, skip: set[int], build: Any,
+                    verify: Any) -> tuple[_Module, _Module | None, KernelChoice]:
+    """CPU: the tasks served a searched record are timed inside the running model against a
+    twin built with their default schedules, and the records slower there are withheld
+    (tuner/compile/kernel_choice.py). Returns the module to serve, the defaults-only twin
+    (None when no task had a searched record) and what was found."""
+    start = time.perf_counter()
+    database, tasks = plan.database, plan.tasks
+    candidates = searched_records(tasks, database, skip)
+    if not candidates:
+        return served, None, KernelChoice()
+    job.progress.message(f"timing {len(candidates)} tuned kernel(s) inside the model against their default schedules")
+    compiled, path, model = build(skip | set(candidates))
+    defaults = _Module(compiled, path, model, model.prepare(job.inputs))
+    with stage("time"):
+        with_records, with_defaults = kernels_in_model_ms(
+            [served.model, defaults.model], [served.args, defaults.args], job.settings.measure.model_min_seconds)
+    slower, records_ms, defaults_ms = slower_records(candidates, kernel_tasks(plan.fused, tasks, database),
+                                                     with_records, with_defaults)
+    if slower:
+        job.progress.message(f"{len(slower)} of {len(candidates)} tuned kernel(s) ran slower in the model than "
+                             f"their default schedules: built without them")
+        if len(slower) == len(candidates):
+            chosen = defaults
+        else:
+            compiled, path, model = build(skip | set(slower))
+            chosen = _Module(compiled, path, model, [])
+        try:
+            chosen.args, chosen.comparison = verify(chosen.model)
+            served = chosen
+        except VerificationError as failure:
+            slower = []
+            job.progress.message(f"{failure}: keeping every record")
+    choice = KernelChoice(len(candidates), [tasks[i].task_name for i in slower], records_ms, defaults_ms,
+                          time.perf_counter() - start)
+    return served, defaults, choice
+
+
 def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
     """Compile one target with the database, verify, time, write model.so and report.json."""
     request, settings, progress, model = job.request, job.settings, job.progress, job.model
@@ -500,6 +551,14 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
             blame = _blame(job, plan, failure, build, verify)
             compiled, lib_path, tvm_model = build(set(blame.withheld))
             args, comparison = verify(tvm_model)
+        served = _Module(compiled, lib_path, tvm_model, args, comparison)
+        # Tasks the database holds no usable record for (the choice below may leave out more).
+        no_record = compiled.defaults
+        choice, defaults = KernelChoice(), None
+        if threads and settings.compile.in_model_choice:
+            served, defaults, choice = _choose_kernels(job, plan, served, set(blame.withheld), build, verify)
+        if defaults is served:
+            defaults = None  # no record left: the module served is the defaults-only one
 
         with stage("time"):
             m = settings.measure
@@ -513,15 +572,34 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
             # machine's speed drifts during the timing; on the CPU each engine as several
             # instances, its fastest counting (see fastest_instance_ms).
             count = m.instances if threads else 1
-            twins = [TVMModel(lib_path, names, device) for _ in range(count - 1)]
-            runs = [(tvm_model, args)] + [(t, t.prepare(inputs)) for t in twins]
-            engines = [[(lambda t=t, a=a: t.call(a)) for t, a in runs]]
+
+            def instances(module: _Module) -> list[Any]:
+                twins = [TVMModel(module.path, names, device) for _ in range(count - 1)]
+                runs = [(module.model, module.args)] + [(t, t.prepare(inputs)) for t in twins]
+                return [(lambda t=t, a=a: t.call(a)) for t, a in runs]
+
+            # The defaults-only module (where records were served) is timed beside them: the
+            # faster of the two is served, so tuning never leaves the model slower than its
+            # default schedules would.
+            engines = [instances(served)] + ([instances(defaults)] if defaults else [])
             if ref.ort:
                 orts = [ref.ort] + [ref.ort.another() for _ in range(count - 1)]
                 engines.append([(lambda o=o: o.run(inputs)) for o in orts])
             timed = fastest_instance_ms(engines, m.model_runs, m.model_min_seconds)
-            tuned_ms, ort_ms = timed[0][0], (timed[1][0] if ref.ort else None)
-            instance_ms = {"tuned": timed[0][1], "onnxruntime": timed[1][1] if ref.ort else None}
+            tuned_ms, ort_ms = timed[0][0], (timed[-1][0] if ref.ort else None)
+            instance_ms = {"tuned": timed[0][1], "onnxruntime": timed[-1][1] if ref.ort else None}
+            defaults_ms, records_ms = (timed[1][0] if defaults else None), None
+            if defaults and defaults_ms < tuned_ms:
+                try:
+                    if defaults.comparison is None:
+                        defaults.args, defaults.comparison = verify(defaults.model)
+                    progress.message(f"the default schedules alone ran faster ({defaults_ms:.3f} ms) than with the "
+                                     f"tuned records ({tuned_ms:.3f} ms): serving them")
+                    served, records_ms, tuned_ms = defaults, tuned_ms, defaults_ms
+                    instance_ms["tuned"] = timed[1][1]
+                except VerificationError as failure:
+                    progress.message(f"the default schedules alone ran faster but {failure}: serving the records")
+            compiled, lib_path, comparison = served.compiled, served.path, served.comparison
             untuned_ms = None
             if request.measure_untuned:
                 untuned = TVMModel(compile_untuned(job.relax_mod, target), names, device)
@@ -545,15 +623,22 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         "tasks_refined": plan.refined if tuned.trials else 0,
         "tasks_warm_started": len(plan.warm) if tuned.trials else 0,
         "tasks_tuned": tuned_now,
-        "tasks_default_schedule": compiled.defaults.total,
+        "tasks_default_schedule": no_record.total,
         # CUDA: tasks whose dlight schedule was measured beside the search (tuning keeps it
         # where nothing it found was faster).
         "tasks_default_measured": tuned.defaults_measured,
         "cluster": tuned.cluster,
-        "default_schedules": compiled.defaults.as_dict(),
+        "default_schedules": no_record.as_dict(),
         "tuning_seconds": round(tuned.seconds, 3),
         "total_seconds": round(time.perf_counter() - job.t_start, 3),
-        "latency_ms": {"untuned": untuned_ms, "tuned": tuned_ms, "onnxruntime": ort_ms},
+        # tuned: the module written. defaults_only: the same with every searched record left out,
+        # where one was served (timed beside it; the faster of the two is written: `served`).
+        "latency_ms": {"untuned": untuned_ms, "tuned": tuned_ms, "onnxruntime": ort_ms,
+                       "defaults_only": defaults_ms, "with_records": records_ms},
+        "served_defaults_only": records_ms is not None,
+        # CPU: the tasks served a searched record, their kernels timed inside the model against
+        # their default schedules; those whose defaults ran faster there were built without it.
+        "kernel_choice": choice.as_dict(),
         # Each instance's median (module VMs, ORT sessions); latency_ms has the fastest.
         "instance_latency_ms": instance_ms,
         # CPU: how busy the machine's CPUs were with other work when the timing started.

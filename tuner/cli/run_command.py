@@ -106,6 +106,11 @@ def _fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} ms"
 
 
+def _faster_or_slower(ratio: float) -> str:
+    """How the served module compares, given the other's latency over the served one's."""
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+
+
 def _print_report(report: dict) -> None:
     lat, speed = report["latency_ms"], report["speedup"]
     hw = report["hardware"]
@@ -117,8 +122,12 @@ def _print_report(report: dict) -> None:
     untuned = f"{speed['vs_untuned']:.2f}x faster" if speed["vs_untuned"] else "-"
     baseline = "untuned TVM (dlight)" if report["target"].get("kind") == "cuda" else "untuned TVM"
     table.add_row(baseline, _fmt_ms(lat["untuned"]), untuned)
+    if lat.get("defaults_only"):
+        row = "tuned records, not served" if report.get("served_defaults_only") else "default schedules only"
+        other = lat["with_records"] if report.get("served_defaults_only") else lat["defaults_only"]
+        table.add_row(row, _fmt_ms(other), _faster_or_slower(other / lat["tuned"]))
     ratio = speed["vs_onnxruntime"]
-    vs_ort = "-" if not ratio else f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+    vs_ort = "-" if not ratio else _faster_or_slower(ratio)
     reference = report.get("verify", {}).get("reference", "onnxruntime")
     ort_row = "ONNX Runtime (CPU)" if reference == "onnxruntime" else f"ONNX Runtime (CPU), {reference.removeprefix('onnxruntime ')}"
     table.add_row(ort_row, _fmt_ms(lat["onnxruntime"]), vs_ort)
@@ -153,6 +162,15 @@ def _print_report(report: dict) -> None:
             f"final timing: the best {final['candidates']} record(s) of {final['tasks']} task(s) timed again "
             f"{final['rounds']} times by turns in {final['seconds']:.1f} s; {final['changed']} task(s) served another "
             f"record than the search's fastest ({final['to_default']} their default schedule)"
+        )
+    choice = report.get("kernel_choice", {})
+    if choice.get("candidates"):
+        kept = choice["defaults_kept"]
+        out.print(
+            f"in the model: {choice['candidates']} tuned kernel(s) timed against their default schedules in "
+            f"{choice['seconds']:.1f} s ({choice['records_ms']:.3f} against {choice['defaults_ms']:.3f} ms); "
+            + (f"{len(kept)} ran slower than their defaults there, left out: " + ", ".join(kept) if kept
+               else "every one kept")
         )
     out.print(f"module: {report['artifact']['path']}  (sha256 {report['artifact']['sha256'][:16]}...)")
     out.print(f"report: {Path(report['artifact']['path']).with_name('report.json')}")

@@ -168,6 +168,54 @@ def interleaved_medians_ms(fns: list[Callable[[], Any]], max_runs: int, min_seco
     return [statistics.median(t) * 1e3 for t in times]
 
 
+def kernels_in_model_ms(models: list[TVMModel], args: list[list[tvm.runtime.Tensor]], min_seconds: float,
+                        min_rounds: int = 10, max_rounds: int = 200) -> list[dict[str, float]]:
+    """Per model, each called symbol's milliseconds per inference (kernels, and VM builtins
+    such as allocations), summed over its calls: the median over instrumented inferences of
+    all `models` taken by turns (a new seeded order each round), so that the machine's drift
+    lands on every model alike.
+
+    Timed inside the running model, a kernel reads what its neighbours left in the caches:
+    squeezenet's Winograd GEMM records that beat their default schedules measured alone, their
+    weights flushed (0.354 against 0.401 ms), ran slower than those defaults in the model
+    (0.235 against 0.170). The instrument calls back into Python around each call, not
+    inside the timed span."""
+    started: dict[str, float] = {}
+    per: dict[str, float] = {}
+
+    def instrument(_func: Any, symbol: str, before: bool, _ret: Any, *_args: Any) -> int:
+        if before:
+            started[symbol] = time.perf_counter()
+        else:
+            per[symbol] = per.get(symbol, 0.0) + (time.perf_counter() - started.pop(symbol)) * 1e3
+        return 0
+
+    firsts = []
+    for model, a in zip(models, args):
+        model.vm.set_instrument(instrument)
+        start = time.perf_counter()
+        model.call(a)  # warm-up, and how long one instrumented inference takes
+        firsts.append(max(time.perf_counter() - start, 1e-6))
+    rounds = max(min_rounds, min(max_rounds, math.ceil(min_seconds / max(firsts))))
+    runs: list[list[dict[str, float]]] = [[] for _ in models]
+    order, shuffle = list(range(len(models))), random.Random(0).shuffle
+    try:
+        for _ in range(rounds):
+            shuffle(order)
+            for i in order:
+                per.clear()
+                models[i].call(args[i])
+                runs[i].append(dict(per))
+    finally:
+        for model in models:
+            model.vm.set_instrument(None)
+    out = []
+    for timed in runs:
+        names = set().union(*timed)
+        out.append({n: float(np.median([r.get(n, 0.0) for r in timed])) for n in names})
+    return out
+
+
 @dataclass
 class Comparison:
     max_abs_error: float
