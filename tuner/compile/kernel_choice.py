@@ -33,13 +33,13 @@ class KernelChoice:
     """What the choice found, for the report."""
 
     candidates: int = 0  # tasks served a searched record, timed in the model against their default
-    withheld: list[str] = field(default_factory=list)  # tasks whose default ran faster in the model
+    defaults_kept: list[str] = field(default_factory=list)  # tasks whose default ran faster in the model
     records_ms: float = 0.0  # the candidates' kernels in the model with their records
     defaults_ms: float = 0.0  # the same kernels with their default schedules
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"candidates": self.candidates, "defaults_kept": self.withheld,
+        return {"candidates": self.candidates, "defaults_kept": self.defaults_kept,
                 "records_ms": round(self.records_ms, 4), "defaults_ms": round(self.defaults_ms, 4),
                 "seconds": round(self.seconds, 3)}
 
