@@ -17,19 +17,17 @@ import time
 from pathlib import Path
 
 import tvm
-from tvm import relax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core_latency import round_trip_ns, shares_cache  # noqa: E402
-from module_profile import in_situ_ms  # noqa: E402
 from results_file import write_results  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
 from tuner.load.model_io import load_model  # noqa: E402
 from tuner.verify.inputs import verification_inputs  # noqa: E402
-from tuner.verify.measure import TVMModel, median_ms  # noqa: E402
+from tuner.verify.measure import TVMModel, kernels_in_model_ms, median_ms  # noqa: E402
 
 STATES = {True: "shared", False: "split"}
 
@@ -48,7 +46,7 @@ def main() -> None:
     lib = tvm.runtime.load_module(str(args.module))
     model = TVMModel(lib, list(loaded.input_shapes))
     inputs = model.prepare(verification_inputs(loaded, None, 0)[0])
-    profiled = relax.VirtualMachine(lib, tvm.cpu())
+    profiled = TVMModel(lib, list(loaded.input_shapes))
     kernels: dict[str, list[dict[str, float]]] = {s: [] for s in STATES.values()}
     walls: dict[str, list[float]] = {s: [] for s in STATES.values()}
     if round_trip_ns(0.02) is None:
@@ -57,7 +55,7 @@ def main() -> None:
     while time.monotonic() < end:
         before = shares_cache(round_trip_ns(0.02))
         wall = median_ms(lambda: model.call(inputs), 20, 0.05)
-        situ = in_situ_ms(profiled, inputs, 5)
+        (situ,) = kernels_in_model_ms([profiled], [inputs], 0, min_rounds=5, max_rounds=5)
         if before is None or shares_cache(round_trip_ns(0.02)) != before:
             continue  # the host moved a vCPU during the batch
         kernels[STATES[before]].append(situ)

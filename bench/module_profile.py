@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tvm
 from rich.console import Console
 from rich.table import Table
-from tvm import relax
 from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,35 +30,7 @@ from switches import SWITCHES, without  # noqa: E402
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
 from tuner.verify.inputs import verification_inputs  # noqa: E402
-from tuner.verify.measure import TVMModel, median_ms  # noqa: E402
-
-
-def in_situ_ms(vm: relax.VirtualMachine, args: list[Any], repeats: int,
-               between: Callable[[], None] = lambda: None) -> dict[str, float]:
-    """Per called symbol (kernels, and VM builtins such as allocations), milliseconds per
-    inference summed over its calls: the median of `repeats` instrumented inferences, with
-    `between` called before each (the wall timing, so both see the same stretch of the VM).
-    The instrument adds a Python callback per call around, not inside, each timed span."""
-    runs: list[dict[str, float]] = []
-    started: dict[str, float] = {}
-    per: dict[str, float] = defaultdict(float)
-
-    def instrument(_func: Any, symbol: str, before: bool, _ret: Any, *_args: Any) -> int:
-        if before:
-            started[symbol] = time.perf_counter()
-        else:
-            per[symbol] += (time.perf_counter() - started.pop(symbol)) * 1e3
-        return 0
-
-    vm.set_instrument(instrument)
-    vm["main"](*args)  # warm-up
-    for _ in range(repeats):
-        between()
-        per.clear()
-        vm["main"](*args)
-        runs.append(dict(per))
-    names = set().union(*runs)
-    return {n: float(np.median([r.get(n, 0.0) for r in runs])) for n in names}
+from tuner.verify.measure import TVMModel, kernels_in_model_ms, median_ms  # noqa: E402
 
 
 def profile(model_ref: str, db_url: str, repeats: int, mcpu: str | None = None,
@@ -76,13 +43,14 @@ def profile(model_ref: str, db_url: str, repeats: int, mcpu: str | None = None,
         compiled = compile_tuned(fused, target, database)
     names = list(loaded.input_shapes)
     model = TVMModel(compiled.executable, names)
-    profiled = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    profiled = TVMModel(compiled.executable, names)
     args = model.prepare(verification_inputs(loaded, None, 0)[0])
     # The wall time is taken in short stretches between the instrumented inferences: timed minutes
     # apart, the two differed by ~1.5 ms on squeezenet (7.48 against 6.02 ms, AMD EPYC znver2)
     # where the VM's speed swung 1.5x within minutes; by turns on another VM they agreed.
     walls: list[float] = []
-    situ = in_situ_ms(profiled, args, repeats, lambda: walls.append(median_ms(lambda: model.call(args), 50, 0.3)))
+    (situ,) = kernels_in_model_ms([profiled], [args], 0, min_rounds=repeats, max_rounds=repeats,
+                                  between=lambda: walls.append(median_ms(lambda: model.call(args), 50, 0.3)))
     wall = float(np.median(walls))
     peak = fma_peak_gflops(target, int(target_dict["num-cores"]))
     with without(switch):

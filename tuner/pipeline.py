@@ -632,7 +632,7 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         "tuning_seconds": round(tuned.seconds, 3),
         "total_seconds": round(time.perf_counter() - job.t_start, 3),
         # tuned: the module written. defaults_only: the same with every searched record left out,
-        # where one was served (timed beside it; the faster of the two is written: `served`).
+        # where one was served (timed beside it; the faster of the two is written: `served_defaults_only`).
         "latency_ms": {"untuned": untuned_ms, "tuned": tuned_ms, "onnxruntime": ort_ms,
                        "defaults_only": defaults_ms, "with_records": records_ms},
         "served_defaults_only": records_ms is not None,

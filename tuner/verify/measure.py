@@ -169,7 +169,8 @@ def interleaved_medians_ms(fns: list[Callable[[], Any]], max_runs: int, min_seco
 
 
 def kernels_in_model_ms(models: list[TVMModel], args: list[list[tvm.runtime.Tensor]], min_seconds: float,
-                        min_rounds: int = 10, max_rounds: int = 200) -> list[dict[str, float]]:
+                        min_rounds: int = 10, max_rounds: int = 200,
+                        between: Callable[[], None] = lambda: None) -> list[dict[str, float]]:
     """Per model, each called symbol's milliseconds per inference (kernels, and VM builtins
     such as allocations), summed over its calls: the median over instrumented inferences of
     all `models` taken by turns (a new seeded order each round), so that the machine's drift
@@ -179,7 +180,8 @@ def kernels_in_model_ms(models: list[TVMModel], args: list[list[tvm.runtime.Tens
     squeezenet's Winograd GEMM records that beat their default schedules measured alone, their
     weights flushed (0.354 against 0.401 ms), ran slower than those defaults in the model
     (0.235 against 0.170). The instrument calls back into Python around each call, not
-    inside the timed span."""
+    inside the timed span. `between` runs before each instrumented inference (a benchmark's
+    uninstrumented wall timing, so both see the same stretch of the machine)."""
     started: dict[str, float] = {}
     per: dict[str, float] = {}
 
@@ -203,6 +205,7 @@ def kernels_in_model_ms(models: list[TVMModel], args: list[list[tvm.runtime.Tens
         for _ in range(rounds):
             shuffle(order)
             for i in order:
+                between()
                 per.clear()
                 models[i].call(args[i])
                 runs[i].append(dict(per))
