@@ -59,7 +59,7 @@ from tuner.hardware import machine  # noqa: E402
 from tuner.verify.inputs import verification_inputs  # noqa: E402
 from tuner.verify.measure import ORTModel, TVMModel, compare, interleaved_medians_ms  # noqa: E402
 from tuner.pipeline import RunRequest, open_database, run  # noqa: E402
-from tuner.schedules.cost_model import default_ranker  # noqa: E402
+from tuner.schedules.cost_model import RETRAIN_MODES, default_ranker  # noqa: E402
 from tuner.progress import LogProgress  # noqa: E402
 from tuner.targets import host_cpu_target  # noqa: E402
 
@@ -161,9 +161,9 @@ def measure_defaults(source: str, url: str, target: dict) -> int:
 
 
 def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path, work: Path,
-                  target: dict) -> dict:
+                  target: dict, retrain: str) -> dict:
     """One seed's pair of searches from copies of the same database state: with the family's
-    trained model as the search's starting model, then without it."""
+    trained model as the search's starting model (refitted as `retrain` says), then without it."""
     pair: dict = {"seed": seed}
     for label, transfer in (("transferred", True), ("cold", False)):
         copy = work / f"{name}-{label}-{seed}.sqlite"
@@ -171,7 +171,7 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
         curve = Curve()
         report = run(RunRequest(model=source, target=target, trials=budget, out_dir=work / f"{name}-{label}-{seed}",
                                 db_url=f"sqlite:///{copy}", seed=seed, measure_untuned=False, name=name),
-                     bench_settings(transfer=transfer), curve)
+                     bench_settings(transfer=transfer, retrain=retrain), curve)
         copy.unlink()
         if report["cost_model"]["transferred"] != transfer:
             raise SystemExit(f"{name} {label}: the run's cost model was "
@@ -251,6 +251,8 @@ def main() -> None:
     parser.add_argument("--keep-db", type=Path, help="copy the filled database here (reuse it with --db)")
     parser.add_argument("--defaults-only", action="store_true", help="only compare plain and ranked defaults")
     parser.add_argument("--searches-only", action="store_true", help="skip the plain vs ranked defaults comparison")
+    parser.add_argument("--retrain", choices=RETRAIN_MODES,
+                        help="how the transferred searches refit the model (default: the configured mode)")
     parser.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
                         help="print both measures of stored results' pairs and stop (no searches)")
     args = parser.parse_args()
@@ -263,8 +265,9 @@ def main() -> None:
     target = host_cpu_target()
     # Retraining is done here, once, where the benchmark says: never in the background meanwhile.
     settings = bench_settings()
+    retrain = args.retrain or settings.cost_model.retrain
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
-                     "seeds": args.seeds,
+                     "seeds": args.seeds, "retrain": retrain,
                      "train_models": [*([f"from {args.db}"] if args.db else []), *(args.train_models or [])],
                      "train_trials_per_task": fill_budget, "targets": [],
                      "ranked_defaults": []}
@@ -303,7 +306,7 @@ def main() -> None:
             results["targets"].append(row)
             row["defaults_measured_once"] = measure_defaults(source, url, target)
             for seed in args.seeds:
-                row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target))
+                row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target, retrain))
                 shares = [p["trial_share_needed"] for p in row["pairs"]]
                 row["median_trial_share_needed"] = median_share(shares)
                 row["median_trial_share_to_gain"] = median_share(

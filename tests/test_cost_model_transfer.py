@@ -19,7 +19,7 @@ from tuner.search.cost_model_training import start_model, train_family
 from tuner.db import cost_models as store
 from tuner.db.database import TVM_VERSION
 from tuner.pipeline import RunRequest, open_database, run
-from tuner.schedules.cost_model import BlobError, Samples, Trained, cost_model, from_blob, to_blob
+from tuner.schedules.cost_model import BlobError, Samples, Trained, cost_model, from_blob, scores_at_random, to_blob
 
 
 class Lines:
@@ -106,11 +106,8 @@ def test_a_model_trains_from_records_is_stored_and_starts_the_next_search(
         train_family(db.engine, family, store.SHARED, cores=2, min_records=100000)
 
 
-@pytest.mark.parametrize("retrain", ["every_batch", "adaptive"])
-def test_a_transferred_model_refits_every_batch_or_at_a_cold_searchs_cadence(tuned_db: str, retrain: str) -> None:
-    """"every_batch" refits after each batch the search measured; "adaptive" after its first
-    batch, then once its own samples grew by a fifth (the transferred ones do not count toward
-    it). Both predict with the transferred booster from the first round, not at random."""
+def _one_workloads_candidates(tuned_db: str) -> tuple[Trained, object, list]:
+    """The trained family model, a tuning context and the stored candidates of one workload."""
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.schedule import Schedule
@@ -127,8 +124,23 @@ def test_a_transferred_model_refits_every_batch_or_at_a_cold_searchs_cadence(tun
             sch = Schedule(mod)
             rec.trace.apply_to_schedule(sch, remove_postproc=False)
             candidates.append(ms.MeasureCandidate(sch, rec.args_info))
-    context = ms.TuneContext(mod=mod, target=Target(TARGET), task_name="t", num_threads=1)
-    model = cost_model(2, start.trained, retrain)
+    assert len(candidates) >= 2
+    return start.trained, ms.TuneContext(mod=mod, target=Target(TARGET), task_name="t", num_threads=1), candidates
+
+
+def _results(size: int) -> list:
+    from tvm.s_tir import meta_schedule as ms
+
+    return [ms.runner.RunnerResult([1e-4 * (1 + i % 3)], None) for i in range(size)]
+
+
+@pytest.mark.parametrize("retrain", ["every_batch", "adaptive"])
+def test_a_transferred_model_refits_every_batch_or_at_a_cold_searchs_cadence(tuned_db: str, retrain: str) -> None:
+    """"every_batch" refits after each batch the search measured; "adaptive" after its first
+    batch, then once its own samples grew by a fifth (the transferred ones do not count toward
+    it). Both predict with the transferred booster from the first round, not at random."""
+    trained, context, candidates = _one_workloads_candidates(tuned_db)
+    model = cost_model(2, trained, retrain)
     first = model.predict(context, candidates)
     assert np.array_equal(first, model.predict(context, candidates)), "the transferred booster predicts"
 
@@ -138,12 +150,31 @@ def test_a_transferred_model_refits_every_batch_or_at_a_cold_searchs_cadence(tun
     refits = []
     for size in (50, 4, 4, 4):
         booster = model.booster
-        model.update(context, batch(size), [ms.runner.RunnerResult([1e-4 * (1 + i % 3)], None) for i in range(size)])
+        model.update(context, batch(size), _results(size))
         refits.append(model.booster is not booster)
     # adaptive: 50 own samples fitted; +4, +8 are below a fifth of 50; +12 is not.
     assert refits == ([True] * 4 if retrain == "every_batch" else [True, False, False, True])
     with pytest.raises(ValueError, match="every_batch"):
-        cost_model(2, start.trained, "sometimes")
+        cost_model(2, trained, "sometimes")
+
+
+def test_a_residual_model_ranks_with_the_frozen_model_then_fits_only_the_searchs_samples(tuned_db: str) -> None:
+    """"residual" predicts with the transferred booster alone until the search measured
+    something, then refits after every batch on the search's own samples only (the transferred
+    ones are never refitted: that was the wall time), and its predictions move with them."""
+    trained, context, candidates = _one_workloads_candidates(tuned_db)
+    model = cost_model(2, trained, "residual")
+    assert not scores_at_random(model) and model.booster is None
+    first = model.predict(context, candidates)
+    assert np.allclose(first, cost_model(2, trained, "adaptive").predict(context, candidates)), \
+        "before any own sample it ranks as the transferred model does"
+    for size in (24, 4):
+        booster = model.booster
+        batch = [candidates[i % len(candidates)] for i in range(size)]
+        model.update(context, batch, _results(size))
+        assert model.booster is not None and model.booster is not booster, "every batch refits"
+    assert model.data_size == 28 and sum(len(g.costs) for g in model.data.values()) == 28, "own samples only"
+    assert not np.allclose(model.predict(context, candidates), first), "the fit on own samples counts"
 
 
 def test_ranked_defaults_choose_among_valid_redraws_of_the_default_sample() -> None:

@@ -108,8 +108,12 @@ class CostModelSettings(BaseModel):
     # transferred searches took 1.2-1.6x a cold one's wall time). The transformer from one
     # 5-model database (znver4, bench/results/transfer-znver4-fill5-*): adaptive reached the cold
     # runs' final estimates in 44%, 100%, 38% of the trials (3 seeds) at 1.12-1.22x their wall
-    # time; every_batch in 60% and never (2 seeds) at 1.25-1.64x.
-    retrain: Literal["every_batch", "adaptive"] = "adaptive"
+    # time; every_batch in 60% and never (2 seeds) at 1.25-1.64x. "residual" keeps the family's
+    # model frozen and fits only the search's own samples to what it leaves unexplained, after
+    # every batch (cheap fits): on AMD EPYC znver3 (a 3-model fill, transformer) 85%, 113%, 100%
+    # of the cold trials at 1.41-1.54x its wall time, against adaptive's never and 45% at
+    # 1.82x and 1.39x (bench/results/transfer-znver3-*-transformer.json).
+    retrain: Literal["residual", "every_batch", "adaptive"] = "adaptive"
 
 
 class CompileSettings(BaseModel):
