@@ -233,22 +233,24 @@ class ResidualXGBModel(ms.cost_model.XGBModel._cls):  # noqa: SLF001 - a derived
         self.base = base
         self.num_warmup_samples = 0
 
-    def _packed(self, xs: list[np.ndarray], ys: np.ndarray | None) -> Any:
+    def _packed(self, xs: list[np.ndarray], ys: np.ndarray | None) -> tuple[Any, np.ndarray]:
+        """The samples packed for XGBoost with the frozen model's output as their base margin,
+        and that output (per store row)."""
         from tvm.s_tir.meta_schedule.cost_model.xgb_model import PackSum
 
         pack = PackSum(xs=xs, ys=ys)
-        pack.dmatrix.set_base_margin(self.base.predict(pack.dmatrix, output_margin=True))
-        return pack
+        margin = self.base.predict(pack.dmatrix, output_margin=True)
+        pack.dmatrix.set_base_margin(margin)
+        return pack, margin
 
     def predict(self, context: ms.TuneContext, candidates: list[ms.MeasureCandidate]) -> np.ndarray:
         xs = [x.numpy().astype("float32") for x in self.extractor.extract_from(context, candidates)]
         return self._predict(xs).astype("float64")
 
     def _predict(self, xs: list[np.ndarray]) -> np.ndarray:
-        pack = self._packed(xs, None)
-        if self.booster is None:  # no own samples yet: the frozen model alone
-            return pack.predict_with_score(self.base.predict(pack.dmatrix, output_margin=True))
-        return pack.predict_with_score(self.booster.predict(pack.dmatrix))
+        pack, margin = self._packed(xs, None)
+        # No own samples yet: the frozen model alone.
+        return pack.predict_with_score(margin if self.booster is None else self.booster.predict(pack.dmatrix))
 
     def _train(self, xs: list[np.ndarray], ys: np.ndarray) -> None:
         # XGBModel._train, on data whose base margin is the frozen model's output.
@@ -256,7 +258,7 @@ class ResidualXGBModel(ms.cost_model.XGBModel._cls):  # noqa: SLF001 - a derived
 
         from tvm.s_tir.meta_schedule.cost_model.xgb_model import _get_custom_call_back
 
-        pack = self._packed(xs, ys)
+        pack, _ = self._packed(xs, ys)
         self.booster = xgb.train(
             self.config.to_dict(), pack.dmatrix, num_boost_round=10000,
             obj=lambda preds, _: pack.obj_square_error(preds),
