@@ -27,6 +27,8 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import Schedule, Trace
 from tvm.target import Target
 
+from .intrinsics import load_tensor_intrinsics
+
 # Bumped when the blob's layout changes: a blob of another format is ignored, never misread.
 BLOB_FORMAT = 1
 
@@ -67,6 +69,7 @@ class Measured:
 def record_samples(records: Iterable[Measured], target: Target) -> Samples:
     """Features of each record's trace replayed on its workload, grouped by workload (a record
     whose trace no longer replays is skipped: it cannot teach this TVM anything)."""
+    load_tensor_intrinsics()  # a TuneContext imports them otherwise, the slow way (~20 s: intrinsics.py)
     extractor = ms.feature_extractor.PerStoreFeature()
     by_workload: dict[str, tuple[IRModule, list[Measured]]] = {}
     for rec in records:
@@ -327,6 +330,7 @@ def default_ranker(trained: Trained, target: Target) -> Callable[[IRModule, list
     if target.kind.name != "llvm":
         return None
     model = cost_model(int(target.attrs.get("num-cores", 1)), trained)
+    load_tensor_intrinsics()  # before its TuneContexts: see record_samples
 
     def rank(mod: IRModule, candidates: list[Schedule]) -> int:
         context = ms.TuneContext(mod=mod, target=target, task_name=_group(mod), num_threads=1)
