@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import bench_settings, task_count  # noqa: E402
 from models import model_spec  # noqa: E402
 from results_file import write_results  # noqa: E402
+from search_profile import describe, profiled, profiled_settings  # noqa: E402
 from kernels import model_on_database  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
@@ -161,17 +162,30 @@ def measure_defaults(source: str, url: str, target: dict) -> int:
 
 
 def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path, work: Path,
-                  target: dict, retrain: str) -> dict:
+                  target: dict, retrain: str, profile: Path | None = None, population: int | None = None) -> dict:
     """One seed's pair of searches from copies of the same database state: with the family's
-    trained model as the search's starting model (refitted as `retrain` says), then without it."""
+    trained model as the search's starting model (refitted as `retrain` says), then without it.
+    With `profile` (a folder), each search runs in this process under cProfile (search_profile.py);
+    `population`: the transferred search's population (`search.transferred_population_size`)."""
     pair: dict = {"seed": seed}
     for label, transfer in (("transferred", True), ("cold", False)):
         copy = work / f"{name}-{label}-{seed}.sqlite"
         copy_database(db_file, copy)
         curve = Curve()
-        report = run(RunRequest(model=source, target=target, trials=budget, out_dir=work / f"{name}-{label}-{seed}",
-                                db_url=f"sqlite:///{copy}", seed=seed, measure_untuned=False, name=name),
-                     bench_settings(transfer=transfer, retrain=retrain), curve)
+        settings = bench_settings(transfer=transfer, retrain=retrain)
+        if population is not None:
+            settings = settings.model_copy(update={"search": settings.search.model_copy(
+                update={"transferred_population_size": population})})
+        request = RunRequest(model=source, target=target, trials=budget, out_dir=work / f"{name}-{label}-{seed}",
+                             db_url=f"sqlite:///{copy}", seed=seed, measure_untuned=False, name=name)
+        seconds = None
+        if profile is None:
+            report = run(request, settings, curve)
+        else:
+            profile.mkdir(parents=True, exist_ok=True)
+            report, seconds = profiled(lambda: run(request, profiled_settings(settings), curve),
+                                       profile / f"{name}-{label}-{seed}.prof")
+            print(f"[bench] {name} seed {seed} {label}: {describe(seconds)}", flush=True)
         copy.unlink()
         if report["cost_model"]["transferred"] != transfer:
             raise SystemExit(f"{name} {label}: the run's cost model was "
@@ -180,7 +194,8 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
                        "final_estimate_ms": curve.points[-1][1] if curve.points else None,
                        "tasks_default_measured": report["tasks_default_measured"],
                        "latency_ms": report["latency_ms"]["tuned"], "onnxruntime_ms": report["latency_ms"]["onnxruntime"],
-                       "tuning_seconds": report["tuning_seconds"], "cost_model": report["cost_model"]}
+                       "tuning_seconds": report["tuning_seconds"], "cost_model": report["cost_model"],
+                       **({"profile_seconds": seconds} if seconds is not None else {})}
     metrics = share_metrics(pair)
     final = metrics.get("cold_final", {})
     reached, cold = final.get("transferred"), final.get("cold")
@@ -253,6 +268,10 @@ def main() -> None:
     parser.add_argument("--searches-only", action="store_true", help="skip the plain vs ranked defaults comparison")
     parser.add_argument("--retrain", choices=RETRAIN_MODES,
                         help="how the transferred searches refit the model (default: the configured mode)")
+    parser.add_argument("--transferred-population", type=int,
+                        help="the transferred searches' population (default: the configured one)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="search in this process under cProfile: the time per part in the JSON, stats in DIR")
     parser.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
                         help="print both measures of stored results' pairs and stop (no searches)")
     args = parser.parse_args()
@@ -268,6 +287,8 @@ def main() -> None:
     retrain = args.retrain or settings.cost_model.retrain
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
                      "seeds": args.seeds, "retrain": retrain,
+                     "transferred_population": (args.transferred_population or settings.search.transferred_population_size
+                                                or settings.search.population_size),
                      "train_models": [*([f"from {args.db}"] if args.db else []), *(args.train_models or [])],
                      "train_trials_per_task": fill_budget, "targets": [],
                      "ranked_defaults": []}
@@ -306,7 +327,8 @@ def main() -> None:
             results["targets"].append(row)
             row["defaults_measured_once"] = measure_defaults(source, url, target)
             for seed in args.seeds:
-                row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target, retrain))
+                row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target, retrain,
+                                               args.profile, args.transferred_population))
                 shares = [p["trial_share_needed"] for p in row["pairs"]]
                 row["median_trial_share_needed"] = median_share(shares)
                 row["median_trial_share_to_gain"] = median_share(

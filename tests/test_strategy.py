@@ -261,3 +261,8 @@ def test_searches_start_random_unless_a_trained_model_steers_them(settings: Sett
     cpu_config = tuning.search_config(settings, cpu, trained=False)
     assert cpu_config.random_first_round and cpu_config.init_min_unmeasured == settings.search.init_min_unmeasured
     assert not tuning.search_config(settings, cpu, trained=True).random_first_round
+    # The transferred model's own population, where one is configured; a cold search keeps the plain one.
+    small = settings.model_copy(update={"search": settings.search.model_copy(update={"transferred_population_size": 8})})
+    assert tuning.search_config(small, cpu, trained=True).population_size == 8
+    assert tuning.search_config(small, cpu, trained=False).population_size == settings.search.population_size
+    assert tuning.search_config(settings, cpu, trained=True).population_size == settings.search.population_size

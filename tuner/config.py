@@ -22,6 +22,9 @@ APP_NAME = "tuner"
 
 class SearchSettings(BaseModel):
     population_size: int = Field(256, ge=4)
+    # A search started from the family's transferred cost model evolves from its first round (a
+    # cold one draws at random until its model has seen enough); None: `population_size`.
+    transferred_population_size: int | None = Field(None, ge=4)
     genetic_num_iters: int = Field(3, ge=1)
     init_min_unmeasured: int = Field(32, ge=1)
     init_min_unmeasured_gpu: int = Field(8, ge=1)

@@ -257,8 +257,11 @@ def search_config(settings: Settings, target: Target, trained: bool) -> SearchCo
     64`: 4 min 53 s, 2 min 58 s with the first round random, 1 min 23 s with every untrained
     round random; AMD EPYC znver4)."""
     gpu = target.kind.name == "cuda"
+    population = settings.search.population_size
+    if trained and settings.search.transferred_population_size is not None:
+        population = settings.search.transferred_population_size
     return SearchConfig(
-        population_size=settings.search.population_size,
+        population_size=population,
         genetic_num_iters=settings.search.genetic_num_iters,
         init_min_unmeasured=settings.search.init_min_unmeasured_gpu if gpu else settings.search.init_min_unmeasured,
         random_first_round=not trained,
