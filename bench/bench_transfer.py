@@ -26,6 +26,9 @@ the searches, `--searches-only` the defaults.
     python3 bench/bench_transfer.py --db sqlite:////tmp/r50.sqlite --defaults-only \
         --target-models squeezenet shufflenet transformer --out bench/results/ranked-defaults.json
     python3 bench/bench_transfer.py --summarize bench/results/transfer-*.json   # both measures, no runs
+    python3 bench/bench_transfer.py --db sqlite:////tmp/fill.sqlite --target-models transformer \
+        --trials-per-task 16 --searches-only --profile /tmp/prof   # where each search's time goes
+    ... --transferred-population 64   # the transferred searches' population (the cold ones keep theirs)
 """
 
 from __future__ import annotations
