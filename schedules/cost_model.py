@@ -69,7 +69,6 @@ class Measured:
 def record_samples(records: Iterable[Measured], target: Target) -> Samples:
     """Features of each record's trace replayed on its workload, grouped by workload (a record
     whose trace no longer replays is skipped: it cannot teach this TVM anything)."""
-    load_tensor_intrinsics()  # a TuneContext imports them otherwise, the slow way (~20 s: intrinsics.py)
     extractor = ms.feature_extractor.PerStoreFeature()
     by_workload: dict[str, tuple[IRModule, list[Measured]]] = {}
     for rec in records:
@@ -77,7 +76,7 @@ def record_samples(records: Iterable[Measured], target: Target) -> Samples:
         by_workload.setdefault(key, (rec.workload, []))[1].append(rec)
     samples = Samples()
     for key, (mod, recs) in by_workload.items():
-        context = ms.TuneContext(mod=mod, target=target, task_name=key)
+        context = _context(mod, target)
         candidates, costs = [], []
         for rec in recs:
             try:
@@ -94,6 +93,14 @@ def record_samples(records: Iterable[Measured], target: Target) -> Samples:
         if kept:
             samples.add(key, [features[i] for i in kept], np.array([costs[i] for i in kept], dtype="float32"))
     return samples
+
+
+def _context(mod: IRModule, target: Target, num_threads: int | str = "physical") -> ms.TuneContext:
+    """The TuneContext features are extracted in. A TuneContext imports TVM's tensor intrinsics
+    the slow way (~20 s, intrinsics.py) in a process that has not loaded them yet, such as a
+    training process: they are loaded tuner's way first."""
+    load_tensor_intrinsics()
+    return ms.TuneContext(mod=mod, target=target, task_name=_group(mod), num_threads=num_threads)
 
 
 def _group(mod: IRModule) -> str:
@@ -330,10 +337,9 @@ def default_ranker(trained: Trained, target: Target) -> Callable[[IRModule, list
     if target.kind.name != "llvm":
         return None
     model = cost_model(int(target.attrs.get("num-cores", 1)), trained)
-    load_tensor_intrinsics()  # before its TuneContexts: see record_samples
 
     def rank(mod: IRModule, candidates: list[Schedule]) -> int:
-        context = ms.TuneContext(mod=mod, target=target, task_name=_group(mod), num_threads=1)
+        context = _context(mod, target, num_threads=1)
         measure = [ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
                    for sch in candidates]
         scores = np.asarray(model.predict(context, measure))
