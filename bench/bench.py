@@ -9,6 +9,15 @@ FMA peak. Prints ratios measured in one process and writes them as JSON.
 `transformer` is bench/transformer.py's encoder (seq 128, hidden 256, 2 layers), `mobilenetv2`
 bench/mobilenet.py's MobileNetV2 (224x224, ReLU6 as Clip); the others
 are the onnx package's light zoo models.
+
+The peak and each model's kernel table are timed minutes apart, and the VMs here move their two
+vCPUs between cores that share an L3 and cores that do not: one resnet50 1x1 convolution alone
+read 1.51 ms in one table and 0.69-0.71 ms by turns later (AMD EPYC znver3), and peaks of 102 and
+128 GFLOP/s against 185-203 in other runs put kernels above 100%. So the cores' cache-line round
+trip (`core_latency.py`: ~100 ns on one L3, 400-1000 on two) is recorded beside the peak and
+before and after each kernel table. It does not tell every state apart: the 102 GFLOP/s peak was
+measured at 89 ns, as if the two vCPUs then ran on one physical core (SMT siblings share its FMA
+pipes); the peak itself says that.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from core_latency import round_trip_ns  # noqa: E402
 from kernels import cpu_target, kernel_table  # noqa: E402
 from peak import fma_peak_gflops  # noqa: E402
 from results_file import write_results  # noqa: E402
@@ -72,6 +82,9 @@ def bench_model(name: str, trials: int | None, per_task: int, work: Path, seed: 
                           db_url=db, seed=seed, measure_untuned=False, name=name), settings, LogProgress(30))
     warm_s = time.perf_counter() - t0
     lat = cold["latency_ms"]
+    round_trips = [round_trip_ns()]
+    kernels = kernel_table(source, target, db, peak)
+    round_trips.append(round_trip_ns())
     return {
         "model": name,
         "trials_budget": budget,
@@ -103,9 +116,14 @@ def bench_model(name: str, trials: int | None, per_task: int, work: Path, seed: 
         # The cache-hit run times the same module against ONNX Runtime again: a second ratio.
         "cache_hit_onnxruntime_ms": warm["latency_ms"]["onnxruntime"],
         "cache_hit_tuned_vs_onnxruntime": warm["latency_ms"]["tuned"] / warm["latency_ms"]["onnxruntime"],
-        "kernels": kernel_table(source, target, db, peak),
+        "kernels": kernels,
+        "kernels_core_round_trip_ns": round_trips,
         "hardware": cold["hardware"],
     }
+
+
+def _ns(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f}"
 
 
 def main() -> None:
@@ -124,18 +142,20 @@ def main() -> None:
     target = cpu_target(args.mcpu)
     isa = vector_isa(Target(dict(target)))
     peak = fma_peak_gflops(Target(dict(target)), int(target["num-cores"]))
+    peak_round_trip = round_trip_ns()
     fp = fingerprint_for(target)
     cpu = f"{fp.as_dict().get('cpu_model')} ({target['mcpu']}, {isa.name}, {target['num-cores']} cores)"
     if args.mcpu:
         cpu += f", code generated for {args.mcpu} on a {host_cpu_target()['mcpu']} host"
     console = Console(width=170)
-    console.print(f"{cpu}: measured FP32 FMA peak {peak:.1f} GFLOP/s")
+    console.print(f"{cpu}: measured FP32 FMA peak {peak:.1f} GFLOP/s (cores' round trip {_ns(peak_round_trip)} ns)")
     rows: list[dict] = []
     budget = f"{args.trials} trials" if args.trials is not None else f"{args.trials_per_task} trials per task"
 
     def write() -> None:  # after every model: a long run cut short keeps what it measured
         write_results({
             "budget": budget, "cpu": cpu, "isa": isa.name, "fma_peak_gflops": peak,
+            "fma_peak_core_round_trip_ns": peak_round_trip,
             "python": sys.version.split()[0], "platform": platform.platform(), "results": rows,
         }, args.out)
 
@@ -164,7 +184,8 @@ def main() -> None:
                       f"{r['cold_run_seconds']:.0f}", f"{r['cache_hit_run_seconds']:.0f}")
     console.print(table)
     for r in rows:
-        kt = Table(title=f"{r['model']}: slowest kernels (each timed alone)")
+        trips = " and ".join(_ns(ns) for ns in r["kernels_core_round_trip_ns"])
+        kt = Table(title=f"{r['model']}: slowest kernels (each timed alone; cores' round trip {trips} ns)")
         for col in ("kernel", "calls", "GFLOP", "ms", "cold ms", "GFLOP/s", "% of peak", "micro-kernel"):
             kt.add_column(col, justify="right")
         for k in r["kernels"][:args.kernels]:
