@@ -27,6 +27,9 @@ SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
     "rows-parallel": (register_blocking, "rows_parallel", lambda *_: False),
     # convolutions with few output tiles left direct (winograd.enough_tiles): off, every eligible one Winograd
     "winograd-min-tiles": (winograd, "enough_tiles", lambda *_: True),
+    # Winograd GEMMs whose weights dominate swept in reduction panels (register_blocking.reduction_panel):
+    # off, the whole reduction per block of vectors
+    "winograd-panels": (register_blocking, "reduction_panel", lambda *_: None),
 }
 
 
