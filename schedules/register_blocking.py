@@ -316,8 +316,9 @@ def reduction_panel(weights_dominate: bool, reduce: list[LoopRV], extents: list[
     2.0-2.6 ms on one thread of an AMD EPYC (znver4, AVX2 code), at 22% of the FMA peak on two,
     against 1.03-1.05 ms in panels of 64, what the search found at 64 trials/task (1.06-1.09 ms);
     the search's own loop nest with the reduction left whole ran 3.6 ms. Both orders stream the
-    weights sequentially through the same 4x16 block of FMAs: what differs is the A panel (4 x 64
-    floats, reused by every vector block) and the short runs between the accumulators' reloads.
+    weights sequentially through the same 4x16 block of FMAs (no spills in either); why the panels
+    run 2x faster per core was not pinned down (not the loop overhead: the plain order unrolled by
+    2, 4 or 8 was no faster).
     On one thread the 28x28 layers' GEMMs (49 tiles, 128 channels) ran 0.65-0.66 ms against
     0.73, the 14x14 ones' (16 tiles, 256 channels) 0.75-0.78 against 0.78."""
     reductions = [e for e, is_spatial in zip(extents, spatial) if not is_spatial]
@@ -461,7 +462,7 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
         chosen = [r_outer, v_outer] if rows_outer(reduction, extents[roles.vector], best.nv * isa.lanes, isa) \
             else [v_outer, r_outer]
         order = [*others, *chosen]
-    panel = reduction_panel(block.name_hint == WINOGRAD_GEMM and not by_rows, reduce, extents, spatial)
+    panel = reduction_panel(block.name_hint == WINOGRAD_GEMM and not by_rows and bool(others), reduce, extents, spatial)
     if panel:
         rc_outer, rc_inner = sch.split(reduce[0], [None, panel])
         order = others
