@@ -70,7 +70,7 @@ def bench_settings(**cost_model: object) -> Settings:
 
 
 def bench_model(name: str, trials: int | None, per_task: int, work: Path, seed: int, peak: Callable[[], float],
-                target: dict, kernel_rounds_: int) -> dict:
+                target: dict, table_rounds: int) -> dict:
     source = model_spec(name, work)
     db = f"sqlite:///{work / f'{name}.sqlite'}"
     settings = bench_settings()
@@ -84,7 +84,7 @@ def bench_model(name: str, trials: int | None, per_task: int, work: Path, seed: 
                           db_url=db, seed=seed, measure_untuned=False, name=name), settings, LogProgress(30))
     warm_s = time.perf_counter() - t0
     lat = cold["latency_ms"]
-    kernels = kernel_rounds(source, target, db, peak, rounds=kernel_rounds_)
+    kernels = kernel_rounds(source, target, db, peak, rounds=table_rounds)
     return {
         "model": name,
         "trials_budget": budget,

@@ -13,6 +13,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.target import Target
 
+from core_latency import round_trip_ns  # a sibling: bench/ is on the path of every benchmark script
 from tuner.cluster.worker_tasks import cpu_times
 from tuner.compile import schedule_module
 from tuner.db.database import SQLDatabase
@@ -90,8 +91,6 @@ def kernel_rounds(model: str, target_dict: dict[str, Any], db_url: str, peak: Ca
     a kernel timed once against a peak timed minutes before says more about the VM than about
     the kernel. `ms` is the median of the rounds; `pct_of_peak_rounds` and the table's `rounds`
     (peak and round trip per round) keep what each round saw."""
-    from core_latency import round_trip_ns  # bench/ is on the path of every benchmark script
-
     target = Target(dict(target_dict))
     _, fused, database = model_on_database(model, target_dict, db_url, fast_math)
     scheduled, _ = schedule_module(fused, target, database)

@@ -305,7 +305,7 @@ def rows_parallel(operand_bytes: tuple[int, int, int], others_extent: int, winog
 PANEL = 64
 
 
-def reduction_panel(weights_dominate: bool, reduce: list[LoopRV], extents: list[int], spatial: list[bool]) -> int | None:
+def reduction_panel(weights_dominate: bool, reductions: list[int]) -> int | None:
     """The panel length of the reduction when a Winograd GEMM's weights outweigh its activations
     (few tiles, many channels), else None: each thread then takes whole positions, and for each
     panel of the reduction every vector block of the output passes over it, the accumulators of
@@ -321,8 +321,7 @@ def reduction_panel(weights_dominate: bool, reduce: list[LoopRV], extents: list[
     2, 4 or 8 was no faster).
     On one thread the 28x28 layers' GEMMs (49 tiles, 128 channels) ran 0.65-0.66 ms against
     0.73, the 14x14 ones' (16 tiles, 256 channels) 0.75-0.78 against 0.78."""
-    reductions = [e for e, is_spatial in zip(extents, spatial) if not is_spatial]
-    if not weights_dominate or len(reduce) != 1 or reductions[0] <= PANEL or reductions[0] % PANEL:
+    if not weights_dominate or len(reductions) != 1 or reductions[0] <= PANEL or reductions[0] % PANEL:
         return None
     return PANEL
 
@@ -462,7 +461,8 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
         chosen = [r_outer, v_outer] if rows_outer(reduction, extents[roles.vector], best.nv * isa.lanes, isa) \
             else [v_outer, r_outer]
         order = [*others, *chosen]
-    panel = reduction_panel(block.name_hint == WINOGRAD_GEMM and not by_rows and bool(others), reduce, extents, spatial)
+    panel = reduction_panel(block.name_hint == WINOGRAD_GEMM and not by_rows and bool(others),
+                            [e for e, s in zip(extents, spatial) if not s])
     if panel:
         rc_outer, rc_inner = sch.split(reduce[0], [None, panel])
         order = others

@@ -160,8 +160,8 @@ def test_a_winograd_gemm_whose_weights_dominate_sweeps_its_reduction_in_panels_a
 
 
 def test_reduction_panels_only_where_weights_dominate_and_the_reduction_divides() -> None:
-    loops = [object()]
-    assert register_blocking.reduction_panel(True, loops, [36, 4, 512, 512], [True, True, True, False]) == 64
-    assert register_blocking.reduction_panel(False, loops, [36, 4, 512, 512], [True, True, True, False]) is None
-    assert register_blocking.reduction_panel(True, loops, [36, 4, 512, 64], [True, True, True, False]) is None
-    assert register_blocking.reduction_panel(True, loops, [36, 4, 512, 96], [True, True, True, False]) is None
+    assert register_blocking.reduction_panel(True, [512]) == 64
+    assert register_blocking.reduction_panel(False, [512]) is None
+    assert register_blocking.reduction_panel(True, [64]) is None
+    assert register_blocking.reduction_panel(True, [96]) is None
+    assert register_blocking.reduction_panel(True, [512, 3]) is None
