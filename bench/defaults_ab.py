@@ -71,11 +71,15 @@ def compare_model(name: str, switch: str, work: Path, target: dict, rounds: int,
     source = model_spec(name, work)
     tuned = tune_both(source, switch, tune, work, target) if tune else {}
     loaded, fused_on, db = model_on_database(source, target, tuned.get("db", f"sqlite:///{work / 'empty.sqlite'}"))
-    with without(switch):  # the model as loaded, fused again with the feature off
-        fused_off = fuse_for_tuning(import_onnx(loaded), tgt)
     row: dict = {"model": name, **({"tuned_trials_per_task": tune, "tuning": tuned["tuning"]} if tune else {})}
-    modules = {label: TVMModel(compile_tuned(fused, tgt, db).executable, list(loaded.input_shapes))
-               for label, fused in (("with", fused_on), ("without", fused_off))}
+    modules = {}
+    for label, off in (("with", None), ("without", switch)):
+        # Compiled inside the switch too: most switches act when the default schedules are made
+        # (register_blocking), not when the graph is fused. (From a34c4e5 to session 39 only the
+        # fusion was, so those switches compared a module with itself.)
+        with without(off):
+            fused = fused_on if off is None else fuse_for_tuning(import_onnx(loaded), tgt)
+            modules[label] = TVMModel(compile_tuned(fused, tgt, db).executable, list(loaded.input_shapes))
     timed = verified_by_turns(loaded, modules, int(target["num-cores"]), rounds, 5.0)
     row.update(timed.modules)
     row["onnxruntime_ms"], row["core_round_trip_ns"] = timed.onnxruntime_ms, timed.core_round_trip_ns

@@ -4,9 +4,10 @@ against the measured best on this machine.
 
     python3 bench/sweep_blocks.py 256,14,3,256 64,56,3,64 256,56,1,64
     python3 bench/sweep_blocks.py --mcpu haswell 256,14,3,256     # the AVX2 code on this CPU
+    python3 bench/sweep_blocks.py --mcpu znver3 272,14,1,288,1,4  # shufflenet's grouped 1x1 conv
 
-A shape is `in_channels,size,kernel,out_channels[,stride]` (batch 1, bias + relu; size `14` or
-`15x14`), compiled as the pipeline compiles it (channels last on CPU). The blocks listed are all
+A shape is `in_channels,size,kernel,out_channels[,stride[,groups]]` (batch 1, bias + relu; size
+`14` or `15x14`; a grouped conv is blocked per group, its vectors over one group's channels), compiled as the pipeline compiles it (channels last on CPU). The blocks listed are all
 those that divide the loops, including those the rule excludes for register pressure (`usable`).
 Each block is built once and the blocks are timed by turns, `--rounds` times (the median
 counts): this VM's speed swings by 2x within a minute, so blocks timed one after the other
@@ -39,32 +40,35 @@ from tuner.schedules import register_blocking as rb  # noqa: E402
 from tuner.search.job_database import open_database  # noqa: E402
 
 
-def conv_model(c: int, size: tuple[int, int], k: int, co: int, stride: int, path: Path) -> tuple[str, float, int]:
+def conv_model(c: int, size: tuple[int, int], k: int, co: int, stride: int, path: Path,
+               groups: int = 1) -> tuple[str, float, int]:
     rng = np.random.default_rng(0)
     pad, out = k // 2, _out_size(size[0], k, stride) * _out_size(size[1], k, stride)
+    cg = c // groups
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2),
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2, group=groups),
          helper.make_node("Relu", ["c"], ["y"])],
         "conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, *size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, co, *(_out_size(n, k, stride) for n in size)])],
-        [helper.make_tensor("w", TensorProto.FLOAT, (co, c, k, k), rng.standard_normal((co, c, k, k)).astype(np.float32).ravel()),
+        [helper.make_tensor("w", TensorProto.FLOAT, (co, cg, k, k), rng.standard_normal((co, cg, k, k)).astype(np.float32).ravel()),
          helper.make_tensor("b", TensorProto.FLOAT, (co,), np.zeros(co, np.float32))],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return str(path), 2.0 * co * c * k * k * out, out
+    return str(path), 2.0 * co * cg * k * k * out, out
 
 
 def sweep(shape: tuple, target_dict: dict, peak: float, work: Path, rounds: int) -> list[tuple[float, rb.MicroKernel]]:
-    c, size, k, co, stride = (*shape, 1)[:5]
-    path, flops, out = conv_model(c, size, k, co, stride, work / "conv.onnx")
+    c, size, k, co, stride, groups = (*shape, 1, 1)[:6]
+    path, flops, out = conv_model(c, size, k, co, stride, work / "conv.onnx", groups)
     target = Target(dict(target_dict))
     # The rows as given: padded rows (row_padding.py) would change the blocks that divide them.
     with without("row-padding"):
         fused = fuse_for_tuning(import_onnx(load_model(path, {})), target)
     isa = rb.vector_isa(target)
-    everything = rb.replace(isa, registers=isa.registers * 4 // 3)  # usable = all registers
-    blocks, _ = rb.register_blocks(out, co, everything)
+    # usable = all registers: 16 -> 22 (AVX2, `usable_registers` then keeps 16), 32 -> 43
+    everything = rb.replace(isa, registers=(isa.registers * 4 + 2) // 3)
+    blocks, _ = rb.register_blocks(out, co // groups, everything)
     original = rb.candidates
     timers = []
     for block in blocks:
@@ -125,9 +129,9 @@ def _shape(text: str) -> tuple:
 
 
 def _extents(shape: tuple) -> tuple[int, int]:
-    """The conv's register-block loops: output rows (y * x) and output channels."""
-    c, size, k, co, stride = (*shape, 1)[:5]
-    return _out_size(size[0], k, stride) * _out_size(size[1], k, stride), co
+    """The conv's register-block loops: output rows (y * x) and output channels (of one group)."""
+    c, size, k, co, stride, groups = (*shape, 1, 1)[:6]
+    return _out_size(size[0], k, stride) * _out_size(size[1], k, stride), co // groups
 
 
 if __name__ == "__main__":
