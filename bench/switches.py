@@ -30,6 +30,13 @@ SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
     # Winograd GEMMs whose weights dominate swept in reduction panels (register_blocking.reduction_panel):
     # off, the whole reduction per block of vectors
     "winograd-panels": (register_blocking, "reduction_panel", lambda *_: None),
+    # grouped convs' epilogues iterated by (group, channel in group) (register_blocking._split_group_channel):
+    # off, by output channel (multi-vector blocks then keep their accumulators in memory)
+    "group-epilogue-split": (register_blocking, "_split_group_channel", lambda *_: None),
+    # register blocks may claim all 16 of AVX2's vector registers (register_blocking.usable_registers):
+    # off, 15 (AVX-512 keeps its three quarters either way)
+    "avx2-all-registers": (register_blocking, "usable_registers",
+                           lambda isa: isa.registers * 3 // 4 if isa.registers > 16 else isa.registers - 1),
 }
 
 
