@@ -33,6 +33,9 @@ SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
     # grouped convs' epilogues iterated by (group, channel in group) (register_blocking._split_group_channel):
     # off, by output channel (multi-vector blocks then keep their accumulators in memory)
     "group-epilogue-split": (register_blocking, "_split_group_channel", lambda *_: None),
+    # producers that only copy their input (a grouped conv's padding of nothing) inlined into the
+    # register-blocked GEMM (register_blocking._inline_copies): off, the copy stays a pass of its own
+    "inline-copies": (register_blocking, "_inline_copies", lambda *_: None),
     # register blocks may claim all 16 of AVX2's vector registers (register_blocking.usable_registers):
     # off, 15 (AVX-512 keeps its three quarters either way)
     "avx2-all-registers": (register_blocking, "usable_registers",

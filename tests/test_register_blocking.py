@@ -298,9 +298,22 @@ def test_a_grouped_conv_in_blocks_of_several_vectors_keeps_its_accumulators_in_r
     (conv,) = [f for gv, f in scheduled.functions.items()
                if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint]
     assert RULE_NAME in conv.script() and "T.unroll(T.int64(3))" in conv.script()
+    # TOPI's padding of nothing is inlined: the block reads the input in place, no copy first.
+    assert "pad_temp" not in conv.script()
     compacted = tvm.transform.Sequential([
         tvm.s_tir.transform.PlanAndUpdateBufferAllocationLocation(), tvm.s_tir.transform.ConvertBlocksToOpaque(),
         tvm.s_tir.transform.CompactBufferAllocation()])(tvm.IRModule({"main": conv}))
     local = [b for b in _allocs(compacted["main"]) if b.scope() == "local"]
     assert [int(np.prod([int(d) for d in b.shape])) for b in local] == [4 * 24]
     assert_matches_ort(loaded, fused, AVX2, tmp_path)
+
+
+def test_real_padding_stays_a_producer_of_its_own(tmp_path: Path) -> None:
+    """Only copies are inlined (`_inline_copies`): a 3x3 conv's padding inlined would put its
+    bounds check in the FMA loop."""
+    loaded = load_model(str(onnx_models.save(onnx_models.grouped_conv(channels=32, kernel=3), tmp_path / "g.onnx")), {})
+    fused = fuse_for_tuning(import_onnx(loaded), AVX2, winograd=False)
+    scheduled, _ = schedule_module(fused, AVX2, ms.database.MemoryDatabase())
+    (conv,) = [f.script() for gv, f in scheduled.functions.items()
+               if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint]
+    assert RULE_NAME in conv and "pad_temp" in conv
