@@ -4,15 +4,15 @@ blocks of the rows it was given."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from tuner.rewrite import group_padding, row_padding, winograd
 from tuner.schedules import register_blocking
 
-# What turns a feature off: (module, attribute, replacement).
-SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
+# What turns a feature off: (module, attribute, replacement: a function or a constant).
+SWITCHES: dict[str, tuple[Any, str, Any]] = {
     # 1x1 convolutions computed over padded rows for a better register block (row_padding.padded_rows)
     "row-padding": (row_padding, "padded_rows", lambda *_: None),
     # ungrouped convolutions' output channels padded to whole vectors, or to 2- or 3-vector register
@@ -36,6 +36,8 @@ SWITCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
     # producers that only copy their input (a grouped conv's padding of nothing) inlined into the
     # register-blocked GEMM (register_blocking._inline_copies): off, the copy stays a pass of its own
     "inline-copies": (register_blocking, "_inline_copies", lambda *_: None),
+    # register blocks of 5 or 6 vectors a row (register_blocking.MAX_BLOCK_VECTORS): off, at most 4
+    "five-six-vectors": (register_blocking, "MAX_BLOCK_VECTORS", 4),
     # register blocks may claim all 16 of AVX2's vector registers (register_blocking.usable_registers):
     # off, 15 (AVX-512 keeps its three quarters either way)
     "avx2-all-registers": (register_blocking, "usable_registers",

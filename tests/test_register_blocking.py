@@ -292,6 +292,9 @@ def test_a_grouped_conv_in_blocks_of_several_vectors_keeps_its_accumulators_in_r
     of 3 of a group's 9 vectors and kept all of it in memory (every FMA loaded and stored its
     accumulator: 2x3 at 20% of the peak)."""
     assert (candidates(196, 72, vector_isa(AVX2))[0].mr, candidates(196, 72, vector_isa(AVX2))[0].nv) == (4, 3)
+    # 40 channels per group at 28x28: the whole group in one block of 2 rows x 5 vectors (0.68x
+    # the time of 7x1, which read the input once for each of the 5 vector blocks).
+    assert (candidates(784, 40, vector_isa(AVX2))[0].mr, candidates(784, 40, vector_isa(AVX2))[0].nv) == (2, 5)
     loaded = load_model(str(onnx_models.save(onnx_models.grouped_conv(channels=288, size=14), tmp_path / "g.onnx")), {})
     fused = fuse_for_tuning(import_onnx(loaded), AVX2)
     scheduled, _ = schedule_module(fused, AVX2, ms.database.MemoryDatabase())
