@@ -620,10 +620,11 @@ def vector_step(isa: VectorISA, full_lanes: int, widths: list[int]) -> int | Non
     the search may sample spans 3 registers, which LLVM never sees as one vector. Vectorized
     whole, a 3-vector block (48 lanes on AVX-512) ran at 2-3% of the FMA peak: squeezenet's
     classifier as 6x3 on 174 padded rows took 24.7 ms, 0.57 ms (74%) as three 16-lane vectors
-    (Intel Xeon, rocketlake). Blocks of 1, 2 or 4 vectors stay whole: emitted as one-register
-    vectors they were about 1% slower (medians 1.008, 1.010, 1.029: resnet50, shufflenet, the
-    transformer on default schedules, `bench/defaults_ab.py --without vector-step`, all blocks
-    split)."""
+    (Intel Xeon, rocketlake). Whole default modules with and without (AVX-512 on an AMD EPYC
+    znver5, `bench/defaults_ab.py --without vector-step`, 7 rounds by turns): squeezenet 0.109x,
+    shufflenet 0.41x, resnet50 1.010x. Blocks of 1, 2 or 4 vectors stay whole. (The figures once
+    given for splitting those too, 1-3% slower, came from a defaults_ab that compiled both
+    variants with the switch on: no evidence either way.)"""
     ragged = any((w // isa.lanes) & (w // isa.lanes - 1) for w in widths)
     return isa.lanes if isa.lanes < full_lanes or ragged else None
 
