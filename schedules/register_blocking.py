@@ -189,6 +189,27 @@ def _match_depthwise(block: tvm.s_tir.SBlock, names: list[str], spatial: list[bo
     return None
 
 
+def depthwise_by_width(depthwise: bool, width: int, vector_extent: int, isa: VectorISA) -> bool:
+    """Whether a depthwise conv's register blocks take their rows from the output's x alone (y
+    among the parallel loops outside) instead of y and x fused, so that each block's padded input
+    (the kernel's height in rows, one block of channels) is computed right before the row's
+    blocks (`_pad_at`) instead of in a pass over the whole input first; the threads split the
+    rows and channel blocks.
+
+    Over fused rows a block may start mid-row (4 of shufflenet's 14x14), where MetaSchedule can
+    bound no padding region. Both orders were timed on shufflenet's 14x14x272 depthwise conv
+    (AVX2 code, AMD EPYC znver5): the padding in a pass of its own 0.0134-0.0147 ms, computed at
+    each block 0.0107-0.0110 unvectorized, and vectorized 1.1x the search's kernel at 64
+    trials/task, which does the same, against the default's 2.0-2.6x. In the rule, shufflenet's 6
+    depthwise kernels ran 0.53-0.91x alone; default modules by turns (`bench/defaults_ab.py
+    --without depthwise-by-width`): shufflenet 0.943 (AVX2 code), 0.969 (AVX-512), MobileNetV2
+    0.906 (AVX2), 0.974 (AVX-512). Only where a block of 4 rows or more divides the width."""
+    if not depthwise:
+        return False
+    kernels, _ = register_blocks(width, vector_extent, isa)
+    return bool(kernels) and kernels[0].mr >= 4
+
+
 # Rows of a register block at most (more never fit the registers with a vector each).
 MAX_BLOCK_ROWS = 32
 # Vectors per row of a register block. 5 or 6 only where they are the whole vector loop: a group
@@ -430,6 +451,11 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     vector_dims = _write_dims(block, [names[roles.vector]], alone=group is None)
     if row_dims is None or vector_dims is None or not _adjacent(row_dims):
         return None
+    by_width = len(roles.rows) > 1 and depthwise_by_width(
+        roles.a_vector_dim is not None, int(block.iter_vars[roles.rows[-1]].dom.extent),
+        int(block.iter_vars[roles.vector].dom.extent), isa)
+    if by_width:
+        roles, row_dims = replace(roles, rows=roles.rows[-1:]), row_dims[-1:]
     if len(roles.rows) > 1:
         # conv2d: the output's y and x become one row iterator, so a register block that does
         # not divide the width (9 of 111, 25 of 55) still covers a fixed slice of rows.
@@ -472,7 +498,7 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
         order = [r_outer, *others, v_outer]
     else:
         chosen = [r_outer, v_outer] if rows_outer(reduction, extents[roles.vector], best.nv * isa.lanes, isa) \
-            else [v_outer, r_outer]
+            and not by_width else [v_outer, r_outer]
         order = [*others, *chosen]
     panel = reduction_panel(block.name_hint == WINOGRAD_GEMM and not by_rows and bool(others),
                             [e for e, s in zip(extents, spatial) if not s])
@@ -487,6 +513,8 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     if roles.a_vector_dim is not None and not _channel_last(sch, block_rv, 1 - roles.b_index, roles.a_vector_dim,
                                                            isa.lanes):
         return None
+    if by_width:  # one channel block's padded rows, for all the blocks of its output row
+        _pad_at(sch, block_rv, 1 - roles.b_index, order[-2], vector_step(isa, full_lanes, widths))
     epilogue = _epilogue(sch, block_rv)
     out = sch.get(block_rv).writes[0].source
     if not epilogue:
@@ -510,7 +538,7 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
         if inner:
             _vectorize(sch, inner[-1], narrowed_lanes)
         sch.annotate(b, ANNOTATION, RULE_NAME)
-    fused = sch.fuse(*order)
+    fused = sch.fuse(*(order[:-1] if by_width else order))
     sch.parallel(fused)
     sch.unroll(r_inner)
     _vectorize(sch, v_inner, narrowed_lanes)
@@ -712,15 +740,30 @@ def _inline_copies(sch: Schedule, block_rv: SBlockRV) -> None:
             sch.compute_inline(producer)
 
 
+def _pad_at(sch: Schedule, block_rv: SBlockRV, read: int, tile: LoopRV, lanes: int | None) -> None:
+    """The producer of the block's input `read` (a depthwise conv's padding) computed at `tile`,
+    its channel loop vectorized as the block's (`_vectorize`: 3 vectors of 16 lanes as one took
+    MobileNetV2's 56x56x144 depthwise conv 1.9x the time) and annotated as the rule's (see
+    `_parallel_producers`)."""
+    buf = sch.get(block_rv).reads[read].source
+    producer = next(p for p in sch.get_producers(block_rv) if any(w.source.same_as(buf) for w in sch.get(p).writes))
+    sch.compute_at(producer, tile, preserve_unit_loops=True)
+    _vectorize(sch, sch.get_loops(producer)[-1], lanes)
+    sch.annotate(producer, ANNOTATION, RULE_NAME)
+
+
 def _parallel_producers(sch: Schedule, block_rv: SBlockRV) -> None:
     """Producers computed at the root (conv2d's padding): outer loops parallel, inner
     vectorized, as MetaSchedule's postprocessor would have made them. They carry the rule's
     annotation, so MetaSchedule's random compute-at leaves them there: moved into a register
     block's tile that starts mid-row, the padding's loops get a dynamic extent and the
     candidate is rejected."""
+    outer = sch.get(sch.get_loops(block_rv)[0])
     for producer in sch.get_producers(block_rv):
         if _runs_alone(sch, producer):
             continue  # a kernel of its own (a Winograd input transform), scheduled by its rule
+        if any(sch.get(lp).same_as(outer) for lp in sch.get_loops(producer)):
+            continue  # computed inside the block's loops (`_pad_at`)
         sch.annotate(producer, ANNOTATION, RULE_NAME)
         loops = sch.get_loops(producer)
         if len(loops) < 2:
