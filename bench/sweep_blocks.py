@@ -7,8 +7,9 @@ against the measured best on this machine.
     python3 bench/sweep_blocks.py --mcpu znver3 272,14,1,288,1,4  # shufflenet's grouped 1x1 conv
 
 A shape is `in_channels,size,kernel,out_channels[,stride[,groups]]` (batch 1, bias + relu; size
-`14` or `15x14`; a grouped conv is blocked per group, its vectors over one group's channels), compiled as the pipeline compiles it (channels last on CPU). The blocks listed are all
-those that divide the loops, including those the rule excludes for register pressure (`usable`).
+`14` or `15x14`; a grouped conv is blocked per group, its vectors over one group's channels),
+compiled as the pipeline compiles it (channels last on CPU). The blocks listed are all those that
+divide the loops, including those the rule excludes for register pressure (`usable`).
 Each block is built once and the blocks are timed by turns, `--rounds` times (the median
 counts): this VM's speed swings by 2x within a minute, so blocks timed one after the other
 compare stretches of the VM, not blocks.

@@ -38,8 +38,8 @@ SWITCHES: dict[str, tuple[Any, str, Any]] = {
     "inline-copies": (register_blocking, "_inline_copies", lambda *_: None),
     # register blocks of 5 or 6 vectors a row (register_blocking.MAX_BLOCK_VECTORS): off, at most 4
     "five-six-vectors": (register_blocking, "MAX_BLOCK_VECTORS", 4),
-    # depthwise convs blocked along the output's x, their padding computed at each block
-    # (register_blocking.depthwise_by_width): off, blocked over y and x fused, padded in a pass first
+    # depthwise convs blocked along the output's x, the padding computed per channel block and output
+    # row (register_blocking.depthwise_by_width): off, blocked over y and x fused, padded in a pass first
     "depthwise-by-width": (register_blocking, "depthwise_by_width", lambda *_: False),
     # register blocks may claim all 16 of AVX2's vector registers (register_blocking.usable_registers):
     # off, 15 (AVX-512 keeps its three quarters either way)
