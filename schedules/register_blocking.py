@@ -200,10 +200,14 @@ def depthwise_by_width(depthwise: bool, width: int, vector_extent: int, isa: Vec
     bound no padding region. Both orders were timed on shufflenet's 14x14x272 depthwise conv
     (AVX2 code, AMD EPYC znver5): the padding in a pass of its own 0.0134-0.0147 ms, computed at
     each block 0.0107-0.0110 unvectorized, and vectorized 1.1x the search's kernel at 64
-    trials/task, which does the same, against the default's 2.0-2.6x. In the rule, shufflenet's 6
-    depthwise kernels ran 0.53-0.91x alone; default modules by turns (`bench/defaults_ab.py
-    --without depthwise-by-width`): shufflenet 0.943 (AVX2 code), 0.969 (AVX-512), MobileNetV2
-    0.906 (AVX2), 0.974 (AVX-512). Only where a block of 4 rows or more divides the width."""
+    trials/task, which does the same, against the default's 2.0-2.6x; in the rule 2x the search's
+    until the kernel's taps were unrolled as well (the search's are: neighbouring columns of a
+    block then share their loads), 1.14x after. Shufflenet's 6 depthwise kernels alone 0.54-0.70x
+    the fused-rows default; default modules by turns (`bench/defaults_ab.py --without
+    depthwise-by-width`, rounds where the VM changed state between the two excepted): shufflenet
+    0.971 (AVX2 code), 0.969 (AVX-512), MobileNetV2 0.938 (AVX2), 0.937 (AVX-512); before the taps
+    were unrolled 0.943, 0.969, 0.906, 0.974. Only where a block of 4 rows or more divides the
+    width."""
     if not depthwise:
         return False
     kernels, _ = register_blocks(width, vector_extent, isa)
@@ -541,6 +545,9 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     fused = sch.fuse(*(order[:-1] if by_width else order))
     sch.parallel(fused)
     sch.unroll(r_inner)
+    if by_width:  # the kernel's taps too: the block's neighbouring columns share their loads
+        for lp in reduce:
+            sch.unroll(lp)
     _vectorize(sch, v_inner, narrowed_lanes)
     sch.decompose_reduction(block_rv, reduce[0])
     sch.annotate(block_rv, ANNOTATION, RULE_NAME)
