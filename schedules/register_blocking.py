@@ -744,7 +744,10 @@ def _inline_copies(sch: Schedule, block_rv: SBlockRV) -> None:
                 and len(body.indices) == len(names) == len(body.value.indices)
                 and all(a.same_as(v) and b.same_as(v) for a, b, v in zip(body.indices, body.value.indices, names))
                 and [int(d) for d in body.buffer.shape] == [int(d) for d in body.value.source.shape]):
-            sch.compute_inline(producer)
+            try:
+                sch.compute_inline(producer)
+            except Exception:  # noqa: BLE001 - ScheduleError (e.g. the copy is an output too): it stays
+                continue
 
 
 def _pad_at(sch: Schedule, block_rv: SBlockRV, read: int, tile: LoopRV, lanes: int | None) -> None:
