@@ -436,13 +436,19 @@ def _split_groups(sch: Schedule, block_rv: SBlockRV) -> int | None:
         extent = int(iv.dom.extent)
         if iv.iter_type != tirx.IterVar.DataPar or og <= 1 or og >= extent or extent % og:
             continue
-
-        def index_map(*v: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:
-            return (*v[:pos], v[pos] // og, v[pos] % og, *v[pos + 1:])
-
-        sch.transform_block_layout(block_rv, IndexMap.from_func(index_map, ndim=len(names)))
+        _split_iterator(sch, block_rv, pos, og)
         return og
     return None
+
+
+def _split_iterator(sch: Schedule, block_rv: SBlockRV, pos: int, factor: int) -> None:
+    """The block's iterator `pos` made two, ``v // factor`` and ``v % factor``."""
+    ndim = len(sch.get(block_rv).iter_vars)
+
+    def index_map(*v: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:
+        return (*v[:pos], v[pos] // factor, v[pos] % factor, *v[pos + 1:])
+
+    sch.transform_block_layout(block_rv, IndexMap.from_func(index_map, ndim=ndim))
 
 
 def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA, group: int | None = None) -> Schedule | None:
@@ -517,8 +523,9 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     if roles.a_vector_dim is not None and not _channel_last(sch, block_rv, 1 - roles.b_index, roles.a_vector_dim,
                                                            isa.lanes):
         return None
+    narrowed_lanes = vector_step(isa, full_lanes, widths)
     if by_width:  # one channel block's padded rows, for all the blocks of its output row
-        _pad_at(sch, block_rv, 1 - roles.b_index, order[-2], vector_step(isa, full_lanes, widths))
+        _pad_at(sch, block_rv, 1 - roles.b_index, order[-2], narrowed_lanes)
     epilogue = _epilogue(sch, block_rv)
     out = sch.get(block_rv).writes[0].source
     if not epilogue:
@@ -536,7 +543,6 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
         if group is not None:
             _split_group_channel(sch, b, accumulator, group)
         sch.reverse_compute_at(b, tile, preserve_unit_loops=True)
-    narrowed_lanes = vector_step(isa, full_lanes, widths)
     for b in epilogue:
         inner = sch.get_loops(b)[len(others) + 2:]
         if inner:
@@ -558,6 +564,13 @@ def _blocked(sch: Schedule, block_rv: SBlockRV, roles: GemmLike, isa: VectorISA,
     return sch
 
 
+def _producer_of(sch: Schedule, block_rv: SBlockRV, read: int) -> SBlockRV | None:
+    """The block that writes the block's input `read` in this kernel, None for a parameter."""
+    buf = sch.get(block_rv).reads[read].source
+    return next((p for p in sch.get_producers(block_rv) if any(w.source.same_as(buf) for w in sch.get(p).writes)),
+                None)
+
+
 def _channel_last(sch: Schedule, block_rv: SBlockRV, read: int, dim: int, lanes: int) -> bool:
     """Re-lay out a depthwise conv's input (its padding, computed in the kernel) with the channel
     last, and make the padding's innermost loop one vector of channels, so the conv loads whole
@@ -566,8 +579,7 @@ def _channel_last(sch: Schedule, block_rv: SBlockRV, read: int, dim: int, lanes:
     buf = sch.get(block_rv).reads[read].source
     if _is_param(sch, buf):
         return False
-    producers = sch.get_producers(block_rv)
-    producer = next((p for p in producers if any(w.source.same_as(buf) for w in sch.get(p).writes)), None)
+    producer = _producer_of(sch, block_rv, read)
     if producer is None:
         return False
     ndim = len(buf.shape)
@@ -720,12 +732,7 @@ def _split_group_channel(sch: Schedule, block_rv: SBlockRV, accumulator: tirx.Bu
     used = [i for i, n in enumerate(names) if n in _vars(reads[0].region[-1].min)]
     if len(used) != 1 or int(block.iter_vars[used[0]].dom.extent) % group:
         return
-    pos = used[0]
-
-    def index_map(*v: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:
-        return (*v[:pos], v[pos] // group, v[pos] % group, *v[pos + 1:])
-
-    sch.transform_block_layout(block_rv, IndexMap.from_func(index_map, ndim=len(names)))
+    _split_iterator(sch, block_rv, used[0], group)
 
 
 def _inline_copies(sch: Schedule, block_rv: SBlockRV) -> None:
@@ -755,8 +762,7 @@ def _pad_at(sch: Schedule, block_rv: SBlockRV, read: int, tile: LoopRV, lanes: i
     its channel loop vectorized as the block's (`_vectorize`: 3 vectors of 16 lanes as one took
     MobileNetV2's 56x56x144 depthwise conv 1.9x the time) and annotated as the rule's (see
     `_parallel_producers`)."""
-    buf = sch.get(block_rv).reads[read].source
-    producer = next(p for p in sch.get_producers(block_rv) if any(w.source.same_as(buf) for w in sch.get(p).writes))
+    producer = _producer_of(sch, block_rv, read)
     sch.compute_at(producer, tile, preserve_unit_loops=True)
     _vectorize(sch, sch.get_loops(producer)[-1], lanes)
     sch.annotate(producer, ANNOTATION, RULE_NAME)
