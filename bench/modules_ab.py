@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from by_turns import round_line, verified_by_turns  # noqa: E402
+from core_latency import shares_cache  # noqa: E402
 from results_file import write_results  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
@@ -35,6 +36,22 @@ def labelled(spec: str) -> tuple[str, Path]:
     if not Path(path).is_file():
         raise argparse.ArgumentTypeError(f"no such module: {path}")
     return label, Path(path)
+
+
+def _by_state(rows: dict[str, dict], ort_ms: list[float], core_ns: list[float | None],
+              first: str) -> dict[str, dict]:
+    """Median ratios over the rounds the two vCPUs shared an L3 and over those they did not: a
+    change can win in one state and lose in the other, and a run's mix of the two is chance."""
+    states: dict[str, dict] = {}
+    for state, shared in (("one L3", True), ("two L3s", False)):
+        picked = [i for i, ns in enumerate(core_ns) if shares_cache(ns) is shared]
+        if not picked:
+            continue
+        states[state] = {"rounds": len(picked), "modules": {label: {
+            "vs_first": statistics.median(row["ms"][i] / rows[first]["ms"][i] for i in picked),
+            "vs_onnxruntime": statistics.median(row["ms"][i] / ort_ms[i] for i in picked),
+        } for label, row in rows.items()}}
+    return states
 
 
 def main() -> None:
@@ -61,9 +78,15 @@ def main() -> None:
         row["median_vs_onnxruntime"] = statistics.median(a / o for a, o in zip(row["ms"], ort_ms))
         print(f"{label}: median {statistics.median(row['ms']):.3f} ms, / {first} {row['median_vs_' + first]:.3f}, "
               f"/ ORT {row['median_vs_onnxruntime']:.3f}, max abs error {row['max_abs_error']:.1e}")
+    by_state = _by_state(rows, ort_ms, timed.core_round_trip_ns, first)
+    for state, summary in by_state.items():
+        print(f"{state} ({summary['rounds']} rounds): " + ", ".join(
+            f"{label} / {first} {r['vs_first']:.3f}, / ORT {r['vs_onnxruntime']:.3f}"
+            for label, r in summary["modules"].items()))
     if args.out:
         write_results({"cpu": machine(), "model": args.model, "threads": args.threads, "modules": rows,
-                       "onnxruntime_ms": ort_ms, "core_round_trip_ns": timed.core_round_trip_ns}, args.out)
+                       "onnxruntime_ms": ort_ms, "core_round_trip_ns": timed.core_round_trip_ns,
+                       "by_state": by_state}, args.out)
         print(f"wrote {args.out}")
 
 

@@ -77,7 +77,7 @@ def test_an_invalid_setting_names_the_field_and_what_it_accepts(tmp_path: Path) 
     onnx_models.save(onnx_models.matmul_bias_relu(), tmp_path / "m.onnx")
     env = {**tiny_env(tmp_path), "TUNER_COMPILE__STORAGE_PLAN": "bogus"}
     assert_clean_error(tuner_cli(["run", "m.onnx", "--trials", "0"], tmp_path, env=env),
-                       "compile.storage_plan", "'auto', 'reuse' or 'per-shape'", "'bogus'")
+                       "compile.storage_plan", "'auto', 'reuse', 'per-shape' or 'per-size'", "'bogus'")
 
 
 def test_unreachable_database(tmp_path: Path) -> None:

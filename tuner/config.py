@@ -122,8 +122,11 @@ class CostModelSettings(BaseModel):
 class CompileSettings(BaseModel):
     # How a CPU module's activations share memory (tuner/compile/storage_plan.py): "reuse"
     # (TVM's plan), "per-shape" (a block per tensor shape: each core keeps its cache lines when
-    # the cores share no L3), "auto" (per-shape where the host's cores span several L3s).
-    storage_plan: Literal["auto", "reuse", "per-shape"] = "auto"
+    # the cores share no L3), "per-size" (blocks shared only by tensors within `size_ratio` in
+    # size), "auto" (per-shape where the host's cores span several L3s).
+    storage_plan: Literal["auto", "reuse", "per-shape", "per-size"] = "auto"
+    # "per-size": tenants of a planned block keep sharing it where their sizes are within this ratio.
+    size_ratio: float = Field(1.5, ge=1.0)
     # CPU: kernels of searched records timed inside the model against their default schedules
     # before the module is served; records slower there are left out of it
     # (tuner/compile/kernel_choice.py), and the defaults-only module is timed beside the result.

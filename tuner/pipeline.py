@@ -500,7 +500,7 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
     threads = tuning_cores(target) if target.kind.name == "llvm" else 0
     if threads:
         use_threads(threads)
-    storage = resolve_storage(settings.compile.storage_plan, threads) if threads else "reuse"
+    storage = resolve_storage(settings.compile.storage_plan, threads, settings.compile.size_ratio) if threads else "reuse"
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
         names = list(model.input_shapes)
         device = device_for(target.kind.name)

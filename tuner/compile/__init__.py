@@ -16,7 +16,7 @@ from tvm.target import Target
 from tuner.schedules.defaults import DefaultScheduleStats, Ranker, apply_default_schedules, count_loops
 from tuner.schedules.lowering import lowering_config
 
-from .storage_plan import storage_per_shape
+from .storage_plan import lowering_pass as storage_pass
 
 
 @dataclass
@@ -39,8 +39,8 @@ def uses_cuda_graph(executable: Any) -> bool:
 
 def lowering_passes(target: Target, storage: str = "reuse") -> list[tvm.transform.Pass]:
     """Relax lowering after scheduling, as TVM's default pipeline does it for the target;
-    ``storage="per-shape"``: activation blocks split by shape after TVM's memory plan
-    (`storage_plan`)."""
+    ``storage``: a plan `storage_plan.resolve` returned; other than "reuse", activation blocks
+    split after TVM's memory plan (by shape, or by size)."""
     # tvm.relax.pipeline's dispatcher reaches these through the backend packages, which (TVM
     # 0.27) do not export them: take them from the pipeline modules themselves.
     if target.kind.name == "llvm":
@@ -50,9 +50,9 @@ def lowering_passes(target: Target, storage: str = "reuse") -> list[tvm.transfor
     else:
         return [*relax_pipeline.dataflow_lower_passes(target), *relax_pipeline.finalize_passes(target)]
     passes = [*backend.dataflow_lower_passes(target), *backend.finalize_passes(target)]
-    if storage == "per-shape":
+    if (split := storage_pass(storage)) is not None:
         planned = [p.info.name for p in passes].index("StaticPlanBlockMemory")
-        passes.insert(planned + 1, storage_per_shape)
+        passes.insert(planned + 1, split)
     return passes
 
 

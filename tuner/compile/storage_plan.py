@@ -20,12 +20,23 @@ znver4.json`): 0.73x the time on cores without a shared L3, 1.06x on cores with 
 (9.3 -> 41.8 MB). ``auto`` (the default) takes it where the
 module's threads may run on cores of more than one L3, as the host's kernel reports them (this
 project's 2-core VMs report one L3 whichever cores the host gives them, so they keep `reuse`).
+
+``per-size`` (ratio `compile.size_ratio`, 1.5 unless set) is the middle: tenants of a planned
+block keep sharing it where their sizes are within the ratio (split alike, thread t of each
+writes about the same part of the block, so at most (ratio - 1) / 2 of a tenant's lines move),
+and only the others get blocks of their own: squeezenet 18 blocks, 15.8 MB at 1.5 (per-shape 32,
+20.5 MB; TVM's plan 7, 7.0 MB). On AMD EPYC znver3 VMs (2026-12-07, a slow, contended host),
+by turns against `reuse` on two L3s / one: squeezenet tuned at 64 trials per task 0.938 / 0.947
+(per-shape 1.003 / 0.999 there), default modules squeezenet 0.921 / 1.012, shufflenet 0.981 /
+0.895 (2 rounds), transformer 0.996 / 1.029, resnet50 1.025 / 1.037
+(`bench/results/storage-plan-*-session40.json`): not a default.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -33,7 +44,7 @@ import tvm
 from tvm import relax
 from tvm.ir import IRModule
 
-StoragePlan = Literal["auto", "reuse", "per-shape"]
+StoragePlan = Literal["auto", "reuse", "per-shape", "per-size"]
 
 _ALLOC_STORAGE = tvm.ir.Op.get("relax.memory.alloc_storage")
 _ALLOC_TENSOR = tvm.ir.Op.get("relax.memory.alloc_tensor")
@@ -55,49 +66,109 @@ def _tensor_key(call: relax.Call) -> tuple[tuple[int, ...], str] | None:
     return tuple(int(d) for d in shape.values), str(dtype.value)
 
 
-def _per_shape(func: relax.Function) -> relax.Function:
-    """A new storage block for every shape a planned block held beyond its first one. Blocks only
-    split, never merge, so no two tensors alive at once can come to share one."""
+def _nbytes(key: tuple[tuple[int, ...], str]) -> int:
+    shape, dtype = key
+    return math.prod(shape) * tvm.runtime.DataType(dtype).bits // 8
+
+
+# Which tenants of one planned block may keep sharing storage: the representative key of a class
+# (its first tenant's) and a newcomer's key.
+SameClass = Callable[[tuple, tuple], bool]
+
+
+def same_shape(first: tuple, key: tuple) -> bool:
+    return first == key
+
+
+def within_ratio(ratio: float) -> SameClass:
+    """Tenants whose sizes are within `ratio` of the class's first one: rows split alike, thread t
+    of each writes about the same t-th part of the block, so at most (ratio - 1) / 2 of a
+    tenant's lines move to the other core, while most of TVM's reuse (lines still in the core's
+    L2 from the tenant before) stays."""
+    def same(first: tuple, key: tuple) -> bool:
+        a, b = _nbytes(first), _nbytes(key)
+        return max(a, b) <= ratio * min(a, b)
+    return same
+
+
+def _classes(func: relax.Function, same: SameClass) -> tuple[dict[relax.Var, int], dict[tuple[relax.Var, int], int]]:
+    """Each planned tensor's class within its block (0: it stays in the planned block) and the
+    bytes each new class's block needs (its largest tenant), tenants taken in program order."""
+    storages: set[relax.Var] = set()
+    reps: dict[relax.Var, list[tuple]] = {}
+    tenant_class: dict[relax.Var, int] = {}
+    class_bytes: dict[tuple[relax.Var, int], int] = {}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            if _call_of(binding, _ALLOC_STORAGE) is not None:
+                storages.add(binding.var)
+            elif (tensor := _call_of(binding, _ALLOC_TENSOR)) is not None and tensor.args[0] in storages:
+                storage, key = tensor.args[0], _tensor_key(tensor)
+                if key is None:
+                    continue
+                classes = reps.setdefault(storage, [])
+                cls = next((i for i, rep in enumerate(classes) if same(rep, key)), None)
+                if cls is None:
+                    cls = len(classes)
+                    classes.append(key)
+                tenant_class[binding.var] = cls
+                if cls:
+                    class_bytes[(storage, cls)] = max(class_bytes.get((storage, cls), 0), _nbytes(key))
+    return tenant_class, class_bytes
+
+
+def split_blocks(func: relax.Function, same: SameClass) -> relax.Function:
+    """A new storage block for every class of tenants a planned block held beyond its first
+    class. Blocks only split, never merge, so no two tensors alive at once can come to share one."""
+    tenant_class, class_bytes = _classes(func, same)
+    if not class_bytes:
+        return func
     storages: dict[relax.Var, relax.Call] = {}
-    first_key: dict[relax.Var, tuple] = {}
-    split: dict[tuple, relax.Var] = {}
+    split: dict[tuple[relax.Var, int], relax.Var] = {}
     blocks = []
     for block in func.body.blocks:
         bindings: list[relax.Binding] = []
         for binding in block.bindings:
             if (storage_call := _call_of(binding, _ALLOC_STORAGE)) is not None:
                 storages[binding.var] = storage_call
-            elif (tensor := _call_of(binding, _ALLOC_TENSOR)) is not None and tensor.args[0] in storages:
-                storage, key = tensor.args[0], _tensor_key(tensor)
-                if key is not None and first_key.setdefault(storage, key) != key:
-                    own = split.get((storage, key))
-                    if own is None:
-                        shape, dtype = key
-                        nbytes = math.prod(shape) * tvm.runtime.DataType(dtype).bits // 8
-                        base = storages[storage]
-                        own = relax.Var(f"{storage}_{len(split)}", storage.ty)
-                        bindings.append(relax.VarBinding(own, relax.Call(
-                            base.op, [relax.ShapeExpr([nbytes]), *base.args[1:]], base.attrs, base.ty_args)))
-                        split[(storage, key)] = own
-                    binding = relax.VarBinding(binding.var, relax.Call(
-                        tensor.op, [own, *tensor.args[1:]], tensor.attrs, tensor.ty_args))
+            elif tenant_class.get(binding.var):
+                tensor = _call_of(binding, _ALLOC_TENSOR)
+                storage = tensor.args[0]
+                cls = (storage, tenant_class[binding.var])
+                own = split.get(cls)
+                if own is None:
+                    base = storages[storage]
+                    own = relax.Var(f"{storage}_{len(split)}", storage.ty)
+                    bindings.append(relax.VarBinding(own, relax.Call(
+                        base.op, [relax.ShapeExpr([class_bytes[cls]]), *base.args[1:]], base.attrs, base.ty_args)))
+                    split[cls] = own
+                binding = relax.VarBinding(binding.var, relax.Call(
+                    tensor.op, [own, *tensor.args[1:]], tensor.attrs, tensor.ty_args))
             bindings.append(binding)
         kind = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
         blocks.append(kind(bindings))
-    if not split:
-        return func
     return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure,
                           func.attrs, func.span)
 
 
-@tvm.transform.module_pass(opt_level=0, name="StoragePerShape")
-def storage_per_shape(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
-    """After `StaticPlanBlockMemory`: each storage block holds tensors of one shape."""
-    out = mod
-    for gv, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            out[gv] = _per_shape(func)
-    return out
+def _split_pass(name: str, same: SameClass) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def split(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
+        out = mod
+        for gv, func in mod.functions.items():
+            if isinstance(func, relax.Function):
+                out[gv] = split_blocks(func, same)
+        return out
+    return split
+
+
+# After `StaticPlanBlockMemory`: each storage block holds tensors of one shape.
+storage_per_shape = _split_pass("StoragePerShape", same_shape)
+
+
+def storage_per_size(ratio: float) -> tvm.transform.Pass:
+    """After `StaticPlanBlockMemory`: each storage block holds tensors within `ratio` in size."""
+    return _split_pass("StoragePerSize", within_ratio(ratio))
 
 
 def l3_domains(cpus: list[int], sysfs: Path = SYSFS_CPUS) -> int:
@@ -121,8 +192,21 @@ def allowed_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def resolve(plan: StoragePlan, threads: int, sysfs: Path = SYSFS_CPUS) -> Literal["reuse", "per-shape"]:
-    """`auto`: per-shape where a module's threads may run on cores of more than one L3."""
-    if plan != "auto":
-        return plan
-    return "per-shape" if threads > 1 and l3_domains(allowed_cpus(), sysfs) > 1 else "reuse"
+def resolve(plan: StoragePlan, threads: int, size_ratio: float = 1.5,
+            sysfs: Path = SYSFS_CPUS) -> str:
+    """The plan a module is lowered with (`lowering_pass` reads it back): `auto` is per-shape
+    where a module's threads may run on cores of more than one L3; `per-size` carries its ratio."""
+    if plan == "auto":
+        plan = "per-shape" if threads > 1 and l3_domains(allowed_cpus(), sysfs) > 1 else "reuse"
+    return f"per-size-{size_ratio:g}" if plan == "per-size" else plan
+
+
+def lowering_pass(storage: str) -> tvm.transform.Pass | None:
+    """The pass that follows TVM's memory plan for a resolved plan (None: TVM's plan as it is)."""
+    if storage == "reuse":
+        return None
+    if storage == "per-shape":
+        return storage_per_shape
+    if storage.startswith("per-size-"):
+        return storage_per_size(float(storage.removeprefix("per-size-")))
+    raise ValueError(f"unknown storage plan {storage!r}")
