@@ -650,7 +650,8 @@ def _finish(job: _Job, plan: _Plan, tuned: _Tuned) -> dict[str, Any]:
         "max_abs_error": comparison.max_abs_error,
         "precision": request.precision,
         "fast_math": request.fast_math,
-        # CPU: how activations share memory ("reuse" or "per-shape"; tuner/compile/storage_plan.py).
+        # CPU: how activations share memory ("reuse", "per-shape" or "per-size-RATIO";
+        # tuner/compile/storage_plan.py).
         "storage_plan": storage,
         "winograd_kernels": winograd.kernels(plan.fused),
         "split_k_kernels": split_k.kernels(plan.fused),
