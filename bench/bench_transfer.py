@@ -165,9 +165,12 @@ def measure_defaults(source: str, url: str, target: dict) -> int:
 
 
 def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path, work: Path,
-                  target: dict, retrain: str, profile: Path | None = None, population: int | None = None) -> dict:
+                  target: dict, retrain: str, profile: Path | None = None, population: int | None = None,
+                  kindred: int = 0) -> dict:
     """One seed's pair of searches from copies of the same database state: with the family's
-    trained model as the search's starting model (refitted as `retrain` says), then without it.
+    trained model as the search's starting model (refitted as `retrain` says) and, `kindred` > 0,
+    tasks seeded with the refitted records of that many kindred kernels each (schedules/kindred.py),
+    then without either.
     With `profile` (a folder), each search runs in this process under cProfile (search_profile.py);
     `population`: the transferred search's population (`search.transferred_population_size`)."""
     pair: dict = {"seed": seed}
@@ -176,6 +179,7 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
         copy_database(db_file, copy)
         curve = Curve()
         settings = bench_settings(transfer=transfer, retrain=retrain)
+        settings = settings.model_copy(update={"kindred_workloads": kindred if transfer else 0})
         if population is not None:
             settings = settings.model_copy(update={"search": settings.search.model_copy(
                 update={"transferred_population_size": population})})
@@ -198,6 +202,7 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
                        "tasks_default_measured": report["tasks_default_measured"],
                        "latency_ms": report["latency_ms"]["tuned"], "onnxruntime_ms": report["latency_ms"]["onnxruntime"],
                        "tuning_seconds": report["tuning_seconds"], "cost_model": report["cost_model"],
+                       "kindred_workloads": settings.kindred_workloads,
                        **({"profile_seconds": seconds} if seconds is not None else {})}
     metrics = share_metrics(pair)
     final = metrics.get("cold_final", {})
@@ -273,6 +278,9 @@ def main() -> None:
                         help="how the transferred searches refit the model (default: the configured mode)")
     parser.add_argument("--transferred-population", type=int,
                         help="the transferred searches' population (default: the configured one)")
+    parser.add_argument("--kindred", type=int, default=None, metavar="N",
+                        help="the transferred searches also start from the records of N kindred kernels per task "
+                             "(default: the configured kindred_workloads; 0: the model alone); the cold ones never")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="search in this process under cProfile: the time per part in the JSON, stats in DIR")
     parser.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
@@ -288,8 +296,9 @@ def main() -> None:
     # Retraining is done here, once, where the benchmark says: never in the background meanwhile.
     settings = bench_settings()
     retrain = args.retrain or settings.cost_model.retrain
+    kindred = settings.kindred_workloads if args.kindred is None else args.kindred
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
-                     "seeds": args.seeds, "retrain": retrain,
+                     "seeds": args.seeds, "retrain": retrain, "kindred_workloads": kindred,
                      "transferred_population": (args.transferred_population or settings.search.transferred_population_size
                                                 or settings.search.population_size),
                      "train_models": [*([f"from {args.db}"] if args.db else []), *(args.train_models or [])],
@@ -331,7 +340,7 @@ def main() -> None:
             row["defaults_measured_once"] = measure_defaults(source, url, target)
             for seed in args.seeds:
                 row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target, retrain,
-                                               args.profile, args.transferred_population))
+                                               args.profile, args.transferred_population, kindred))
                 shares = [p["trial_share_needed"] for p in row["pairs"]]
                 row["median_trial_share_needed"] = median_share(shares)
                 row["median_trial_share_to_gain"] = median_share(

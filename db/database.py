@@ -29,6 +29,7 @@ from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
 from tvm.s_tir.schedule import Trace
 from tvm.target import Target
 
+from tuner.schedules import kindred
 from tuner.schedules.intrinsics import load_tensor_intrinsics
 
 from . import models
@@ -264,6 +265,9 @@ class SQLDatabase(PyDatabase):
         # shash -> [(workload id, Workload)]: avoids re-reading and re-parsing IRModules.
         self._workloads: dict[int, list[tuple[int, Workload]]] = {}
         self.withheld: set[int] = set()
+        # workload id -> (structure, sizes) and its Workload, for kindred_traces.
+        self._skeletons: dict[int, kindred.Skeleton] = {}
+        self._skeleton_workloads: dict[int, Workload] = {}
         self._ensure_hardware()
 
     # -- helpers -------------------------------------------------------------------------
@@ -492,6 +496,42 @@ class SQLDatabase(PyDatabase):
         )
         with Session(self.engine) as session:
             return int(session.scalar(stmt) or 0)
+
+    def kindred_traces(self, mod: IRModule, workloads: int, per_workload: int) -> list[Trace]:
+        """The fastest searched records (`per_workload` each, not known wrong, ours to read) of
+        the `workloads` stored kernels nearest to `mod` in size among those of its structure
+        (schedules/kindred.py) other than itself, measured on this hardware family; their
+        traces, best of each kernel first, the kernels taken in turn. What a search of `mod`
+        can start from when no search has measured it."""
+        if workloads <= 0 or per_workload <= 0:
+            return []
+        key, extents = kindred.skeleton(mod)
+        r = models.TuningRecord
+        usable = (or_(r.hardware_key == self.provenance.hardware_key, r.hardware_key.in_(self._compatible_keys())),
+                  self._visible(), not_(rejected(r)), r.mean_run_secs.is_not(None), *_searched(r, traceless_defaults=True))
+        own = set(self._ids(mod))
+        with Session(self.engine) as session:
+            ids = set(session.scalars(select(r.workload_id).where(*usable).distinct()).all()) - own
+            self._index_skeletons(session, ids)
+            kin = sorted((wid for wid in ids if self._skeletons[wid][0] == key),
+                         key=lambda wid: (kindred.shape_distance(self._skeletons[wid][1], extents), wid))[:workloads]
+            per_kin = []
+            for wid in kin:
+                rows = session.scalars(select(r).where(r.workload_id == wid, *usable)
+                                       .order_by(r.mean_run_secs, r.id).limit(per_workload)).all()
+                per_kin.append([self._to_tvm(row, self._skeleton_workloads[wid]).trace for row in rows])
+        return [traces[i] for i in range(per_workload) for traces in per_kin if i < len(traces)]
+
+    def _index_skeletons(self, session: Session, ids: set[int]) -> None:
+        """Structure and sizes of the stored kernels `ids` (once per kernel and handle)."""
+        missing = ids - self._skeletons.keys()
+        if not missing:
+            return
+        w = models.Workload
+        for wid, shash, mod_json in session.execute(select(w.id, w.shash, w.mod_json).where(w.id.in_(missing))):
+            stored = workload_of(shash, mod_json)
+            self._skeleton_workloads[wid] = stored
+            self._skeletons[wid] = kindred.skeleton(stored.mod)
 
     # -- record checks ----------------------------------------------------------------------
     def fastest_unchecked(self, mod: IRModule) -> Unchecked | None:

@@ -20,7 +20,7 @@ from .channel_split import AffineChannelSplit
 from .intrinsics import load_tensor_intrinsics
 from .lowering import lowering_config
 from .register_blocking import RegisterBlockedGemm
-from .strategy import ContainedSearch
+from .strategy import ContainedSearch, Kindred
 from .winograd import register_rules as register_winograd_rules
 
 # Relax legalizes pooling into kernels annotated `schedule_rule = "meta_schedule.pool_max"`
@@ -179,7 +179,8 @@ REPLAY_FAILS = 256
 
 def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | None = None,
                     stop: Callable[[], bool] | None = None,
-                    untrained: Callable[[], bool] | None = None) -> ms.SearchStrategy:
+                    untrained: Callable[[], bool] | None = None,
+                    kindred: Kindred | None = None) -> ms.SearchStrategy:
     """Evolutionary search whose errors end its own task only (see strategy.py); `report`
     hears of each task so ended; once `stop()` is true, every task's search ends.
 
@@ -189,11 +190,14 @@ def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | N
     tile over 8, shared memory over 48 KB), so the evolutionary search's initial population
     (init_min_unmeasured valid ones) took ~12 of a round's ~16 s per task, and with an untrained
     cost model the evolution after it picks at random anyway; ReplayTrace draws a round's
-    few candidates in 3-7 s. On CPU the evolution of such a round cost ~2.5 s per task."""
+    few candidates in 3-7 s. On CPU the evolution of such a round cost ~2.5 s per task.
+
+    ``kindred``: a task without records of its own starts from the schedules of kindred
+    kernels (strategy.py)."""
     first = (lambda: ms.search_strategy.ReplayTrace(max_fail_count=REPLAY_FAILS)) if config.random_first_round else None
     return ContainedSearch(lambda: ms.search_strategy.EvolutionarySearch(
         population_size=config.population_size,
         init_min_unmeasured=min(config.init_min_unmeasured, config.population_size),
         genetic_num_iters=config.genetic_num_iters,
-    ), report, stop, first, untrained)
+    ), report, stop, first, untrained, kindred)
 

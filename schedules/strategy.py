@@ -19,23 +19,41 @@ blocked space has a few dozen): what this task measured already is dropped from 
 the evolutionary search drops it from its own.
 If that strategy fails to start (its pre-tuning raises), the evolutionary search draws the first
 round too: the task is not ended for it.
+
+With `kindred` (schedules/kindred.py), a task no search has measured starts from the best
+schedules of the nearest kernels of its structure in the database, refitted to its shape: they
+join the evolutionary search's initial population (`SeededDatabase`), and where the first round
+would be random they are that round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 from tvm_ffi import structural_hash
+from tvm.ir import IRModule
 from tvm.ir.utils import derived_object
+from tvm.s_tir import Schedule, Trace
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate, PySearchStrategy
 
-if TYPE_CHECKING:
-    from tvm.s_tir import Schedule
+from .kindred import SeededDatabase, seeds_for
 
 # Draws per round before a task's search is ended: the failures seen are rare per draw.
 ATTEMPTS = 3
+
+
+@dataclass
+class Kindred:
+    """Where a task's search finds schedules of kindred kernels: `traces(mod)` gives the
+    database's (best first); at most `limit` refitted ones seed a task. `seeded` collects, per
+    task name, how many did (for the report)."""
+
+    traces: Callable[[IRModule], list[Trace]]
+    limit: int
+    seeded: dict[str, int] = field(default_factory=dict)
 
 
 @derived_object
@@ -50,8 +68,10 @@ class ContainedSearch(PySearchStrategy):
                  report: Callable[[str, str], None] | None = None,
                  stop: Callable[[], bool] | None = None,
                  make_first: Callable[[], ms.SearchStrategy] | None = None,
-                 untrained: Callable[[], bool] | None = None) -> None:
+                 untrained: Callable[[], bool] | None = None,
+                 kindred: Kindred | None = None) -> None:
         self.make_inner = make_inner
+        self.kindred = kindred
         self.make_first = make_first
         self.untrained = untrained
         self.report = report
@@ -64,9 +84,14 @@ class ContainedSearch(PySearchStrategy):
         self.measured: set[int] = set()  # structural hashes of the kernels this task measured
         self.task_name = "task"
         self.ended = False
+        self.mod: IRModule | None = None
+        self.postprocs: list[ms.Postproc] = []
+        self.seed_round: list[MeasureCandidate] = []  # kindred seeds measured as the first round
 
     def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
         self.task_name = str(context.task_name)
+        self.mod = context.mod
+        self.postprocs = list(context.space_generator.postprocs) if context.space_generator is not None else []
         self.inner._initialize_with_tune_context(context)
         if self.first is not None:
             self.first._initialize_with_tune_context(context)
@@ -76,6 +101,10 @@ class ContainedSearch(PySearchStrategy):
         self.ended = False
         self.first_started = self.first_pending = False
         self.measured = set()
+        self.seed_round = []
+        seeds = self._kindred_seeds(design_spaces, database)
+        if seeds:
+            database = SeededDatabase(database, seeds)
         try:
             self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
         except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError, TVMError, ...
@@ -87,6 +116,9 @@ class ContainedSearch(PySearchStrategy):
                 self.first_started = self.first_pending = True
             except Exception:  # noqa: BLE001 - the evolutionary search draws the first round too
                 pass
+            if self.first_started and seeds:
+                # An untrained model would steer the evolution at random: measure the seeds.
+                self.seed_round = self._candidates(seeds[:num_trials_per_iter])
 
     def post_tuning(self) -> None:
         self.inner.post_tuning()
@@ -99,6 +131,10 @@ class ContainedSearch(PySearchStrategy):
         if self.ended or (self.stop is not None and self.stop()):
             return None
         self.first_drew = False
+        if self.first_pending and self.seed_round:
+            self.first_pending = False
+            fresh, self.seed_round = self.seed_round, []
+            return fresh
         if self.first_pending or (self.first_started and self.untrained is not None and self.untrained()):
             self.first_pending = False
             try:
@@ -127,6 +163,35 @@ class ContainedSearch(PySearchStrategy):
         if self.first_drew:  # and `first` counts its own draws (ReplayTrace's next round)
             self.first.notify_runner_results(measure_candidates, results)
 
+    def _kindred_seeds(self, spaces: list[Schedule], database: ms.Database | None) -> list[Trace]:
+        """Refitted traces of kindred kernels for a task that has no record of its own."""
+        if self.kindred is None or self.mod is None or database is None or self.kindred.limit <= 0:
+            return []
+        try:
+            if database.has_workload(self.mod) and database.get_top_k(database.commit_workload(self.mod), 1):
+                return []
+            seeds = seeds_for(self.mod, spaces, self.kindred.traces(self.mod), self.kindred.limit)
+        except Exception:  # noqa: BLE001 - a seed is a hint: the search goes on without it
+            return []
+        if seeds:
+            self.kindred.seeded[self.task_name] = len(seeds)
+        return seeds
+
+    def _candidates(self, traces: list[Trace]) -> list[MeasureCandidate]:
+        """The traces as measurable candidates (post-processed; those the postprocessors
+        reject are dropped)."""
+        out = []
+        for trace in traces:
+            sch = Schedule(self.mod)
+            try:
+                trace.apply_to_schedule(sch, remove_postproc=True)
+                sch.enter_postproc()
+                if all(p.apply(sch) for p in self.postprocs):
+                    out.append(MeasureCandidate(sch, ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
+            except Exception:  # noqa: BLE001 - TVM raises ScheduleError, TVMError, ...
+                continue
+        return self._unmeasured(out)
+
     def _unmeasured(self, drawn: list[MeasureCandidate]) -> list[MeasureCandidate]:
         """`drawn` without the kernels measured before or drawn twice."""
         fresh, seen = [], set(self.measured)
@@ -138,7 +203,7 @@ class ContainedSearch(PySearchStrategy):
         return fresh
 
     def clone(self) -> ms.SearchStrategy:
-        return ContainedSearch(self.make_inner, self.report, self.stop, self.make_first, self.untrained)
+        return ContainedSearch(self.make_inner, self.report, self.stop, self.make_first, self.untrained, self.kindred)
 
     def _end(self, exc: Exception) -> None:
         self.ended = True

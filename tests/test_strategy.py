@@ -89,7 +89,7 @@ class Curve(Messages):
 def test_a_task_whose_search_raises_ends_alone(monkeypatch: pytest.MonkeyPatch, settings: Settings,
                                                tmp_path: Path) -> None:
     monkeypatch.setattr(tuning, "search_strategy",
-                        lambda cfg, report=None, stop=None, untrained=None: strategy.ContainedSearch(
+                        lambda cfg, report=None, stop=None, untrained=None, kindred=None: strategy.ContainedSearch(
                             lambda: Flaky(_evolutionary(cfg)), report, stop))
     target = Target(TARGET)
     tasks = [ms.ExtractedTask(name, mod, target, [mod], 1)

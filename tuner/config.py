@@ -173,6 +173,7 @@ class Settings(BaseSettings):
     team: str = Field("default", min_length=1, max_length=64)
     private: bool = False
     warm_start: bool = True
+    kindred_workloads: int = Field(4, ge=0)
     trials: int = Field(200, ge=0)
     seed: int = 0
     search: SearchSettings = SearchSettings()

@@ -25,6 +25,7 @@ from tuner.db.database import DEFAULT_MARK, SQLDatabase
 from tuner.schedules.cost_model import cost_model, default_ranker, scores_at_random
 from tuner.schedules.defaults import Ranker, default_schedule
 from tuner.schedules.space import (
+    Kindred,
     SearchConfig,
     design_spaces,
     fixed_space,
@@ -276,14 +277,31 @@ def seeded_tasks(tasks: list[ms.ExtractedTask], database: ms.Database) -> set[in
             and database.get_top_k(database.commit_workload(task.dispatched[0]), 1)}
 
 
+# Records of each kindred kernel a task may start from: with 4 kernels, 32 seeds, within the
+# evolutionary search's 51 (a fifth of 256) population slots for records.
+KINDRED_RECORDS_EACH = 8
+
+
+def kindred_source(database: ms.Database, target: Target, workloads: int) -> Kindred | None:
+    """Where the searches find kindred kernels' schedules: the tuning database's records of the
+    `workloads` nearest kernels of each task's structure (CPU; None when off). CUDA's spaces
+    are left out: refitted GPU tilings were never measured against its random first round."""
+    if workloads <= 0 or target.kind.name != "llvm" or not isinstance(database, SQLDatabase):
+        return None
+    return Kindred(lambda mod: database.kindred_traces(mod, workloads, KINDRED_RECORDS_EACH),
+                   limit=workloads * KINDRED_RECORDS_EACH)
+
+
 def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list[logging.Logger], seed: int,
                     cfg: SearchConfig, cores: int, progress: Progress,
                     untrained: Callable[[], bool] | None = None,
-                    seeded: Collection[int] = ()) -> tuple[list[ms.TuneContext], list[int]]:
+                    seeded: Collection[int] = (),
+                    kindred: Kindred | None = None) -> tuple[list[ms.TuneContext], list[int]]:
     """One TuneContext per task whose design space can be generated, and those tasks' indices.
 
     The tasks in `seeded` are searched without random rounds (`cfg.random_first_round` off), so
-    their evolution starts from the records the database holds for them.
+    their evolution starts from the records the database holds for them; with `kindred`, a task
+    without records starts from refitted schedules of kindred kernels (schedules/kindred.py).
 
     Each task's design spaces are drawn here, once, and the context searches exactly those (see
     `design_spaces`). TVM's tensor-core rules fail on some fp16 kernels: those tasks are searched
@@ -293,7 +311,7 @@ def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list
                 space: ms.SpaceGenerator, searched: SearchConfig | None = None) -> ms.TuneContext:
         """A probe (draws the design spaces) or, `searched` (its config), the context the scheduler tunes."""
         return ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space,
-                              search_strategy=search_strategy(searched, ended, interrupt_requested, untrained)
+                              search_strategy=search_strategy(searched, ended, interrupt_requested, untrained, kindred)
                               if searched is not None else None,
                               task_name=task.task_name, logger=logger, rand_state=rand_state, num_threads=cores)
 
@@ -349,6 +367,7 @@ def tune(
     checks = CheckStats()
     final = FinalTiming()
     start = StartModel(None, {"transferred": False})
+    kindred: Kindred | None = None
     # Ctrl-C is noted, not raised, until the block ends: raised inside TVM's calls it was
     # swallowed as a failed design space or a failed draw (the run then went on, deaf to a
     # second Ctrl-C) or killed the process from a C++ frame. The searches end at their next
@@ -364,8 +383,9 @@ def tune(
             # On CPU a task with records of its own (warm start, an earlier search) evolves from
             # them; CUDA's random first round stays (its evolution's own draws are the slow part).
             seeded = seeded_tasks(tasks, database) if cfg.random_first_round and target.kind.name == "llvm" else set()
+            kindred = kindred_source(database, target, settings.kindred_workloads)
             contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress,
-                                             lambda: scores_at_random(model), seeded)
+                                             lambda: scores_at_random(model), seeded, kindred)
             weights = [float(tasks[i].weight) for i in kept]
             if not interrupt_requested():
                 progress.message(f"measuring the default schedules of {len(tasks)} task(s)")
@@ -406,6 +426,9 @@ def tune(
             progress.stop()
             if owned:
                 workers.close()
+    described = dict(start.describe)
+    if kindred is not None:
+        described["kindred_seeded_tasks"] = len(kindred.seeded)
     return TuneResult(trials=callback.trials, per_task_trials=callback.per_task_trials, cluster=cluster,
                       defaults_measured=sum(d is not None for d in defaults), checks=checks,
-                      cost_model=start.describe, final_timing=final)
+                      cost_model=described, final_timing=final)
