@@ -166,15 +166,18 @@ def measure_defaults(source: str, url: str, target: dict) -> int:
 
 def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path, work: Path,
                   target: dict, retrain: str, profile: Path | None = None, population: int | None = None,
-                  kindred: int = 0) -> dict:
+                  kindred: int = 0, cold: dict | None = None) -> dict:
     """One seed's pair of searches from copies of the same database state: with the family's
     trained model as the search's starting model (refitted as `retrain` says) and, `kindred` > 0,
     tasks seeded with the refitted records of that many kindred kernels each (schedules/kindred.py),
-    then without either.
+    then without either (or `cold`: that run, made before from the same database state).
     With `profile` (a folder), each search runs in this process under cProfile (search_profile.py);
     `population`: the transferred search's population (`search.transferred_population_size`)."""
     pair: dict = {"seed": seed}
     for label, transfer in (("transferred", True), ("cold", False)):
+        if not transfer and cold is not None:
+            pair["cold"] = {**cold, "reused": True}
+            continue
         copy = work / f"{name}-{label}-{seed}.sqlite"
         copy_database(db_file, copy)
         curve = Curve()
@@ -281,6 +284,8 @@ def main() -> None:
     parser.add_argument("--kindred", type=int, default=None, metavar="N",
                         help="the transferred searches also start from the records of N kindred kernels per task "
                              "(default: the configured kindred_workloads; 0: the model alone); the cold ones never")
+    parser.add_argument("--cold-from", type=Path, metavar="JSON",
+                        help="take each seed's cold run from these results (same database state) instead of searching again")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="search in this process under cProfile: the time per part in the JSON, stats in DIR")
     parser.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
@@ -299,6 +304,7 @@ def main() -> None:
     kindred = settings.kindred_workloads if args.kindred is None else args.kindred
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
                      "seeds": args.seeds, "retrain": retrain, "kindred_workloads": kindred,
+                     "kindred_first_round": settings.kindred_first_round,
                      "transferred_population": (args.transferred_population or settings.search.transferred_population_size
                                                 or settings.search.population_size),
                      "train_models": [*([f"from {args.db}"] if args.db else []), *(args.train_models or [])],
@@ -340,7 +346,8 @@ def main() -> None:
             row["defaults_measured_once"] = measure_defaults(source, url, target)
             for seed in args.seeds:
                 row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target, retrain,
-                                               args.profile, args.transferred_population, kindred))
+                                               args.profile, args.transferred_population, kindred,
+                                               earlier_cold(args.cold_from, name, seed, budget)))
                 shares = [p["trial_share_needed"] for p in row["pairs"]]
                 row["median_trial_share_needed"] = median_share(shares)
                 row["median_trial_share_to_gain"] = median_share(
@@ -350,6 +357,18 @@ def main() -> None:
                   f"{', '.join('never' if s is None else f'{s:.0%}' for s in shares)}", flush=True)
     save(results, args.out)
     print(f"wrote {args.out}" + (f" and {args.out.with_suffix('.png')}" if results["targets"] else ""))
+
+
+def earlier_cold(path: Path | None, name: str, seed: int, budget: int) -> dict | None:
+    """The cold run of `name` and `seed` at `budget` trials in the results at `path`, if any."""
+    if path is None:
+        return None
+    for row in json.loads(path.read_text())["targets"]:
+        if row["model"] == name and row["trials"] == budget:
+            for pair in row["pairs"]:
+                if pair["seed"] == seed:
+                    return pair["cold"]
+    raise SystemExit(f"--cold-from {path}: no cold run of {name} at {budget} trials, seed {seed}")
 
 
 def save(results: dict, out: Path) -> None:

@@ -48,11 +48,14 @@ ATTEMPTS = 3
 @dataclass
 class Kindred:
     """Where a task's search finds schedules of kindred kernels: `traces(mod)` gives the
-    database's (best first); at most `limit` refitted ones seed a task. `seeded` collects, per
-    task name, how many did (for the report)."""
+    database's (best first); at most `limit` refitted ones seed a task. They are its first round
+    where that round would be random, and with `measure_first` also where a trained cost model
+    steers it (else they only join its population). `seeded` collects, per task name, how many
+    seeds a task got (for the report)."""
 
     traces: Callable[[IRModule], list[Trace]]
     limit: int
+    measure_first: bool = False
     seeded: dict[str, int] = field(default_factory=dict)
 
 
@@ -116,9 +119,9 @@ class ContainedSearch(PySearchStrategy):
                 self.first_started = self.first_pending = True
             except Exception:  # noqa: BLE001 - the evolutionary search draws the first round too
                 pass
-            if self.first_started and seeds:
-                # An untrained model would steer the evolution at random: measure the seeds.
-                self.seed_round = self._candidates(seeds[:num_trials_per_iter])
+        if seeds and (self.first_started or self.kindred.measure_first):
+            # Where an untrained model would steer the evolution at random, or when asked to.
+            self.seed_round = self._candidates(seeds[:num_trials_per_iter])
 
     def post_tuning(self) -> None:
         self.inner.post_tuning()
@@ -131,7 +134,7 @@ class ContainedSearch(PySearchStrategy):
         if self.ended or (self.stop is not None and self.stop()):
             return None
         self.first_drew = False
-        if self.first_pending and self.seed_round:
+        if self.seed_round:
             self.first_pending = False
             fresh, self.seed_round = self.seed_round, []
             return fresh

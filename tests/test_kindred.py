@@ -128,6 +128,27 @@ def test_an_unmeasured_task_measures_its_seeds_first(sqlite_url: str) -> None:
     assert source.seeded == {}
 
 
+def test_with_a_trained_model_the_seeds_join_the_population_or_go_first(sqlite_url: str) -> None:
+    db = open_database(sqlite_url, TARGET)
+    for space in range(3):
+        db.commit_tuning_record(_stored(db, matmul(32), 1e-5 * (space + 1), space=space))
+    big = matmul(64)
+    expected = kindred.seeds_for(big, _spaces(big), db.kindred_traces(big, 4, 8), 8)
+    seeded = {structural_hash(_postprocessed(big, seed)) for seed in expected}
+
+    def first_round(measure_first: bool) -> set[int]:
+        source = strategy.Kindred(lambda mod: db.kindred_traces(mod, 4, 8), limit=8, measure_first=measure_first)
+        search = strategy.ContainedSearch(  # no random first round: as when a trained model steers
+            lambda: ms.search_strategy.EvolutionarySearch(population_size=16, init_min_unmeasured=4, genetic_num_iters=1),
+            kindred=source)
+        drawn = _first_round(search, big, db)
+        assert source.seeded == {"t": len(expected)}
+        return {structural_hash(c.sch.mod) for c in drawn}
+
+    assert first_round(True) <= seeded and first_round(True)
+    assert first_round(False) - seeded  # the evolution's picks, the seeds among its population
+
+
 def _postprocessed(mod: tvm.IRModule, trace: tvm.s_tir.Trace) -> tvm.IRModule:
     sch = Schedule(mod)
     trace.apply_to_schedule(sch, remove_postproc=True)

@@ -174,6 +174,7 @@ class Settings(BaseSettings):
     private: bool = False
     warm_start: bool = True
     kindred_workloads: int = Field(4, ge=0)
+    kindred_first_round: bool = False
     trials: int = Field(200, ge=0)
     seed: int = 0
     search: SearchSettings = SearchSettings()

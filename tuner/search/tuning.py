@@ -282,14 +282,14 @@ def seeded_tasks(tasks: list[ms.ExtractedTask], database: ms.Database) -> set[in
 KINDRED_RECORDS_EACH = 8
 
 
-def kindred_source(database: ms.Database, target: Target, workloads: int) -> Kindred | None:
+def kindred_source(database: ms.Database, target: Target, workloads: int, measure_first: bool = False) -> Kindred | None:
     """Where the searches find kindred kernels' schedules: the tuning database's records of the
     `workloads` nearest kernels of each task's structure (CPU; None when off). CUDA's spaces
     are left out: refitted GPU tilings were never measured against its random first round."""
     if workloads <= 0 or target.kind.name != "llvm" or not isinstance(database, SQLDatabase):
         return None
     return Kindred(lambda mod: database.kindred_traces(mod, workloads, KINDRED_RECORDS_EACH),
-                   limit=workloads * KINDRED_RECORDS_EACH)
+                   limit=workloads * KINDRED_RECORDS_EACH, measure_first=measure_first)
 
 
 def tuning_contexts(tasks: list[ms.ExtractedTask], target: Target, loggers: list[logging.Logger], seed: int,
@@ -383,7 +383,7 @@ def tune(
             # On CPU a task with records of its own (warm start, an earlier search) evolves from
             # them; CUDA's random first round stays (its evolution's own draws are the slow part).
             seeded = seeded_tasks(tasks, database) if cfg.random_first_round and target.kind.name == "llvm" else set()
-            kindred = kindred_source(database, target, settings.kindred_workloads)
+            kindred = kindred_source(database, target, settings.kindred_workloads, settings.kindred_first_round)
             contexts, kept = tuning_contexts(tasks, target, loggers, seed, cfg, cores, progress,
                                              lambda: scores_at_random(model), seeded, kindred)
             weights = [float(tasks[i].weight) for i in kept]
