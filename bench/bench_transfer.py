@@ -2,8 +2,10 @@
 
 Tunes the `--train-models` into an empty database (this CPU), trains the hardware family's cost
 model on their records, then tunes each `--target-models` model twice from copies of that same
-database state, with the trained model as the search's starting model and without it (same
-budget, same seed), one such pair per `--seeds` value: two searches of the same seed differ by
+database state, with what the database teaches (the trained model as the search's starting
+model and, since session 41, each unmeasured task seeded with the refitted records of its
+`--kindred` nearest kindred kernels: schedules/kindred.py) and without either (same budget,
+same seed), one such pair per `--seeds` value: two searches of the same seed differ by
 the machine's noise alone, so one pair says little. Prints, per pair, the estimated latency (sum
 over tasks of weight x best measured kernel time, what the progress bar shows, from the default
 schedules' at trial 0) after every batch for both runs, the measured latency of both modules, and
@@ -29,6 +31,9 @@ the searches, `--searches-only` the defaults.
     python3 bench/bench_transfer.py --db sqlite:////tmp/fill.sqlite --target-models transformer \
         --trials-per-task 16 --searches-only --profile /tmp/prof   # where each search's time goes
     ... --transferred-population 64   # the transferred searches' population (the cold ones keep theirs)
+    ... --kindred 0                   # the transferred searches without kindred seeds (the model alone)
+    ... --keep-db /tmp/k.sqlite ...; then --db sqlite:////tmp/k.sqlite --cold-from <its JSON>
+                                      # another transferred variant against the same cold runs
 """
 
 from __future__ import annotations
@@ -176,6 +181,11 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
     pair: dict = {"seed": seed}
     for label, transfer in (("transferred", True), ("cold", False)):
         if not transfer and cold is not None:
+            # Only comparable from the same measured defaults (a --keep-db copy made after them).
+            start = pair["transferred"]["start_estimate_ms"]
+            if start is None or abs(cold["start_estimate_ms"] - start) > 1e-3 * start:
+                raise SystemExit(f"--cold-from: its cold run started at {cold['start_estimate_ms']:.3f} ms, this "
+                                 f"run at {start} ms: use the database kept (--keep-db) after its defaults")
             pair["cold"] = {**cold, "reused": True}
             continue
         copy = work / f"{name}-{label}-{seed}.sqlite"
@@ -274,7 +284,8 @@ def main() -> None:
                         help="one pair of searches (transferred, cold) per seed; the fill uses the first")
     parser.add_argument("--out", type=Path, default=Path("bench/results/transfer.json"))
     parser.add_argument("--db", help="start from this database instead of filling one with --train-models")
-    parser.add_argument("--keep-db", type=Path, help="copy the filled database here (reuse it with --db)")
+    parser.add_argument("--keep-db", type=Path, help="copy the filled database here, and again after each target's "
+                        "defaults are measured (reuse it with --db, and its cold runs with --cold-from)")
     parser.add_argument("--defaults-only", action="store_true", help="only compare plain and ranked defaults")
     parser.add_argument("--searches-only", action="store_true", help="skip the plain vs ranked defaults comparison")
     parser.add_argument("--retrain", choices=RETRAIN_MODES,
@@ -344,6 +355,8 @@ def main() -> None:
                          "median_trial_share_to_gain": None}
             results["targets"].append(row)
             row["defaults_measured_once"] = measure_defaults(source, url, target)
+            if args.keep_db:  # with this target's defaults: a later --db run starts where this one did
+                copy_database(db_file, Path(args.keep_db))
             for seed in args.seeds:
                 row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target, retrain,
                                                args.profile, args.transferred_population, kindred,

@@ -132,10 +132,12 @@ def _print_report(report: dict) -> None:
     ort_row = "ONNX Runtime (CPU)" if reference == "onnxruntime" else f"ONNX Runtime (CPU), {reference.removeprefix('onnxruntime ')}"
     table.add_row(ort_row, _fmt_ms(lat["onnxruntime"]), vs_ort)
     out.print(table)
+    seeded = report.get("cost_model", {}).get("kindred_seeded_tasks")
     out.print(
         f"tasks: {report['tasks']} ({report['tasks_from_db']} from the database, "
         f"{report['tasks_from_other_teams']} of them from other teams; {report['tasks_tuned']} tuned now, "
-        f"{report['tasks_warm_started']} warm-started from compatible hardware; "
+        f"{report['tasks_warm_started']} warm-started from compatible hardware"
+        f"{f', {seeded} seeded from kindred kernels' if seeded else ''}; "
         f"{report['tasks_default_schedule']} on default schedules); trials: {report['trials']} in "
         f"{report['tuning_seconds']:.1f} s"
     )
