@@ -265,9 +265,8 @@ class SQLDatabase(PyDatabase):
         # shash -> [(workload id, Workload)]: avoids re-reading and re-parsing IRModules.
         self._workloads: dict[int, list[tuple[int, Workload]]] = {}
         self.withheld: set[int] = set()
-        # workload id -> (structure, sizes) and its Workload, for kindred_traces.
-        self._skeletons: dict[int, kindred.Skeleton] = {}
-        self._skeleton_workloads: dict[int, Workload] = {}
+        # workload id -> its (structure, sizes) and Workload, for kindred_traces.
+        self._kin: dict[int, tuple[kindred.Skeleton, Workload]] = {}
         self._ensure_hardware()
 
     # -- helpers -------------------------------------------------------------------------
@@ -513,25 +512,21 @@ class SQLDatabase(PyDatabase):
         with Session(self.engine) as session:
             ids = set(session.scalars(select(r.workload_id).where(*usable).distinct()).all()) - own
             self._index_skeletons(session, ids)
-            kin = sorted((wid for wid in ids if self._skeletons[wid][0] == key),
-                         key=lambda wid: (kindred.shape_distance(self._skeletons[wid][1], extents), wid))[:workloads]
+            kin = sorted((wid for wid in ids if self._kin[wid][0][0] == key),
+                         key=lambda wid: (kindred.shape_distance(self._kin[wid][0][1], extents), wid))[:workloads]
             per_kin = []
             for wid in kin:
                 rows = session.scalars(select(r).where(r.workload_id == wid, *usable)
                                        .order_by(r.mean_run_secs, r.id).limit(per_workload)).all()
-                per_kin.append([self._to_tvm(row, self._skeleton_workloads[wid]).trace for row in rows])
+                per_kin.append([self._to_tvm(row, self._kin[wid][1]).trace for row in rows])
         return [traces[i] for i in range(per_workload) for traces in per_kin if i < len(traces)]
 
     def _index_skeletons(self, session: Session, ids: set[int]) -> None:
         """Structure and sizes of the stored kernels `ids` (once per kernel and handle)."""
-        missing = ids - self._skeletons.keys()
-        if not missing:
-            return
-        w = models.Workload
-        for wid, shash, mod_json in session.execute(select(w.id, w.shash, w.mod_json).where(w.id.in_(missing))):
-            stored = workload_of(shash, mod_json)
-            self._skeleton_workloads[wid] = stored
-            self._skeletons[wid] = kindred.skeleton(stored.mod)
+        missing = ids - self._kin.keys()
+        for wid, workload in self._workloads_by_id(session, missing).items():
+            if wid in missing:
+                self._kin[wid] = (kindred.skeleton(workload.mod), workload)
 
     # -- record checks ----------------------------------------------------------------------
     def fastest_unchecked(self, mod: IRModule) -> Unchecked | None:

@@ -126,20 +126,6 @@ def _decisions(trace: Trace) -> list[tuple[str, Any, Any]] | None:
     return out
 
 
-def _sampling(trace: Trace) -> list[str]:
-    """The kinds of the sampling instructions before post-processing, in order: what must
-    match between a record's trace and a design space for its decisions to carry over (the
-    instructions between them may differ with the shape, e.g. a split left out where a block
-    is one vector)."""
-    out = []
-    for inst in trace.insts:
-        if inst.kind.name == "EnterPostproc":
-            break
-        if inst.kind.name.startswith("Sample"):
-            out.append(inst.kind.name)
-    return out
-
-
 class _NoFit(Exception):
     """A carried decision has no counterpart here (a tile of another depth)."""
 
@@ -148,8 +134,10 @@ def refit(mod: IRModule, space: Schedule, foreign: Trace) -> Trace | None:
     """`foreign`'s decisions applied to `space` (a design space of `mod`, the unscheduled
     kernel, drawn by the same rules), or None where its rule path differs or a carried decision
     is invalid here."""
-    wanted = _decisions(foreign)
-    if wanted is None or _sampling(space.trace) != [kind for kind, _, _ in wanted]:
+    # The same sampling instructions in the same order (the instructions between them may differ
+    # with the shape, e.g. a split left out where a block is one vector).
+    wanted, own = _decisions(foreign), _decisions(space.trace)
+    if wanted is None or own is None or [k for k, _, _ in own] != [k for k, _, _ in wanted]:
         return None
     sch = Schedule(mod, debug_mask="all")
     turn = iter(wanted)

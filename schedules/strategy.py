@@ -45,6 +45,12 @@ from .kindred import SeededDatabase, seeds_for
 ATTEMPTS = 3
 
 
+def has_own_records(database: ms.Database, mod: IRModule) -> bool:
+    """Whether the evolutionary search of `mod` would start from records in `database` (what
+    its `get_top_k` gives: earlier searches here, or warm-start records of compatible hardware)."""
+    return database.has_workload(mod) and bool(database.get_top_k(database.commit_workload(mod), 1))
+
+
 @dataclass
 class Kindred:
     """Where a task's search finds schedules of kindred kernels: `traces(mod)` gives the
@@ -171,7 +177,7 @@ class ContainedSearch(PySearchStrategy):
         if self.kindred is None or self.mod is None or database is None or self.kindred.limit <= 0:
             return []
         try:
-            if database.has_workload(self.mod) and database.get_top_k(database.commit_workload(self.mod), 1):
+            if has_own_records(database, self.mod):
                 return []
             seeds = seeds_for(self.mod, spaces, self.kindred.traces(self.mod), self.kindred.limit)
         except Exception:  # noqa: BLE001 - a seed is a hint: the search goes on without it

@@ -34,6 +34,7 @@ from tuner.schedules.space import (
     space_generator,
     wants_tensor_cores,
 )
+from tuner.schedules.strategy import has_own_records
 
 from ..config import Settings
 from ..interrupts import deferred_interrupts
@@ -270,11 +271,8 @@ def search_config(settings: Settings, target: Target, trained: bool) -> SearchCo
 
 
 def seeded_tasks(tasks: list[ms.ExtractedTask], database: ms.Database) -> set[int]:
-    """The tasks whose evolutionary search would start from records in the database (what its
-    `get_top_k` gives: earlier searches here, or warm-start records of compatible hardware)."""
-    return {i for i, task in enumerate(tasks)
-            if database.has_workload(task.dispatched[0])
-            and database.get_top_k(database.commit_workload(task.dispatched[0]), 1)}
+    """The tasks whose evolutionary search would start from records in the database."""
+    return {i for i, task in enumerate(tasks) if has_own_records(database, task.dispatched[0])}
 
 
 # Records of each kindred kernel a task may start from: with 4 kernels, 32 seeds, within the
