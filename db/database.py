@@ -498,13 +498,14 @@ class SQLDatabase(PyDatabase):
 
     def kindred_traces(self, mod: IRModule, workloads: int, per_workload: int) -> list[Trace]:
         """The fastest searched records (`per_workload` each, not known wrong, ours to read) of
-        the `workloads` stored kernels nearest to `mod` in size among those of its structure
-        (schedules/kindred.py) other than itself, measured on this hardware family; their
+        the `workloads` stored kernels nearest to `mod` in size among those of its structure,
+        then of its reducing block only (`kindred.kin_order`), other than itself, measured on
+        this hardware family; their
         traces, best of each kernel first, the kernels taken in turn. What a search of `mod`
         can start from when no search has measured it."""
         if workloads <= 0 or per_workload <= 0:
             return []
-        key, extents = kindred.skeleton(mod)
+        own_skeleton = kindred.skeleton(mod)
         r = models.TuningRecord
         usable = (or_(r.hardware_key == self.provenance.hardware_key, r.hardware_key.in_(self._compatible_keys())),
                   self._visible(), not_(rejected(r)), r.mean_run_secs.is_not(None), *_searched(r, traceless_defaults=True))
@@ -512,8 +513,9 @@ class SQLDatabase(PyDatabase):
         with Session(self.engine) as session:
             ids = set(session.scalars(select(r.workload_id).where(*usable).distinct()).all()) - own
             self._index_skeletons(session, ids)
-            kin = sorted((wid for wid in ids if self._kin[wid][0][0] == key),
-                         key=lambda wid: (kindred.shape_distance(self._kin[wid][0][1], extents), wid))[:workloads]
+            ranked = ((order, wid) for wid in ids
+                      if (order := kindred.kin_order(own_skeleton, self._kin[wid][0])) is not None)
+            kin = [wid for _, wid in sorted(ranked)[:workloads]]
             per_kin = []
             for wid in kin:
                 rows = session.scalars(select(r).where(r.workload_id == wid, *usable)

@@ -11,6 +11,9 @@ So the trace is not replayed; its *decisions* are carried over to this task's ow
 to this task's extents (the inner ones kept as close as divisibility allows: they are the
 register and cache blocks), categorical choices mapped by value to the nearest candidate of this
 task's list, compute locations kept where they are valid. A seed that does not apply is dropped.
+Kin are kernels of the same structure (blocks and iterator kinds) nearest in size, then those
+that share only the reducing block (a convolution with a residual add after it is kin to one
+with a bias and ReLU: the rules inline such epilogues; `Skeleton`).
 
 The seeds only join the search's initial population (`SeededDatabase.get_top_k`, which only the
 evolutionary search calls): they are mutated and ranked by the cost model like the rest, and a
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from tvm.ir import IRModule
 from tvm.ir.utils import derived_object
@@ -33,30 +36,53 @@ _CATEGORICAL = "SampleCategorical"
 _COMPUTE_AT = "SampleComputeLocation"
 SAMPLING = (_TILE, _CATEGORICAL, _COMPUTE_AT)
 
-Skeleton = tuple[str, tuple[int, ...]]
+# Iterator kinds (tirx.IterVar) of a reduction: commutative (sums, maxima) and ordered.
+_REDUCTION_KINDS = "23"
+
+
+class Skeleton(NamedTuple):
+    """A kernel's structure without its sizes, and its sizes. `key`: every block's name and
+    iterator kinds (data-parallel, reduction) in order; kernels with the same key come from the
+    same operator and epilogue, so the schedule rules take the same path through them. `anchor`:
+    only the blocks that reduce (the operator: `conv2d_nhwc` with its kinds), so a convolution
+    with a residual add in its epilogue is kin to one without; the rules inline such
+    element-wise epilogues, so their design spaces usually sample the same decisions (`refit`
+    checks, and drops a kin whose sampling differs). Kernels without a reduction anchor on all
+    their blocks. `extents` and `anchor_extents`: those blocks' iterator extents."""
+
+    key: str
+    extents: tuple[int, ...]
+    anchor: str
+    anchor_extents: tuple[int, ...]
 
 
 def skeleton(mod: IRModule) -> Skeleton:
-    """A kernel's structure without its sizes, and its sizes: every block's name and iterator
-    kinds (data-parallel, reduction) in order, and the extents of those iterators. Kernels with
-    the same structure come from the same operator and epilogue, so the schedule rules take the
-    same path through them."""
+    """The structure and sizes of `mod`'s kernel (see `Skeleton`)."""
     sch = Schedule(mod)
-    names: list[str] = []
-    extents: list[int] = []
+    blocks: list[tuple[str, tuple[int, ...], bool]] = []
 
     def walk(block_rv: Any) -> None:
         for child in sch.get_child_blocks(block_rv):
             block = sch.get(child)
             kinds = "".join(str(int(iv.iter_type)) for iv in block.iter_vars)
-            names.append(f"{block.name_hint}:{kinds}")
-            for iv in block.iter_vars:
-                extent = iv.dom.extent
-                extents.append(int(extent) if hasattr(extent, "value") else 0)
+            extents = tuple(int(iv.dom.extent) if hasattr(iv.dom.extent, "value") else 0 for iv in block.iter_vars)
+            blocks.append((f"{block.name_hint}:{kinds}", extents, any(k in _REDUCTION_KINDS for k in kinds)))
             walk(child)
 
     walk(sch.get_sblock("root"))
-    return "|".join(names), tuple(extents)
+    anchors = [b for b in blocks if b[2]] or blocks
+    return Skeleton("|".join(b[0] for b in blocks), tuple(e for b in blocks for e in b[1]),
+                    "|".join(b[0] for b in anchors), tuple(e for b in anchors for e in b[1]))
+
+
+def kin_order(own: Skeleton, other: Skeleton) -> tuple[int, float] | None:
+    """Where `other` ranks as a kin of `own` (lower first), None when it is none: kernels of the
+    same full structure first, nearest in size first, then those of the same anchor only."""
+    if other.key == own.key:
+        return 0, shape_distance(other.extents, own.extents)
+    if other.anchor == own.anchor:
+        return 1, shape_distance(other.anchor_extents, own.anchor_extents)
+    return None
 
 
 def shape_distance(a: Sequence[int], b: Sequence[int]) -> float:

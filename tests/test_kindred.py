@@ -9,6 +9,7 @@ import numpy as np
 import tvm
 from tvm.s_tir import Schedule
 from tvm_ffi import structural_hash
+from tvm import te
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
@@ -90,6 +91,40 @@ def test_the_nearest_kindred_kernels_of_the_family_are_taken(db_url: str) -> Non
     db.record_checked(wrong.record_id, CHECK_WRONG, "test")
     assert len(db.kindred_traces(wanted, workloads=4, per_workload=8)) == 2
     assert db.kindred_traces(wanted, workloads=0, per_workload=8) == []
+
+
+def _matmul_residual_relu(n: int) -> tvm.IRModule:
+    """max(A @ B + R, 0): a matmul whose epilogue differs from `matmul`'s (a residual add and a
+    ReLU, as resnet50's convolutions have beside squeezenet's), its product block named alike."""
+    a, b, r = (te.placeholder((n, n), "float32", name=x) for x in "ABR")
+    k = te.reduce_axis((0, n), name="k")
+    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    out = te.compute((n, n), lambda i, j: te.max(c[i, j] + r[i, j], tvm.tirx.const(0, "float32")), name="T_relu")
+    return tvm.IRModule({"main": te.create_prim_func([a, b, r, out])})
+
+
+def test_a_kernel_with_another_epilogue_is_kin_after_those_of_its_own_structure(db_url: str) -> None:
+    db = open_database(db_url, TARGET)
+    db.commit_tuning_record(_stored(db, matmul(64), 1e-5))
+    wanted = _matmul_residual_relu(48)
+    assert kindred.skeleton(wanted).key != kindred.skeleton(matmul(64)).key
+    foreign = db.kindred_traces(wanted, workloads=4, per_workload=8)
+    assert [_tiles(t) for t in foreign] == [_tiles(_spaces(matmul(64))[0].trace)]
+    # The plain matmul's decisions fit the residual kernel's own design space and compute it.
+    seeds = kindred.seeds_for(wanted, _spaces(wanted), foreign, limit=8)
+    assert seeds
+    sch = Schedule(wanted)
+    seeds[0].apply_to_schedule(sch, remove_postproc=True)
+    lib = tvm.compile(sch.mod, target=Target(TARGET))
+    x, y, res = (np.random.default_rng(i).standard_normal((48, 48)).astype("float32") for i in range(3))
+    out = tvm.runtime.tensor(np.zeros((48, 48), "float32"))
+    lib(*(tvm.runtime.tensor(v) for v in (x, y, res)), out)
+    np.testing.assert_allclose(out.numpy(), np.maximum(x @ y + res, 0), rtol=1e-4, atol=1e-4)
+    # A kernel of its own structure comes first, however far in size.
+    db.commit_tuning_record(_stored(db, _matmul_residual_relu(256), 1e-3))
+    first = db.kindred_traces(wanted, workloads=1, per_workload=8)
+    assert [_tiles(t) for t in first] == [_tiles(_spaces(_matmul_residual_relu(256))[0].trace)]
+    assert len(db.kindred_traces(wanted, workloads=4, per_workload=8)) == 2
 
 
 def _first_round(search: strategy.ContainedSearch, mod: tvm.IRModule, database: ms.Database) -> list:
