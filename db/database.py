@@ -500,9 +500,8 @@ class SQLDatabase(PyDatabase):
         """The fastest searched records (`per_workload` each, not known wrong, ours to read) of
         the `workloads` stored kernels nearest to `mod` in size among those of its structure,
         then of its reducing block only (`kindred.kin_order`), other than itself, measured on
-        this hardware family; their
-        traces, best of each kernel first, the kernels taken in turn. What a search of `mod`
-        can start from when no search has measured it."""
+        this hardware family; their traces, best of each kernel first, the kernels taken in
+        turn. What a search of `mod` can start from when no search has measured it."""
         if workloads <= 0 or per_workload <= 0:
             return []
         own_skeleton = kindred.skeleton(mod)
