@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,6 +60,7 @@ from models import model_spec  # noqa: E402
 from results_file import write_results  # noqa: E402
 from search_profile import describe, profiled, profiled_settings  # noqa: E402
 from kernels import model_on_database  # noqa: E402
+from checkpoints import RunRecords, highest_record_id, retime  # noqa: E402
 
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
@@ -88,16 +90,21 @@ def copy_database(source: Path, dest: Path) -> None:
 
 
 class Curve(LogProgress):
-    """Log lines, and every (trials, estimated latency) point the search reports."""
+    """Log lines, every (trials, estimated latency) point the search reports and, with `db_file`
+    (the run's database), the highest record id stored by each of those points (checkpoints.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, db_file: Path | None = None) -> None:
         super().__init__(30)
         self.points: list[tuple[int, float]] = []
+        self.db_file = db_file
+        self.marks: list[tuple[int, int]] = []
 
     def advance(self, trials_done: int, best_ms: float | None) -> None:
         super().advance(trials_done, best_ms)
         if best_ms is not None:
             self.points.append((trials_done, best_ms))
+        if self.db_file is not None:
+            self.marks.append((trials_done, highest_record_id(self.db_file)))
 
 
 def trials_to_reach(points: list[tuple[int, float]], goal: float) -> int | None:
@@ -116,8 +123,12 @@ def share_metrics(pair: dict) -> dict:
     """Both measures of one pair, "cold_final" (trials to the cold run's final estimate) and
     GAIN_KEY (trials to GAIN_SHARE of the cold run's gain): transferred and cold, and the
     transferred run's share."""
-    cold, transferred = pair["cold"]["curve"], pair["transferred"]["curve"]
-    start, goal = pair["cold"]["start_estimate_ms"], pair["cold"]["final_estimate_ms"]
+    return curve_shares(pair["cold"]["curve"], pair["transferred"]["curve"],
+                        pair["cold"]["start_estimate_ms"], pair["cold"]["final_estimate_ms"])
+
+
+def curve_shares(cold: list, transferred: list, start: float | None, goal: float | None) -> dict:
+    """`share_metrics` of two curves, the cold one from `start` to `goal`."""
     out: dict = {}
     if not cold or start is None or goal is None:
         return out
@@ -134,18 +145,34 @@ def median_share(shares: list[float | None]) -> float | None:
     return median if np.isfinite(median) else None
 
 
+def retimed_metrics(retimed: dict) -> dict:
+    """Both measures of a pair's re-timed curves (checkpoints.py), and the transferred curve's
+    mean ratio to the cold one over the checkpoints after the start (below 1: ahead on average)."""
+    cold, transferred = retimed["curves"]["cold"], retimed["curves"]["transferred"]
+    out = curve_shares(cold, transferred, cold[0][1], cold[-1][1])
+    out["mean_ratio"] = float(np.mean([t[1] / c[1] for t, c in zip(transferred[1:], cold[1:])]))
+    return out
+
+
 def summarize(paths: list[Path]) -> None:
-    """Both measures for every pair of stored results (no searches run)."""
+    """Both measures for every pair of stored results (no searches run), by the searches' own
+    estimates and, where the pair was re-timed side by side (checkpoints.py), by those times."""
     for path in paths:
         for row in json.loads(path.read_text())["targets"]:
-            metrics = [share_metrics(p) for p in row["pairs"]]
-            for key in (metrics[0] if metrics else {}):
-                parts = [f"seed {p['seed']}: {m[key]['transferred']}/{m[key]['cold']}"
-                         + ("" if m[key]["share"] is None else f" ({m[key]['share']:.0%})")
-                         for p, m in zip(row["pairs"], metrics)]
-                median = median_share([m[key]["share"] for m in metrics])
-                print(f"{path.name} {row['model']}: trials to {key.replace('_', ' ')}, transferred/cold: "
-                      f"{'; '.join(parts)}; median {'never' if median is None else f'{median:.0%}'}")
+            for kind, measure in (("estimates", share_metrics),
+                                  ("re-timed", lambda p: retimed_metrics(p["retimed"]) if "retimed" in p else {})):
+                metrics = [measure(p) for p in row["pairs"]]
+                for key in next((m for m in metrics if m), {}):
+                    if key == "mean_ratio":
+                        print(f"{path.name} {row['model']} ({kind}): transferred/cold mean over checkpoints: "
+                              + "; ".join(f"seed {p['seed']}: {m[key]:.3f}" for p, m in zip(row["pairs"], metrics) if m))
+                        continue
+                    parts = [f"seed {p['seed']}: {m[key]['transferred']}/{m[key]['cold']}"
+                             + ("" if m[key]["share"] is None else f" ({m[key]['share']:.0%})")
+                             for p, m in zip(row["pairs"], metrics) if m]
+                    median = median_share([m[key]["share"] for m in metrics if m])
+                    print(f"{path.name} {row['model']} ({kind}): trials to {key.replace('_', ' ')}, transferred/cold: "
+                          f"{'; '.join(parts)}; median {'never' if median is None else f'{median:.0%}'}")
 
 
 def measure_defaults(source: str, url: str, target: dict) -> int:
@@ -154,8 +181,6 @@ def measure_defaults(source: str, url: str, target: dict) -> int:
     default's time) instead of measuring the same schedules twice: those two measurements
     differed by up to 17% on this VM (session 21), and the trials each run needed inherited it.
     Returns how many defaults were measured."""
-    from tvm.s_tir import meta_schedule as ms
-
     from tuner.search.tuning import local_workers, measure_default_schedules
 
     tgt = Target(dict(target))
@@ -171,14 +196,17 @@ def measure_defaults(source: str, url: str, target: dict) -> int:
 
 def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path, work: Path,
                   target: dict, retrain: str, profile: Path | None = None, population: int | None = None,
-                  kindred: int = 0, cold: dict | None = None) -> dict:
+                  kindred: int = 0, cold: dict | None = None, retime_points: int = 0, retime_rounds: int = 3) -> dict:
     """One seed's pair of searches from copies of the same database state: with the family's
     trained model as the search's starting model (refitted as `retrain` says) and, `kindred` > 0,
     tasks seeded with the refitted records of that many kindred kernels each (schedules/kindred.py),
     then without either (or `cold`: that run, made before from the same database state).
     With `profile` (a folder), each search runs in this process under cProfile (search_profile.py);
-    `population`: the transferred search's population (`search.transferred_population_size`)."""
+    `population`: the transferred search's population (`search.transferred_population_size`).
+    `retime_points` > 0: both runs' picks at that many checkpoints re-timed side by side when
+    both are done (checkpoints.py; not with `cold`, whose database is gone)."""
     pair: dict = {"seed": seed}
+    runs: dict[str, RunRecords] = {}
     for label, transfer in (("transferred", True), ("cold", False)):
         if not transfer and cold is not None:
             # Only comparable from the same measured defaults (a --keep-db copy made after them).
@@ -190,7 +218,7 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
             continue
         copy = work / f"{name}-{label}-{seed}.sqlite"
         copy_database(db_file, copy)
-        curve = Curve()
+        curve = Curve(copy if retime_points else None)
         settings = bench_settings(transfer=transfer, retrain=retrain)
         settings = settings.model_copy(update={"kindred_workloads": kindred if transfer else 0})
         if population is not None:
@@ -206,7 +234,10 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
             report, seconds = profiled(lambda: run(request, profiled_settings(settings), curve),
                                        profile / f"{name}-{label}-{seed}.prof")
             print(f"[bench] {name} seed {seed} {label}: {describe(seconds)}", flush=True)
-        copy.unlink()
+        if retime_points:
+            runs[label] = RunRecords(copy, highest_record_id(db_file), curve.marks)
+        else:
+            copy.unlink()
         if report["cost_model"]["transferred"] != transfer:
             raise SystemExit(f"{name} {label}: the run's cost model was "
                              f"{'' if report['cost_model']['transferred'] else 'not '}transferred")
@@ -217,6 +248,15 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
                        "tuning_seconds": report["tuning_seconds"], "cost_model": report["cost_model"],
                        "kindred_workloads": settings.kindred_workloads,
                        **({"profile_seconds": seconds} if seconds is not None else {})}
+    if len(runs) == 2:
+        print(f"[bench] {name} seed {seed}: re-timing both runs' picks at {retime_points} checkpoints side by side",
+              flush=True)
+        tasks = ms.relax_integration.extract_tasks(model_on_database(source, target, f"sqlite:///{db_file}")[1],
+                                                   Target(dict(target)))
+        pair["retimed"] = retime(tasks, target, bench_settings(), runs, budget, retime_points, retime_rounds)
+        pair["retimed"]["metrics"] = retimed_metrics(pair["retimed"])
+    for run_records in runs.values():
+        run_records.db_file.unlink()
     metrics = share_metrics(pair)
     final = metrics.get("cold_final", {})
     reached, cold = final.get("transferred"), final.get("cold")
@@ -233,6 +273,14 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
           f"{reached} transferred vs {cold} cold; to {GAIN_SHARE:.0%} of the cold run's gain: "
           f"{gain.get('transferred')} vs {gain.get('cold')}",
           flush=True)
+    if "retimed" in pair:
+        curves, again = pair["retimed"]["curves"], pair["retimed"]["metrics"]
+        print(f"[bench] {name} seed {seed}, re-timed side by side: transferred "
+              f"{' '.join(f'{v:.3f}' for _, v in curves['transferred'])}; cold "
+              f"{' '.join(f'{v:.3f}' for _, v in curves['cold'])} ms; trials to the cold final: "
+              f"{again['cold_final']['transferred']} vs {again['cold_final']['cold']}; to {GAIN_SHARE:.0%} of its gain: "
+              f"{again[GAIN_KEY]['transferred']} vs {again[GAIN_KEY]['cold']}; mean ratio {again['mean_ratio']:.3f}",
+              flush=True)
     return pair
 
 
@@ -297,6 +345,9 @@ def main() -> None:
                              "(default: the configured kindred_workloads; 0: the model alone); the cold ones never")
     parser.add_argument("--cold-from", type=Path, metavar="JSON",
                         help="take each seed's cold run from these results (same database state) instead of searching again")
+    parser.add_argument("--retime-points", type=int, default=16, metavar="N",
+                        help="re-time both runs' picks at N checkpoints side by side after each pair (0: not)")
+    parser.add_argument("--retime-rounds", type=int, default=3, help="rounds by turns of that re-timing")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="search in this process under cProfile: the time per part in the JSON, stats in DIR")
     parser.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
@@ -316,6 +367,7 @@ def main() -> None:
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
                      "seeds": args.seeds, "retrain": retrain, "kindred_workloads": kindred,
                      "kindred_first_round": settings.kindred_first_round,
+                     "retime_points": args.retime_points, "retime_rounds": args.retime_rounds,
                      "transferred_population": (args.transferred_population or settings.search.transferred_population_size
                                                 or settings.search.population_size),
                      "train_models": [*([f"from {args.db}"] if args.db else []), *(args.train_models or [])],
@@ -360,7 +412,8 @@ def main() -> None:
             for seed in args.seeds:
                 row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target, retrain,
                                                args.profile, args.transferred_population, kindred,
-                                               earlier_cold(args.cold_from, name, seed, budget)))
+                                               earlier_cold(args.cold_from, name, seed, budget),
+                                               args.retime_points, args.retime_rounds))
                 shares = [p["trial_share_needed"] for p in row["pairs"]]
                 row["median_trial_share_needed"] = median_share(shares)
                 row["median_trial_share_to_gain"] = median_share(
@@ -397,18 +450,26 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = results["targets"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(6 * len(rows), 4), squeeze=False)
+    retimed = any("retimed" in pair for row in rows for pair in row["pairs"])
+    fig, axes = plt.subplots(2 if retimed else 1, len(rows), figsize=(6 * len(rows), 8 if retimed else 4),
+                             squeeze=False)
     styles = ["-", "--", ":", "-."]
-    for ax, row in zip(axes[0], rows):
-        for k, pair in enumerate(row["pairs"]):
-            for color, label in (("C0", "transferred"), ("C1", "cold")):
-                points = pair[label]["curve"]
-                ax.plot([t for t, _ in points], [ms for _, ms in points], color=color, linestyle=styles[k % len(styles)],
-                        label=f"{label}, seed {pair['seed']}", drawstyle="steps-post")
-        ax.set_title(f"{row['model']} ({results['trials_per_task']} trials/task)")
-        ax.set_xlabel("trials")
-        ax.set_ylabel("estimated latency (ms)")
-        ax.legend()
+    for column, row in enumerate(rows):
+        views = [(axes[0][column], lambda pair, label: pair[label]["curve"], "estimated latency (ms)", "searches' times")]
+        if retimed:
+            views.append((axes[1][column], lambda pair, label: pair.get("retimed", {}).get("curves", {}).get(label, []),
+                          "latency re-timed side by side (ms)", "picks re-timed side by side"))
+        for ax, points_of, ylabel, title in views:
+            for k, pair in enumerate(row["pairs"]):
+                for color, label in (("C0", "transferred"), ("C1", "cold")):
+                    points = points_of(pair, label)
+                    ax.plot([t for t, _ in points], [v for _, v in points], color=color,
+                            linestyle=styles[k % len(styles)], label=f"{label}, seed {pair['seed']}",
+                            drawstyle="steps-post")
+            ax.set_title(f"{row['model']} ({results['trials_per_task']} trials/task): {title}")
+            ax.set_xlabel("trials")
+            ax.set_ylabel(ylabel)
+            ax.legend()
     fig.suptitle(textwrap.fill(f"cost model trained on {', '.join(results['train_models'])}: {results['cpu']}", 90),
                  fontsize=9)
     fig.tight_layout()

@@ -563,8 +563,7 @@ class SQLDatabase(PyDatabase):
         if not ids or top < 1:
             return []
         r = models.TuningRecord
-        usable = (r.hardware_key == self.provenance.hardware_key, self._visible(), r.workload_id.in_(ids),
-                  r.mean_run_secs.is_not(None), not_(rejected(r)))
+        usable = self._measured(ids)
         searched = and_(*_searched(r, traceless_defaults=True))
         picks = [
             select(r).where(*usable, searched).order_by(r.mean_run_secs, r.id).limit(4 * top),
@@ -584,6 +583,29 @@ class SQLDatabase(PyDatabase):
                     workload = self._workloads_by_id(session, {row.workload_id})[row.workload_id]
                     out.append(Candidate(row.id, self._to_tvm(row, workload), float(row.mean_run_secs),
                                          _stored_default(row.trace_json)))
+        return out
+
+    def _measured(self, ids: list[int]) -> tuple[Any, ...]:
+        """Records of these workloads here that we may read, measured, and that no check rejected."""
+        r = models.TuningRecord
+        return (r.hardware_key == self.provenance.hardware_key, self._visible(), r.workload_id.in_(ids),
+                r.mean_run_secs.is_not(None), not_(rejected(r)))
+
+    def measured_history(self, mod: IRModule) -> list[Candidate]:
+        """Every measured record of this workload here, in the order they were stored (failed
+        candidates left out): what a search had found by any point of its run, for a benchmark
+        that re-times the search's picks along the way side by side (bench/bench_transfer.py)."""
+        ids = self._ids(mod)
+        if not ids:
+            return []
+        r = models.TuningRecord
+        out: list[Candidate] = []
+        with Session(self.engine) as session:
+            for row in session.scalars(select(r).where(*self._measured(ids), r.mean_run_secs < _FAILED_RUN_SECS)
+                                       .order_by(r.id)):
+                workload = self._workloads_by_id(session, {row.workload_id})[row.workload_id]
+                out.append(Candidate(row.id, self._to_tvm(row, workload), float(row.mean_run_secs),
+                                     _stored_default(row.trace_json)))
         return out
 
     def record_final_times(self, mod: IRModule, times: dict[int, float]) -> None:

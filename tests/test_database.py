@@ -110,6 +110,22 @@ def test_final_times_pick_the_served_record_and_replace_the_last_final_timing(db
     assert db.served_record_id(mod) == new and db.best(mod).mean_run_secs == pytest.approx(0.5e-4)
 
 
+def test_measured_history_is_every_usable_measurement_in_the_order_stored(db_url: str) -> None:
+    """What bench/checkpoints.py rebuilds a search's pick at any point from: failed candidates,
+    records a check rejected and other hardware's records are not in it; defaults are, marked."""
+    db = open_database(db_url, TARGET)
+    mod = matmul(36)
+    for variant, secs in enumerate([[3e-4], [1e10], [1e-4], [2e-4]]):
+        db.commit_tuning_record(record(db, mod, secs, variant=variant))
+    db.commit_tuning_record(record(db, mod, [5e-4], searched=False))
+    open_database(db_url, {"kind": "llvm", "num-cores": 1}).commit_tuning_record(record(db, mod, [0.5e-4], variant=5))
+    db.record_checked(db.fastest_unchecked(mod).record_id, models.CHECK_WRONG, "wrong output")  # the 1e-4 one
+    history = db.measured_history(mod)
+    assert [(c.mean_run_secs, c.default) for c in history] == pytest.approx([(3e-4, False), (2e-4, False), (5e-4, True)])
+    assert [c.record_id for c in history] == sorted(c.record_id for c in history)
+    assert db.measured_history(matmul(44)) == []
+
+
 def test_records_are_served_per_hardware_key(db_url: str) -> None:
     db = open_database(db_url, TARGET)
     mod = matmul(16)

@@ -19,13 +19,14 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
-from tuner.db.database import Candidate, SQLDatabase
+from tuner.db.database import SQLDatabase
 
 from ..config import Settings
 from ..interrupts import requested as interrupt_requested
@@ -71,11 +72,52 @@ class FinalTiming:
 
 @dataclass
 class _Entry:
-    task: int
-    candidate: Candidate
+    index: int
     artifact: str
+    args_info: Any
     rounds: list[float] = field(default_factory=list)
     failed: bool = False
+
+
+def time_by_turns(records: Sequence[ms.database.TuningRecord], target: Target, workers: Workers,
+                  rounds: int) -> tuple[list[list[float] | None], int]:
+    """Each record's schedule built once and timed in `rounds` runner calls, by turns: every round
+    times every record once, in a rotated order, so that the machine's drift over the minutes
+    this takes falls on all of them alike instead of on whichever was timed last.
+
+    Returns each record's mean time per round (None: it did not build, or did not run in every
+    round) and the runner calls made. Stops early, with what it has, when an interrupt is asked for."""
+    built = workers.builder.build([ms.builder.BuilderInput(scheduled_module(r), target) for r in records])
+    entries = [_Entry(k, str(b.artifact_path), r.args_info)
+               for k, (r, b) in enumerate(zip(records, built)) if b.error_msg is None]
+    device_type = "cuda" if target.kind.name == "cuda" else "cpu"
+    measurements = 0
+    workers.allow_runs([e.artifact for e in entries], rounds)
+    try:
+        for n in range(rounds):
+            if interrupt_requested():
+                break
+            # Rotated: no record is always the first after a build or always the last.
+            order = entries[n % len(entries):] + entries[:n % len(entries)] if entries else []
+            live = [e for e in order if not e.failed]
+            futures = workers.runner.run([ms.runner.RunnerInput(e.artifact, device_type, e.args_info) for e in live])
+            measurements += len(live)
+            for e, future in zip(live, futures):
+                result = future.result()
+                if result.error_msg is not None or not result.run_secs:
+                    e.failed = True
+                    continue
+                secs = [float(x) for x in result.run_secs]
+                e.rounds.append(sum(secs) / len(secs))
+    finally:
+        workers.allow_runs([e.artifact for e in entries], 0)
+        for e in entries:
+            shutil.rmtree(os.path.dirname(e.artifact), ignore_errors=True)
+    out: list[list[float] | None] = [None] * len(records)
+    for e in entries:
+        if not e.failed and len(e.rounds) == rounds:
+            out[e.index] = e.rounds
+    return out, measurements
 
 
 def time_finalists(tasks: list[ms.ExtractedTask], target: Target, database: SQLDatabase, workers: Workers,
@@ -106,42 +148,12 @@ def _time_finalists(tasks: list[ms.ExtractedTask], target: Target, database: SQL
         return stats
     flat = [(i, c) for i, cands in found for c in cands]
     progress.message(f"final timing: {len(flat)} record(s) of {len(found)} task(s), {rounds} round(s) by turns")
-    built = workers.builder.build([ms.builder.BuilderInput(scheduled_module(c.record), target) for _, c in flat])
-    entries: list[_Entry] = []
-    for (i, c), b in zip(flat, built):
-        if b.error_msg is None:
-            entries.append(_Entry(i, c, str(b.artifact_path)))
-        else:
-            stats.failed += 1
-    device_type = "cuda" if target.kind.name == "cuda" else "cpu"
-    workers.allow_runs([e.artifact for e in entries], rounds)
-    try:
-        for n in range(rounds):
-            if interrupt_requested():
-                break
-            # Rotated: no candidate is always the first after a build or always the last.
-            order = entries[n % len(entries):] + entries[:n % len(entries)] if entries else []
-            live = [e for e in order if not e.failed]
-            futures = workers.runner.run([ms.runner.RunnerInput(e.artifact, device_type, e.candidate.record.args_info)
-                                          for e in live])
-            stats.measurements += len(live)
-            for e, future in zip(live, futures):
-                result = future.result()
-                if result.error_msg is not None or not result.run_secs:
-                    e.failed = True
-                    continue
-                secs = [float(x) for x in result.run_secs]
-                e.rounds.append(sum(secs) / len(secs))
-    finally:
-        workers.allow_runs([e.artifact for e in entries], 0)
-        for e in entries:
-            shutil.rmtree(os.path.dirname(e.artifact), ignore_errors=True)
+    timed_rounds, stats.measurements = time_by_turns([c.record for _, c in flat], target, workers, rounds)
     if interrupt_requested():
         return stats
-    stats.failed += sum(e.failed for e in entries)
+    stats.failed += sum(r is None for r in timed_rounds)
     for i, cands in found:
-        timed = {e.candidate.record_id: statistics.median(e.rounds)
-                 for e in entries if e.task == i and not e.failed and e.rounds}
+        timed = {c.record_id: statistics.median(r) for (j, c), r in zip(flat, timed_rounds) if j == i and r}
         database.record_final_times(mods[i], timed)
         if not timed:
             continue
