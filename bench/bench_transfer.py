@@ -10,8 +10,12 @@ the machine's noise alone, so one pair says little. Prints, per pair, the estima
 over tasks of weight x best measured kernel time, what the progress bar shows, from the default
 schedules' at trial 0) after every batch for both runs, the measured latency of both modules, and
 how many trials the transferred run needed to reach the cold run's final estimate and to reach
-90% of the cold run's gain (start to final estimate); per target, the median shares. Curves go
-to a plot beside the JSON. Each target's default schedules are measured once into the database
+90% of the cold run's gain (start to final estimate); per target, the median shares. Those
+estimates are times measured minutes apart, the two runs' a quarter hour apart, and this VM's
+speed drifts more than the two runs differ: so, when both runs of a pair are done, what each had
+found at `--retime-points` checkpoints is re-timed side by side (bench/checkpoints.py) and both
+measures are taken again on those curves ("retimed" in the JSON), with the transferred curve's
+mean ratio to the cold one over the checkpoints. Curves go to a plot beside the JSON. Each target's default schedules are measured once into the database
 before its pairs, so every run starts from the same estimate.
 
 It also compiles each target model on default schedules only (a `--trials 0` cache miss) twice,

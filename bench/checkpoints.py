@@ -45,9 +45,10 @@ class RunRecords:
     base_id: int  # the highest record id before the search: records up to it are the shared start
     marks: list[tuple[int, int]]
 
-    def mark_at(self, trials: int) -> int:
-        """The highest record id stored by the last batch that had done at most `trials` trials."""
-        return max((mark for done, mark in self.marks if done <= trials), default=self.base_id)
+    def mark_at(self, trials: int, last: bool = False) -> int:
+        """The highest record id stored by the last batch that had done at most `trials` trials
+        (`last`: by the end of the run, whose last batch may overshoot its budget)."""
+        return max((mark for done, mark in self.marks if last or done <= trials), default=self.base_id)
 
 
 def _pick(history: list[Candidate], mark: int) -> Candidate | None:
@@ -69,7 +70,7 @@ def retime(tasks: list[ms.ExtractedTask], target: dict[str, Any], settings: Any,
         picks[label] = []
         for task in tasks:
             history = db.measured_history(task.dispatched[0])
-            picks[label].append([_pick(history, run.mark_at(t)) for t in checkpoints])
+            picks[label].append([_pick(history, run.mark_at(t, k == points)) for k, t in enumerate(checkpoints)])
     # One entry per distinct record: the shared start's records are the same in every copy.
     keys: dict[tuple[Any, ...], int] = {}
     records: list[Any] = []
