@@ -71,17 +71,15 @@ def retime(tasks: list[ms.ExtractedTask], target: dict[str, Any], settings: Any,
         for task in tasks:
             history = db.measured_history(task.dispatched[0])
             picks[label].append([_pick(history, run.mark_at(t, k == points)) for k, t in enumerate(checkpoints)])
-    # One entry per distinct record: the shared start's records are the same in every copy.
-    keys: dict[tuple[Any, ...], int] = {}
+    # One entry per distinct schedule of a task: the shared start's records are in every copy,
+    # and a run may store a schedule again (a default re-measured, a mutation found twice).
+    keys: dict[tuple[int, str], int] = {}
     records: list[Any] = []
     for i in range(len(tasks)):  # by task: both runs' picks of a task are timed one after the other
-        for label, run in runs.items():
+        for label in runs:
             for pick in picks[label][i]:
-                if pick is None:
-                    continue
-                key = ("start" if pick.record_id <= run.base_id else label, pick.record_id)
-                if key not in keys:
-                    keys[key] = len(records)
+                if pick is not None and (i, pick.trace_json) not in keys:
+                    keys[(i, pick.trace_json)] = len(records)
                     records.append(pick.record)
     workers = local_workers(settings, int(target["num-cores"]))
     try:
@@ -89,15 +87,13 @@ def retime(tasks: list[ms.ExtractedTask], target: dict[str, Any], settings: Any,
     finally:
         workers.close()
 
-    def seconds(label: str, pick: Candidate) -> float | None:
-        key = ("start" if pick.record_id <= runs[label].base_id else label, pick.record_id)
-        found = timed[keys[key]]
+    def seconds(i: int, pick: Candidate | None) -> float | None:
+        found = timed[keys[(i, pick.trace_json)]] if pick is not None else None
         return statistics.median(found) if found else None
 
-    left_out = {i for label in runs for i, row in enumerate(picks[label])
-                if any(p is None or seconds(label, p) is None for p in row)}
+    left_out = {i for label in runs for i, row in enumerate(picks[label]) if any(seconds(i, p) is None for p in row)}
     kept = [i for i in range(len(tasks)) if i not in left_out]
-    curves = {label: [(t, 1e3 * sum(tasks[i].weight * seconds(label, picks[label][i][k]) for i in kept))
+    curves = {label: [(t, 1e3 * sum(tasks[i].weight * seconds(i, picks[label][i][k]) for i in kept))
                       for k, t in enumerate(checkpoints)] for label in runs}
     return {"points": points, "rounds": rounds, "records_timed": len(records),
             "records_failed": sum(t is None for t in timed), "tasks": len(tasks),

@@ -232,6 +232,7 @@ class Candidate:
     record: TuningRecord
     mean_run_secs: float  # the search's time
     default: bool  # the task's stored default schedule
+    trace_json: str  # the schedule: records of one workload with equal traces are one schedule
 
 
 def insert_for(engine: Engine):  # noqa: ANN202 - dialect-specific Insert
@@ -582,7 +583,7 @@ class SQLDatabase(PyDatabase):
                     taken += 1
                     workload = self._workloads_by_id(session, {row.workload_id})[row.workload_id]
                     out.append(Candidate(row.id, self._to_tvm(row, workload), float(row.mean_run_secs),
-                                         _stored_default(row.trace_json)))
+                                         _stored_default(row.trace_json), row.trace_json))
         return out
 
     def _measured(self, ids: list[int]) -> tuple[Any, ...]:
@@ -605,7 +606,7 @@ class SQLDatabase(PyDatabase):
                                        .order_by(r.id)):
                 workload = self._workloads_by_id(session, {row.workload_id})[row.workload_id]
                 out.append(Candidate(row.id, self._to_tvm(row, workload), float(row.mean_run_secs),
-                                     _stored_default(row.trace_json)))
+                                     _stored_default(row.trace_json), row.trace_json))
         return out
 
     def record_final_times(self, mod: IRModule, times: dict[int, float]) -> None:
