@@ -93,22 +93,23 @@ def copy_database(source: Path, dest: Path) -> None:
         src.backup(dst)
 
 
-class Curve(LogProgress):
-    """Log lines, every (trials, estimated latency) point the search reports and, with `db_file`
-    (the run's database), the highest record id stored by each of those points (checkpoints.py)."""
+def remove_database(path: Path) -> None:
+    """A SQLite database copy and its write-ahead log files."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        file.unlink(missing_ok=True)
 
-    def __init__(self, db_file: Path | None = None) -> None:
+
+class Curve(LogProgress):
+    """Log lines, and every (trials, estimated latency) point the search reports."""
+
+    def __init__(self) -> None:
         super().__init__(30)
         self.points: list[tuple[int, float]] = []
-        self.db_file = db_file
-        self.marks: list[tuple[int, int]] = []
 
     def advance(self, trials_done: int, best_ms: float | None) -> None:
         super().advance(trials_done, best_ms)
         if best_ms is not None:
             self.points.append((trials_done, best_ms))
-        if self.db_file is not None:
-            self.marks.append((trials_done, highest_record_id(self.db_file)))
 
 
 def trials_to_reach(points: list[tuple[int, float]], goal: float) -> int | None:
@@ -222,7 +223,7 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
             continue
         copy = work / f"{name}-{label}-{seed}.sqlite"
         copy_database(db_file, copy)
-        curve = Curve(copy if retime_points else None)
+        curve = Curve()
         settings = bench_settings(transfer=transfer, retrain=retrain)
         settings = settings.model_copy(update={"kindred_workloads": kindred if transfer else 0})
         if population is not None:
@@ -239,9 +240,9 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
                                        profile / f"{name}-{label}-{seed}.prof")
             print(f"[bench] {name} seed {seed} {label}: {describe(seconds)}", flush=True)
         if retime_points:
-            runs[label] = RunRecords(copy, highest_record_id(db_file), curve.marks)
+            runs[label] = RunRecords(copy, highest_record_id(db_file))
         else:
-            copy.unlink()
+            remove_database(copy)
         if report["cost_model"]["transferred"] != transfer:
             raise SystemExit(f"{name} {label}: the run's cost model was "
                              f"{'' if report['cost_model']['transferred'] else 'not '}transferred")
@@ -260,7 +261,7 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
         pair["retimed"] = retime(tasks, target, bench_settings(), runs, budget, retime_points, retime_rounds)
         pair["retimed"]["metrics"] = retimed_metrics(pair["retimed"])
     for run_records in runs.values():
-        run_records.db_file.unlink()
+        remove_database(run_records.db_file)
     metrics = share_metrics(pair)
     final = metrics.get("cold_final", {})
     reached, cold = final.get("transferred"), final.get("cold")

@@ -5,12 +5,12 @@ best time measured so far) is made of measurements minutes apart, and two search
 their curves were run one after the other: on a 2-core VM whose speed drifts by 16-20% from one
 quarter hour to the next (session 42: ONNX Runtime timed resnet50 at 24.4-33.3 ms across one
 afternoon), the drift between the two runs decided which curve was lower, and one configuration
-run twice ended 5.5% apart. Here each run's database copy is kept, with the highest record id
-it held after every batch (`RecordMarks`); when both runs are done, the record each task would
-have been served at every checkpoint (the fastest by the search's own times among those stored
-by then, the default included) is built and timed again, every run's picks in one batch ordered
-by task, in rounds by turns (`time_by_turns`), so that both runs' picks of a task are timed
-within seconds of each other, and the curves are rebuilt from those times.
+run twice ended 5.5% apart. Here each run's database copy is kept; when both runs are done, the
+record each task would have been served at every checkpoint (the fastest by the search's own
+times among those stored by then, the default included; a run's n-th stored record is its n-th
+trial) is built and timed again, every run's picks in one batch ordered by task, in rounds by
+turns (`time_by_turns`), so that both runs' picks of a task are timed within seconds of each
+other, and the curves are rebuilt from those times.
 """
 
 from __future__ import annotations
@@ -39,16 +39,19 @@ def highest_record_id(db_file: Path) -> int:
 
 @dataclass
 class RunRecords:
-    """One search's database copy and, per batch, the trials done and the highest record id."""
+    """One search's database copy, and the highest record id it held before the search."""
 
     db_file: Path
-    base_id: int  # the highest record id before the search: records up to it are the shared start
-    marks: list[tuple[int, int]]
+    base_id: int
 
-    def mark_at(self, trials: int, last: bool = False) -> int:
-        """The highest record id stored by the last batch that had done at most `trials` trials
-        (`last`: by the end of the run, whose last batch may overshoot its budget)."""
-        return max((mark for done, mark in self.marks if last or done <= trials), default=self.base_id)
+    def stored_ids(self) -> list[int]:
+        """The ids of the records the search stored, in order: one per trial (MetaSchedule
+        stores every measured candidate, a failed one too), so the trials done are the records
+        stored. (The progress a search reports lags its records by up to a round of tasks: a
+        resnet50 run reported 28 trials while it held 265 new records.)"""
+        with closing(sqlite3.connect(self.db_file)) as conn:
+            return [int(row[0]) for row in conn.execute("SELECT id FROM tuning_records WHERE id > ? ORDER BY id",
+                                                        (self.base_id,))]
 
 
 def _pick(history: list[Candidate], mark: int) -> Candidate | None:
@@ -65,12 +68,21 @@ def retime(tasks: list[ms.ExtractedTask], target: dict[str, Any], settings: Any,
     is left out of every curve (`tasks_left_out`), so the curves still sum the same tasks."""
     checkpoints = [round(budget * k / points) for k in range(points + 1)]
     picks: dict[str, list[list[Candidate | None]]] = {}  # label -> task -> checkpoint -> pick
+    stored_by_run: dict[str, int] = {}
     for label, run in runs.items():
         db = open_database(f"sqlite:///{run.db_file}", target)
+        stored = run.stored_ids()
+        stored_by_run[label] = len(stored)
+
+        def mark(trials: int) -> int:
+            return stored[min(trials, len(stored)) - 1] if trials > 0 and stored else run.base_id
+
+        # The last checkpoint takes every record: the last round may overshoot the budget.
+        marks = [mark(t) for t in checkpoints[:-1]] + [mark(len(stored))]
         picks[label] = []
         for task in tasks:
             history = db.measured_history(task.dispatched[0])
-            picks[label].append([_pick(history, run.mark_at(t, k == points)) for k, t in enumerate(checkpoints)])
+            picks[label].append([_pick(history, m) for m in marks])
     # One entry per distinct schedule of a task: the shared start's records are in every copy,
     # and a run may store a schedule again (a default re-measured, a mutation found twice).
     keys: dict[tuple[int, str], int] = {}
@@ -95,6 +107,6 @@ def retime(tasks: list[ms.ExtractedTask], target: dict[str, Any], settings: Any,
     kept = [i for i in range(len(tasks)) if i not in left_out]
     curves = {label: [(t, 1e3 * sum(tasks[i].weight * seconds(i, picks[label][i][k]) for i in kept))
                       for k, t in enumerate(checkpoints)] for label in runs}
-    return {"points": points, "rounds": rounds, "records_timed": len(records),
+    return {"points": points, "rounds": rounds, "records_stored": stored_by_run, "records_timed": len(records),
             "records_failed": sum(t is None for t in timed), "tasks": len(tasks),
             "tasks_left_out": [tasks[i].task_name for i in sorted(left_out)], "curves": curves}
