@@ -172,7 +172,7 @@ def summarize(paths: list[Path]) -> None:
                         print(f"{path.name} {row['model']} ({kind}): transferred/cold mean over checkpoints: "
                               + "; ".join(f"seed {p['seed']}: {m[key]:.3f}" for p, m in zip(row["pairs"], metrics) if m))
                         continue
-                    parts = [f"seed {p['seed']}: {m[key]['transferred']}/{m[key]['cold']}"
+                    parts = [f"seed {p['seed']}: {'never' if m[key]['transferred'] is None else m[key]['transferred']}/{m[key]['cold']}"
                              + ("" if m[key]["share"] is None else f" ({m[key]['share']:.0%})")
                              for p, m in zip(row["pairs"], metrics) if m]
                     median = median_share([m[key]["share"] for m in metrics if m])
