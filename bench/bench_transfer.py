@@ -15,8 +15,9 @@ estimates are times measured minutes apart, the two runs' a quarter hour apart, 
 speed drifts more than the two runs differ: so, when both runs of a pair are done, what each had
 found at `--retime-points` checkpoints is re-timed side by side (bench/checkpoints.py) and both
 measures are taken again on those curves ("retimed" in the JSON), with the transferred curve's
-mean ratio to the cold one over the checkpoints. Curves go to a plot beside the JSON. Each target's default schedules are measured once into the database
-before its pairs, so every run starts from the same estimate.
+mean ratio to the cold one over the checkpoints. Curves go to a plot beside the JSON. Each
+target's default schedules are measured once into the database before its pairs, so every run
+starts from the same estimate.
 
 It also compiles each target model on default schedules only (a `--trials 0` cache miss) twice,
 with the plain default sample and with the defaults the trained model ranks best, verifies both
@@ -159,6 +160,10 @@ def retimed_metrics(retimed: dict) -> dict:
     return out
 
 
+def _never(trials: int | None) -> str:
+    return "never" if trials is None else str(trials)
+
+
 def summarize(paths: list[Path]) -> None:
     """Both measures for every pair of stored results (no searches run), by the searches' own
     estimates and, where the pair was re-timed side by side (checkpoints.py), by those times."""
@@ -172,7 +177,7 @@ def summarize(paths: list[Path]) -> None:
                         print(f"{path.name} {row['model']} ({kind}): transferred/cold mean over checkpoints: "
                               + "; ".join(f"seed {p['seed']}: {m[key]:.3f}" for p, m in zip(row["pairs"], metrics) if m))
                         continue
-                    parts = [f"seed {p['seed']}: {'never' if m[key]['transferred'] is None else m[key]['transferred']}/{m[key]['cold']}"
+                    parts = [f"seed {p['seed']}: {_never(m[key]['transferred'])}/{m[key]['cold']}"
                              + ("" if m[key]["share"] is None else f" ({m[key]['share']:.0%})")
                              for p, m in zip(row["pairs"], metrics) if m]
                     median = median_share([m[key]["share"] for m in metrics if m])
