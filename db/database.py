@@ -581,9 +581,7 @@ class SQLDatabase(PyDatabase):
                         continue
                     traces.add(row.trace_json)
                     taken += 1
-                    workload = self._workloads_by_id(session, {row.workload_id})[row.workload_id]
-                    out.append(Candidate(row.id, self._to_tvm(row, workload), float(row.mean_run_secs),
-                                         _stored_default(row.trace_json), row.trace_json))
+                    out.append(self._candidate(session, row))
         return out
 
     def _measured(self, ids: list[int]) -> tuple[Any, ...]:
@@ -600,14 +598,14 @@ class SQLDatabase(PyDatabase):
         if not ids:
             return []
         r = models.TuningRecord
-        out: list[Candidate] = []
+        stmt = select(r).where(*self._measured(ids), r.mean_run_secs < _FAILED_RUN_SECS).order_by(r.id)
         with Session(self.engine) as session:
-            for row in session.scalars(select(r).where(*self._measured(ids), r.mean_run_secs < _FAILED_RUN_SECS)
-                                       .order_by(r.id)):
-                workload = self._workloads_by_id(session, {row.workload_id})[row.workload_id]
-                out.append(Candidate(row.id, self._to_tvm(row, workload), float(row.mean_run_secs),
-                                     _stored_default(row.trace_json), row.trace_json))
-        return out
+            return [self._candidate(session, row) for row in session.scalars(stmt)]
+
+    def _candidate(self, session: Session, row: models.TuningRecord) -> Candidate:
+        workload = self._workloads_by_id(session, {row.workload_id})[row.workload_id]
+        return Candidate(row.id, self._to_tvm(row, workload), float(row.mean_run_secs),
+                         _stored_default(row.trace_json), row.trace_json)
 
     def record_final_times(self, mod: IRModule, times: dict[int, float]) -> None:
         """Store one final timing of this workload: `times` (record id -> seconds) rank its
