@@ -236,16 +236,25 @@ FIRST_ROUND_SHARE = 4
 MIN_TRIALS_PER_ITER = 8
 
 
-def trials_per_iter(trials: int, tasks: int, cap: int) -> int:
+def trials_per_iter(trials: int, tasks: int, cap: int, minimum: int = MIN_TRIALS_PER_ITER) -> int:
     """Trials a task measures per round: small enough that every task gets a first round within
     the budget and that the first round leaves about 3/4 of it to the gradient phase, at least
-    `MIN_TRIALS_PER_ITER` (or the even share where that is less), at most `cap`.
+    `minimum` (or the even share where that is less), at most `cap`.
 
     A round used to be the even share (64 trials per task: 64 per round): the first round then
     spent the whole budget, every task got the same 64 trials, and on resnet50 the convolutions
-    that held the time stayed at 51-66% of the FMA peak while small ones reached 100%."""
+    that held the time stayed at 51-66% of the FMA peak while small ones reached 100%. At 16
+    trials per task the minimum (8) still makes the first round half the budget."""
     even = trials // max(1, tasks)
-    return max(1, min(cap, max(min(even, MIN_TRIALS_PER_ITER), even // FIRST_ROUND_SHARE)))
+    return max(1, min(cap, max(min(even, minimum), even // FIRST_ROUND_SHARE)))
+
+
+def round_minimum(settings: Settings, trained: bool) -> int:
+    """The fewest trials per round: a cold search's round pays for an evolution through a model
+    that has seen little; a transferred one may be set lower
+    (`search.transferred_min_trials_per_iter`)."""
+    low = settings.search.transferred_min_trials_per_iter
+    return low if trained and low is not None else MIN_TRIALS_PER_ITER
 
 
 def search_config(settings: Settings, target: Target, trained: bool) -> SearchConfig:
@@ -404,7 +413,8 @@ def tune(
                     task_weights=weights,
                     work_dir=str(work_dir),
                     max_trials_global=trials,
-                    num_trials_per_iter=trials_per_iter(trials, len(tasks), settings.search.max_trials_per_iter),
+                    num_trials_per_iter=trials_per_iter(trials, len(tasks), settings.search.max_trials_per_iter,
+                                                        round_minimum(settings, start.trained is not None)),
                     builder=workers.builder,
                     runner=workers.runner,
                     database=database,
