@@ -37,8 +37,9 @@ the searches, `--searches-only` the defaults.
         --trials-per-task 16 --searches-only --profile /tmp/prof   # where each search's time goes
     ... --transferred-population 64   # the transferred searches' population (the cold ones keep theirs)
     ... --kindred 0                   # the transferred searches without kindred seeds (the model alone)
-    ... --keep-db /tmp/k.sqlite ...; then --db sqlite:////tmp/k.sqlite --cold-from <its JSON>
-                                      # another transferred variant against the same cold runs
+    ... --keep-db /tmp/k.sqlite --runs-dir /tmp/runs ...; then --db sqlite:////tmp/k.sqlite \
+        --cold-from <its JSON> --runs-dir /tmp/runs   # another transferred variant against the
+                                      # same cold runs, re-timed beside them from their kept copies
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tvm.s_tir import meta_schedule as ms
@@ -98,6 +100,27 @@ def remove_database(path: Path) -> None:
     """A SQLite database copy and its write-ahead log files."""
     for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         file.unlink(missing_ok=True)
+
+
+def kept_run(runs_dir: Path | None, name: str, label: str, seed: int, budget: int) -> Path | None:
+    """Where a run's database copy is kept (`--runs-dir`), for a later variant's re-timing."""
+    return None if runs_dir is None else runs_dir / f"{name}-{budget}-{label}-{seed}.sqlite"
+
+
+def keep_or_remove(copy: Path, kept: Path | None) -> None:
+    if kept is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        copy_database(copy, kept)
+    remove_database(copy)
+
+
+def same_start(kept: Path, db_file: Path, base_id: int) -> None:
+    """A kept run re-timed beside a new one must have started from this database state: the
+    records up to `base_id` the same (by id and trace)."""
+    query = "SELECT id, trace_json FROM tuning_records WHERE id <= ? ORDER BY id"
+    with closing(sqlite3.connect(kept)) as a, closing(sqlite3.connect(db_file)) as b:
+        if a.execute(query, (base_id,)).fetchall() != b.execute(query, (base_id,)).fetchall():
+            raise SystemExit(f"--runs-dir: {kept} did not start from this database state")
 
 
 class Curve(LogProgress):
@@ -183,40 +206,52 @@ def summarize(paths: list[Path]) -> None:
                     median = median_share([m[key]["share"] for m in metrics if m])
                     print(f"{path.name} {row['model']} ({kind}): trials to {key.replace('_', ' ')}, transferred/cold: "
                           f"{'; '.join(parts)}; median {'never' if median is None else f'{median:.0%}'}")
+            walls = [(p["seed"], p["transferred"]["tuning_seconds"], p["cold"]["tuning_seconds"]) for p in row["pairs"]]
+            print(f"{path.name} {row['model']}: search seconds, transferred/cold: "
+                  + "; ".join(f"seed {seed}: {t:.0f}/{c:.0f} ({t / c:.2f}x)" for seed, t, c in walls))
 
 
-def measure_defaults(source: str, url: str, target: dict) -> int:
-    """Each task's default schedule of `source` measured once into the shared database, so both
+def target_tasks(source: str, url: str, target: dict) -> tuple[list[ms.ExtractedTask], Any]:
+    """The tuning tasks of `source` as the searches extract them (its kernels fused as tuning
+    fuses them), what `measure_defaults` measures and each pair's re-timing times, and the
+    database at `url` as the benchmark opens it."""
+    _, fused, db = model_on_database(source, target, url)
+    return ms.relax_integration.extract_tasks(fused, Target(dict(target))), db
+
+
+def measure_defaults(tasks: list[ms.ExtractedTask], db: Any, target: dict) -> int:
+    """Each task's default schedule measured once into the shared database, so both
     runs of every pair take their start from the same stored times (tuning reuses a stored
     default's time) instead of measuring the same schedules twice: those two measurements
     differed by up to 17% on this VM (session 21), and the trials each run needed inherited it.
     Returns how many defaults were measured."""
     from tuner.search.tuning import local_workers, measure_default_schedules
 
-    tgt = Target(dict(target))
-    _, fused, db = model_on_database(source, target, url)
-    tasks = ms.relax_integration.extract_tasks(fused, tgt)
     workers = local_workers(bench_settings(), int(target["num-cores"]))
     try:
-        times, _ = measure_default_schedules(tasks, tgt, db, workers)
+        times, _ = measure_default_schedules(tasks, Target(dict(target)), db, workers)
     finally:
         workers.close()
     return sum(t is not None for t in times)
 
 
-def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path, work: Path,
-                  target: dict, retrain: str, profile: Path | None = None, population: int | None = None,
-                  kindred: int = 0, cold: dict | None = None, retime_points: int = 0, retime_rounds: int = 3) -> dict:
+def transfer_pair(name: str, source: str, tasks: list[ms.ExtractedTask], budget: int, seed: int, db_file: Path,
+                  work: Path, target: dict, retrain: str, profile: Path | None = None, search: dict | None = None,
+                  kindred: int = 0, cold: dict | None = None, retime_points: int = 0, retime_rounds: int = 3,
+                  runs_dir: Path | None = None) -> dict:
     """One seed's pair of searches from copies of the same database state: with the family's
     trained model as the search's starting model (refitted as `retrain` says) and, `kindred` > 0,
     tasks seeded with the refitted records of that many kindred kernels each (schedules/kindred.py),
     then without either (or `cold`: that run, made before from the same database state).
     With `profile` (a folder), each search runs in this process under cProfile (search_profile.py);
-    `population`: the transferred search's population (`search.transferred_population_size`).
+    `search`: `search` settings set for both runs (the `transferred_*` ones apply to the transferred run).
     `retime_points` > 0: both runs' picks at that many checkpoints re-timed side by side when
-    both are done (checkpoints.py; not with `cold`, whose database is gone)."""
+    both are done (checkpoints.py). `runs_dir`: each run's database copy is kept there
+    (`kept_run`), and a reused `cold` run is re-timed from its copy there (without it, it is not
+    re-timed)."""
     pair: dict = {"seed": seed}
     runs: dict[str, RunRecords] = {}
+    base_id = highest_record_id(db_file)
     for label, transfer in (("transferred", True), ("cold", False)):
         if not transfer and cold is not None:
             # Only comparable from the same measured defaults (a --keep-db copy made after them).
@@ -225,15 +260,18 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
                 raise SystemExit(f"--cold-from: its cold run started at {cold['start_estimate_ms']:.3f} ms, this "
                                  f"run at {start} ms: use the database kept (--keep-db) after its defaults")
             pair["cold"] = {**cold, "reused": True}
+            kept = kept_run(runs_dir, name, "cold", seed, budget)
+            if retime_points and kept is not None and kept.is_file():
+                same_start(kept, db_file, base_id)
+                runs["cold"] = RunRecords(kept, base_id)
             continue
         copy = work / f"{name}-{label}-{seed}.sqlite"
         copy_database(db_file, copy)
         curve = Curve()
         settings = bench_settings(transfer=transfer, retrain=retrain)
         settings = settings.model_copy(update={"kindred_workloads": kindred if transfer else 0})
-        if population is not None:
-            settings = settings.model_copy(update={"search": settings.search.model_copy(
-                update={"transferred_population_size": population})})
+        if search:
+            settings = settings.model_copy(update={"search": settings.search.model_copy(update=search)})
         request = RunRequest(model=source, target=target, trials=budget, out_dir=work / f"{name}-{label}-{seed}",
                              db_url=f"sqlite:///{copy}", seed=seed, measure_untuned=False, name=name)
         seconds = None
@@ -245,9 +283,9 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
                                        profile / f"{name}-{label}-{seed}.prof")
             print(f"[bench] {name} seed {seed} {label}: {describe(seconds)}", flush=True)
         if retime_points:
-            runs[label] = RunRecords(copy, highest_record_id(db_file))
+            runs[label] = RunRecords(copy, base_id)
         else:
-            remove_database(copy)
+            keep_or_remove(copy, kept_run(runs_dir, name, label, seed, budget))
         if report["cost_model"]["transferred"] != transfer:
             raise SystemExit(f"{name} {label}: the run's cost model was "
                              f"{'' if report['cost_model']['transferred'] else 'not '}transferred")
@@ -261,12 +299,12 @@ def transfer_pair(name: str, source: str, budget: int, seed: int, db_file: Path,
     if len(runs) == 2:
         print(f"[bench] {name} seed {seed}: re-timing both runs' picks at {retime_points} checkpoints side by side",
               flush=True)
-        tasks = ms.relax_integration.extract_tasks(model_on_database(source, target, f"sqlite:///{db_file}")[1],
-                                                   Target(dict(target)))
         pair["retimed"] = retime(tasks, target, bench_settings(), runs, budget, retime_points, retime_rounds)
         pair["retimed"]["metrics"] = retimed_metrics(pair["retimed"])
-    for run_records in runs.values():
-        remove_database(run_records.db_file)
+    for label, run_records in runs.items():
+        kept = kept_run(runs_dir, name, label, seed, budget)
+        if run_records.db_file != kept:
+            keep_or_remove(run_records.db_file, kept)
     metrics = share_metrics(pair)
     final = metrics.get("cold_final", {})
     reached, cold = final.get("transferred"), final.get("cold")
@@ -350,11 +388,17 @@ def main() -> None:
                         help="how the transferred searches refit the model (default: the configured mode)")
     parser.add_argument("--transferred-population", type=int,
                         help="the transferred searches' population (default: the configured one)")
+    parser.add_argument("--transferred-round-min", type=int, metavar="N",
+                        help="the fewest trials per round of the transferred searches "
+                             "(search.transferred_min_trials_per_iter; default: the configured one)")
     parser.add_argument("--kindred", type=int, default=None, metavar="N",
                         help="the transferred searches also start from the records of N kindred kernels per task "
                              "(default: the configured kindred_workloads; 0: the model alone); the cold ones never")
     parser.add_argument("--cold-from", type=Path, metavar="JSON",
                         help="take each seed's cold run from these results (same database state) instead of searching again")
+    parser.add_argument("--runs-dir", type=Path, metavar="DIR",
+                        help="keep each run's database copy here; with --cold-from, re-time the reused cold runs "
+                             "from their copies here beside the new transferred runs")
     parser.add_argument("--retime-points", type=int, default=16, metavar="N",
                         help="re-time both runs' picks at N checkpoints side by side after each pair (0: not)")
     parser.add_argument("--retime-rounds", type=int, default=3, help="rounds by turns of that re-timing")
@@ -374,12 +418,17 @@ def main() -> None:
     settings = bench_settings()
     retrain = args.retrain or settings.cost_model.retrain
     kindred = settings.kindred_workloads if args.kindred is None else args.kindred
+    transferred_search = {key: value for key, value in (
+        ("transferred_population_size", args.transferred_population),
+        ("transferred_min_trials_per_iter", args.transferred_round_min)) if value is not None}
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
                      "seeds": args.seeds, "retrain": retrain, "kindred_workloads": kindred,
                      "kindred_first_round": settings.kindred_first_round,
                      "retime_points": args.retime_points, "retime_rounds": args.retime_rounds,
                      "transferred_population": (args.transferred_population or settings.search.transferred_population_size
                                                 or settings.search.population_size),
+                     "transferred_min_trials_per_iter": (args.transferred_round_min
+                                                         or settings.search.transferred_min_trials_per_iter),
                      "train_models": [*([f"from {args.db}"] if args.db else []), *(args.train_models or [])],
                      "train_trials_per_task": fill_budget, "targets": [],
                      "ranked_defaults": []}
@@ -416,14 +465,15 @@ def main() -> None:
             row: dict = {"model": name, "trials": budget, "pairs": [], "median_trial_share_needed": None,
                          "median_trial_share_to_gain": None}
             results["targets"].append(row)
-            row["defaults_measured_once"] = measure_defaults(source, url, target)
+            tasks, target_db = target_tasks(source, url, target)
+            row["defaults_measured_once"] = measure_defaults(tasks, target_db, target)
             if args.keep_db:  # with this target's defaults: a later --db run starts where this one did
                 copy_database(db_file, Path(args.keep_db))
             for seed in args.seeds:
-                row["pairs"].append(transfer_pair(name, source, budget, seed, db_file, work, target, retrain,
-                                               args.profile, args.transferred_population, kindred,
+                row["pairs"].append(transfer_pair(name, source, tasks, budget, seed, db_file, work, target, retrain,
+                                               args.profile, transferred_search, kindred,
                                                earlier_cold(args.cold_from, name, seed, budget),
-                                               args.retime_points, args.retime_rounds))
+                                               args.retime_points, args.retime_rounds, args.runs_dir))
                 shares = [p["trial_share_needed"] for p in row["pairs"]]
                 row["median_trial_share_needed"] = median_share(shares)
                 row["median_trial_share_to_gain"] = median_share(
