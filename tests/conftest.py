@@ -22,7 +22,8 @@ from tuner.config import CompileSettings, MeasureSettings, SearchSettings, Setti
 # tests (test_ray.py, test_ray_local.py: the default, no --ray-address).
 os.environ["TUNER_WORKERS__BACKEND"] = "local"
 TINY = dict(
-    search=SearchSettings(population_size=16, genetic_num_iters=1, init_min_unmeasured=8, max_trials_per_iter=8,
+    search=SearchSettings(population_size=16, transferred_population_size=16, genetic_num_iters=1,
+                          init_min_unmeasured=8, max_trials_per_iter=8,
                           final_top=2, final_rounds=2),
     measure=MeasureSettings(cpu_timed_calls=3, model_runs=5, model_min_seconds=0.0),
     workers=WorkerSettings(backend="local"),

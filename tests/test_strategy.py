@@ -265,11 +265,13 @@ def test_searches_start_random_unless_a_trained_model_steers_them(settings: Sett
     small = settings.model_copy(update={"search": settings.search.model_copy(update={"transferred_population_size": 8})})
     assert tuning.search_config(small, cpu, trained=True).population_size == 8
     assert tuning.search_config(small, cpu, trained=False).population_size == settings.search.population_size
-    assert tuning.search_config(settings, cpu, trained=True).population_size == settings.search.population_size
+    unset = settings.model_copy(update={"search": settings.search.model_copy(update={"transferred_population_size": None})})
+    assert tuning.search_config(unset, cpu, trained=True).population_size == settings.search.population_size
     # ... and its own fewest trials per round: at 16 trials per task a cold round is 8 (half the
     # budget for the first round), a transferred one may be 4 (the quarter the rule aims at).
     assert tuning.trials_per_iter(16 * 35, 35, 64, tuning.MIN_TRIALS_PER_ITER) == 8
     assert tuning.trials_per_iter(16 * 35, 35, 64, 4) == 4 and tuning.trials_per_iter(64 * 35, 35, 64, 4) == 16
     lower = settings.model_copy(update={"search": settings.search.model_copy(update={"transferred_min_trials_per_iter": 4})})
+    unset = settings.model_copy(update={"search": settings.search.model_copy(update={"transferred_min_trials_per_iter": None})})
     assert tuning.round_minimum(lower, trained=True) == 4
-    assert tuning.round_minimum(lower, trained=False) == tuning.round_minimum(settings, trained=True) == tuning.MIN_TRIALS_PER_ITER
+    assert tuning.round_minimum(lower, trained=False) == tuning.round_minimum(unset, trained=True) == tuning.MIN_TRIALS_PER_ITER

@@ -23,12 +23,12 @@ APP_NAME = "tuner"
 class SearchSettings(BaseModel):
     population_size: int = Field(256, ge=4)
     # A search started from the family's transferred cost model evolves from its first round (a
-    # cold one draws at random until its model has seen enough); None: `population_size`.
-    transferred_population_size: int | None = Field(None, ge=4)
-    # A transferred search needs no random warm-up round: it may measure fewer trials per round
-    # than a cold one (`tuning.trials_per_iter`'s minimum), so that its first round leaves more
-    # of the budget to the gradient phase. None: the cold searches' minimum.
-    transferred_min_trials_per_iter: int | None = Field(None, ge=1)
+    # cold one draws at random until its model has seen enough): a smaller population makes each
+    # of its rounds cheaper, and a transferred search needs no random warm-up round, so it may
+    # measure fewer trials per round than a cold one (`tuning.trials_per_iter`'s minimum) and
+    # leave more of the budget to the gradient phase. None: `population_size`, the cold minimum.
+    transferred_population_size: int | None = Field(64, ge=4)
+    transferred_min_trials_per_iter: int | None = Field(4, ge=1)
     genetic_num_iters: int = Field(3, ge=1)
     init_min_unmeasured: int = Field(32, ge=1)
     init_min_unmeasured_gpu: int = Field(8, ge=1)
