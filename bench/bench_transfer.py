@@ -108,6 +108,7 @@ def kept_run(runs_dir: Path | None, name: str, label: str, seed: int, budget: in
 
 
 def keep_or_remove(copy: Path, kept: Path | None) -> None:
+    """A run's database copy removed from the work folder, kept first where `kept` says."""
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
         copy_database(copy, kept)

@@ -250,9 +250,10 @@ def trials_per_iter(trials: int, tasks: int, cap: int, minimum: int = MIN_TRIALS
 
 
 def round_minimum(settings: Settings, trained: bool) -> int:
-    """The fewest trials per round: a cold search's round pays for an evolution through a model
-    that has seen little; a transferred one may be set lower
-    (`search.transferred_min_trials_per_iter`)."""
+    """The fewest trials per round. Each round of a task pays for one evolutionary search, so a
+    round of fewer trials costs more per trial; a transferred search evolves a smaller population
+    (`search.transferred_population_size`) and needs no random warm-up round, so its minimum may
+    be lower (`search.transferred_min_trials_per_iter`)."""
     low = settings.search.transferred_min_trials_per_iter
     return low if trained and low is not None else MIN_TRIALS_PER_ITER
 
