@@ -283,10 +283,7 @@ def transfer_pair(name: str, source: str, tasks: list[ms.ExtractedTask], budget:
             report, seconds = profiled(lambda: run(request, profiled_settings(settings), curve),
                                        profile / f"{name}-{label}-{seed}.prof")
             print(f"[bench] {name} seed {seed} {label}: {describe(seconds)}", flush=True)
-        if retime_points:
-            runs[label] = RunRecords(copy, base_id)
-        else:
-            keep_or_remove(copy, kept_run(runs_dir, name, label, seed, budget))
+        runs[label] = RunRecords(copy, base_id)
         if report["cost_model"]["transferred"] != transfer:
             raise SystemExit(f"{name} {label}: the run's cost model was "
                              f"{'' if report['cost_model']['transferred'] else 'not '}transferred")
@@ -297,7 +294,7 @@ def transfer_pair(name: str, source: str, tasks: list[ms.ExtractedTask], budget:
                        "tuning_seconds": report["tuning_seconds"], "cost_model": report["cost_model"],
                        "kindred_workloads": settings.kindred_workloads,
                        **({"profile_seconds": seconds} if seconds is not None else {})}
-    if len(runs) == 2:
+    if retime_points and len(runs) == 2:
         print(f"[bench] {name} seed {seed}: re-timing both runs' picks at {retime_points} checkpoints side by side",
               flush=True)
         pair["retimed"] = retime(tasks, target, bench_settings(), runs, budget, retime_points, retime_rounds)
@@ -422,14 +419,13 @@ def main() -> None:
     transferred_search = {key: value for key, value in (
         ("transferred_population_size", args.transferred_population),
         ("transferred_min_trials_per_iter", args.transferred_round_min)) if value is not None}
+    transferred = settings.search.model_copy(update=transferred_search)
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
                      "seeds": args.seeds, "retrain": retrain, "kindred_workloads": kindred,
                      "kindred_first_round": settings.kindred_first_round,
                      "retime_points": args.retime_points, "retime_rounds": args.retime_rounds,
-                     "transferred_population": (args.transferred_population or settings.search.transferred_population_size
-                                                or settings.search.population_size),
-                     "transferred_min_trials_per_iter": (args.transferred_round_min
-                                                         or settings.search.transferred_min_trials_per_iter),
+                     "transferred_population": transferred.transferred_population_size or transferred.population_size,
+                     "transferred_min_trials_per_iter": transferred.transferred_min_trials_per_iter,
                      "train_models": [*([f"from {args.db}"] if args.db else []), *(args.train_models or [])],
                      "train_trials_per_task": fill_budget, "targets": [],
                      "ranked_defaults": []}
