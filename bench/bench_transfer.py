@@ -207,9 +207,35 @@ def summarize(paths: list[Path]) -> None:
                     median = median_share([m[key]["share"] for m in metrics if m])
                     print(f"{path.name} {row['model']} ({kind}): trials to {key.replace('_', ' ')}, transferred/cold: "
                           f"{'; '.join(parts)}; median {'never' if median is None else f'{median:.0%}'}")
+            for pair in row["pairs"]:
+                for line in task_breakdown(pair.get("retimed", {})):
+                    print(f"{path.name} {row['model']} seed {pair['seed']}: {line}")
             walls = [(p["seed"], p["transferred"]["tuning_seconds"], p["cold"]["tuning_seconds"]) for p in row["pairs"]]
             print(f"{path.name} {row['model']}: search seconds, transferred/cold: "
                   + "; ".join(f"seed {seed}: {t:.0f}/{c:.0f} ({t / c:.2f}x)" for seed, t, c in walls))
+
+
+def task_breakdown(retimed: dict, least_share: float = 0.03) -> list[str]:
+    """Per task holding at least `least_share` of the cold run's final latency, from the re-timed
+    task curves (when the pair has them): where a transferred search gains or loses, and whether
+    the cold one was already done after its first checkpoints (a space random sampling saturates)."""
+    curves = retimed.get("task_curves")
+    if not curves:
+        return []
+    checkpoints = [t for t, _ in retimed["curves"]["cold"]]
+    total = retimed["curves"]["cold"][-1][1]
+    lines = []
+    for name, cold in sorted(curves["cold"].items(), key=lambda item: -item[1][-1]):
+        if cold[-1] < least_share * total:
+            continue
+        transferred = curves["transferred"][name]
+        reached = trials_to_reach(list(zip(checkpoints, transferred)), cold[-1])
+        cold_reached = trials_to_reach(list(zip(checkpoints, cold)), cold[-1])
+        lines.append(f"{name} ({cold[-1] / total:.0%} of the cold final): start {cold[0]:.3f} ms, final cold "
+                     f"{cold[-1]:.3f} (reached at {cold_reached}), transferred {transferred[-1]:.3f} (the cold final "
+                     f"at {_never(reached)}); at {checkpoints[len(checkpoints) // 4]} trials cold "
+                     f"{cold[len(cold) // 4]:.3f}, transferred {transferred[len(transferred) // 4]:.3f}")
+    return lines
 
 
 def target_tasks(source: str, url: str, target: dict) -> tuple[list[ms.ExtractedTask], Any]:

@@ -105,8 +105,12 @@ def retime(tasks: list[ms.ExtractedTask], target: dict[str, Any], settings: Any,
 
     left_out = {i for label in runs for i, row in enumerate(picks[label]) if any(seconds(i, p) is None for p in row)}
     kept = [i for i in range(len(tasks)) if i not in left_out]
-    curves = {label: [(t, 1e3 * sum(tasks[i].weight * seconds(i, picks[label][i][k]) for i in kept))
+    # Per task (weight x ms at each checkpoint): which tasks a model-steered search gains or loses on.
+    task_curves = {label: {tasks[i].task_name: [1e3 * tasks[i].weight * seconds(i, pick) for pick in picks[label][i]]
+                           for i in kept} for label in runs}
+    curves = {label: [(t, sum(task_curves[label][tasks[i].task_name][k] for i in kept))
                       for k, t in enumerate(checkpoints)] for label in runs}
     return {"points": points, "rounds": rounds, "records_stored": stored_by_run, "records_timed": len(records),
             "records_failed": sum(t is None for t in timed), "tasks": len(tasks),
-            "tasks_left_out": [tasks[i].task_name for i in sorted(left_out)], "curves": curves}
+            "tasks_left_out": [tasks[i].task_name for i in sorted(left_out)], "curves": curves,
+            "task_weights": {task.task_name: task.weight for task in tasks}, "task_curves": task_curves}
