@@ -415,6 +415,9 @@ def main() -> None:
     parser.add_argument("--transferred-round-min", type=int, metavar="N",
                         help="the fewest trials per round of the transferred searches "
                              "(search.transferred_min_trials_per_iter; default: the configured one)")
+    parser.add_argument("--transferred-eps", type=float, metavar="SHARE",
+                        help="the share of each transferred round drawn at random "
+                             "(search.transferred_eps_greedy; default: the configured one)")
     parser.add_argument("--kindred", type=int, default=None, metavar="N",
                         help="the transferred searches also start from the records of N kindred kernels per task "
                              "(default: the configured kindred_workloads; 0: the model alone); the cold ones never")
@@ -444,7 +447,8 @@ def main() -> None:
     kindred = settings.kindred_workloads if args.kindred is None else args.kindred
     transferred_search = {key: value for key, value in (
         ("transferred_population_size", args.transferred_population),
-        ("transferred_min_trials_per_iter", args.transferred_round_min)) if value is not None}
+        ("transferred_min_trials_per_iter", args.transferred_round_min),
+        ("transferred_eps_greedy", args.transferred_eps)) if value is not None}
     transferred = settings.search.model_copy(update=transferred_search)
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
                      "seeds": args.seeds, "retrain": retrain, "kindred_workloads": kindred,
@@ -452,6 +456,7 @@ def main() -> None:
                      "retime_points": args.retime_points, "retime_rounds": args.retime_rounds,
                      "transferred_population": transferred.transferred_population_size or transferred.population_size,
                      "transferred_min_trials_per_iter": transferred.transferred_min_trials_per_iter,
+                     "transferred_eps_greedy": transferred.transferred_eps_greedy,
                      "train_models": [*([f"from {args.db}"] if args.db else []), *(args.train_models or [])],
                      "train_trials_per_task": fill_budget, "targets": [],
                      "ranked_defaults": []}

@@ -55,6 +55,10 @@ class SearchConfig:
     # Each task's first round: random valid schedules (MetaSchedule's ReplayTrace) instead of an
     # evolution steered by a cost model that has not seen one measurement (see search_strategy).
     random_first_round: bool = False
+    # The share of each round's candidates drawn at random from the initial population instead
+    # of picked by the cost model (MetaSchedule's eps_greedy; its default). The count is
+    # rounded down: 0.05 of a round of 4-16 trials is none.
+    eps_greedy: float = 0.05
 
 
 def _rules_key(target: Target, mod: IRModule | None, tensor_cores: bool) -> str:
@@ -199,5 +203,6 @@ def search_strategy(config: SearchConfig, report: Callable[[str, str], None] | N
         population_size=config.population_size,
         init_min_unmeasured=min(config.init_min_unmeasured, config.population_size),
         genetic_num_iters=config.genetic_num_iters,
+        eps_greedy=config.eps_greedy,
     ), report, stop, first, untrained, kindred)
 

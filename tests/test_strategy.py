@@ -275,3 +275,9 @@ def test_searches_start_random_unless_a_trained_model_steers_them(settings: Sett
     unset = settings.model_copy(update={"search": settings.search.model_copy(update={"transferred_min_trials_per_iter": None})})
     assert tuning.round_minimum(lower, trained=True) == 4
     assert tuning.round_minimum(lower, trained=False) == tuning.round_minimum(unset, trained=True) == tuning.MIN_TRIALS_PER_ITER
+    # ... and its own share of random candidates per round; a cold search keeps MetaSchedule's.
+    eps = settings.model_copy(update={"search": settings.search.model_copy(update={"transferred_eps_greedy": 0.25})})
+    assert tuning.search_config(eps, cpu, trained=True).eps_greedy == 0.25
+    assert tuning.search_config(eps, cpu, trained=False).eps_greedy == SearchConfig().eps_greedy == 0.05
+    unset = settings.model_copy(update={"search": settings.search.model_copy(update={"transferred_eps_greedy": None})})
+    assert tuning.search_config(unset, cpu, trained=True).eps_greedy == 0.05

@@ -29,6 +29,11 @@ class SearchSettings(BaseModel):
     # leave more of the budget to the gradient phase. None: `population_size`, the cold minimum.
     transferred_population_size: int | None = Field(64, ge=4)
     transferred_min_trials_per_iter: int | None = Field(4, ge=1)
+    # The share of each round of a transferred search measured from random schedules rather than
+    # the model's picks: a model trained on other kernels can misrank a kind it has only seen at
+    # other shapes (the transformer's softmax, which a cold search's random first round finds).
+    # None: MetaSchedule's eps_greedy (0.05: none in a round of fewer than 20).
+    transferred_eps_greedy: float | None = Field(None, ge=0, le=1)
     genetic_num_iters: int = Field(3, ge=1)
     init_min_unmeasured: int = Field(32, ge=1)
     init_min_unmeasured_gpu: int = Field(8, ge=1)

@@ -272,11 +272,13 @@ def search_config(settings: Settings, target: Target, trained: bool) -> SearchCo
     population = settings.search.population_size
     if trained and settings.search.transferred_population_size is not None:
         population = settings.search.transferred_population_size
+    eps = settings.search.transferred_eps_greedy if trained else None
     return SearchConfig(
         population_size=population,
         genetic_num_iters=settings.search.genetic_num_iters,
         init_min_unmeasured=settings.search.init_min_unmeasured_gpu if gpu else settings.search.init_min_unmeasured,
         random_first_round=not trained,
+        **({"eps_greedy": eps} if eps is not None else {}),
     )
 
 
