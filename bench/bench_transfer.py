@@ -72,6 +72,7 @@ from checkpoints import RunRecords, highest_record_id, retime  # noqa: E402
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
 from tuner.search.cost_model_training import start_model, train_family  # noqa: E402
+from tuner.search.tuning import MIN_TRIALS_PER_ITER  # noqa: E402
 from tuner.db import cost_models as store  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
 from tuner.verify.inputs import verification_inputs  # noqa: E402
@@ -105,6 +106,15 @@ def remove_database(path: Path) -> None:
 def kept_run(runs_dir: Path | None, name: str, label: str, seed: int, budget: int) -> Path | None:
     """Where a run's database copy is kept (`--runs-dir`), for a later variant's re-timing."""
     return None if runs_dir is None else runs_dir / f"{name}-{budget}-{label}-{seed}.sqlite"
+
+
+def variant_label(search: Any, kindred: int) -> str:
+    """A transferred run's label among kept runs: its search settings and kindred seeds, so that
+    another variant run against the same kept cold runs keeps its copies beside this one's."""
+    population = search.transferred_population_size or search.population_size
+    eps = "" if search.transferred_eps_greedy is None else f"-eps{search.transferred_eps_greedy:g}"
+    return (f"transferred-pop{population}-round{search.transferred_min_trials_per_iter or MIN_TRIALS_PER_ITER}{eps}"
+            f"-kin{kindred}")
 
 
 def keep_or_remove(copy: Path, kept: Path | None) -> None:
@@ -265,7 +275,7 @@ def measure_defaults(tasks: list[ms.ExtractedTask], db: Any, target: dict) -> in
 def transfer_pair(name: str, source: str, tasks: list[ms.ExtractedTask], budget: int, seed: int, db_file: Path,
                   work: Path, target: dict, retrain: str, profile: Path | None = None, search: dict | None = None,
                   kindred: int = 0, cold: dict | None = None, retime_points: int = 0, retime_rounds: int = 3,
-                  runs_dir: Path | None = None) -> dict:
+                  runs_dir: Path | None = None, variant: str = "transferred") -> dict:
     """One seed's pair of searches from copies of the same database state: with the family's
     trained model as the search's starting model (refitted as `retrain` says) and, `kindred` > 0,
     tasks seeded with the refitted records of that many kindred kernels each (schedules/kindred.py),
@@ -274,8 +284,8 @@ def transfer_pair(name: str, source: str, tasks: list[ms.ExtractedTask], budget:
     `search`: `search` settings set for both runs (the `transferred_*` ones apply to the transferred run).
     `retime_points` > 0: both runs' picks at that many checkpoints re-timed side by side when
     both are done (checkpoints.py). `runs_dir`: each run's database copy is kept there
-    (`kept_run`), and a reused `cold` run is re-timed from its copy there (without it, it is not
-    re-timed)."""
+    (`kept_run`; the transferred one as `variant`), and a reused `cold` run is re-timed from its
+    copy there (without it, it is not re-timed)."""
     pair: dict = {"seed": seed}
     runs: dict[str, RunRecords] = {}
     base_id = highest_record_id(db_file)
@@ -326,7 +336,7 @@ def transfer_pair(name: str, source: str, tasks: list[ms.ExtractedTask], budget:
         pair["retimed"] = retime(tasks, target, bench_settings(), runs, budget, retime_points, retime_rounds)
         pair["retimed"]["metrics"] = retimed_metrics(pair["retimed"])
     for label, run_records in runs.items():
-        kept = kept_run(runs_dir, name, label, seed, budget)
+        kept = kept_run(runs_dir, name, label if label == "cold" else variant, seed, budget)
         if run_records.db_file != kept:
             keep_or_remove(run_records.db_file, kept)
     metrics = share_metrics(pair)
@@ -501,7 +511,8 @@ def main() -> None:
                 row["pairs"].append(transfer_pair(name, source, tasks, budget, seed, db_file, work, target, retrain,
                                                args.profile, transferred_search, kindred,
                                                earlier_cold(args.cold_from, name, seed, budget),
-                                               args.retime_points, args.retime_rounds, args.runs_dir))
+                                               args.retime_points, args.retime_rounds, args.runs_dir,
+                                               variant_label(transferred, kindred)))
                 shares = [p["trial_share_needed"] for p in row["pairs"]]
                 row["median_trial_share_needed"] = median_share(shares)
                 row["median_trial_share_to_gain"] = median_share(
