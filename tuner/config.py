@@ -32,7 +32,8 @@ class SearchSettings(BaseModel):
     # The share of each round of a transferred search measured from random schedules rather than
     # the model's picks: a model trained on other kernels can misrank a kind it has only seen at
     # other shapes (the transformer's softmax, which a cold search's random first round finds).
-    # None: MetaSchedule's eps_greedy (0.05: none in a round of fewer than 20).
+    # None: MetaSchedule's eps_greedy (0.05: none in a round of fewer than 20). 0.25 (one in a round
+    # of 4) did not find that softmax's best schedules either (README, session 45): left unset.
     transferred_eps_greedy: float | None = Field(None, ge=0, le=1)
     genetic_num_iters: int = Field(3, ge=1)
     init_min_unmeasured: int = Field(32, ge=1)
