@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("run_db", type=Path, help="the run's database copy (SQLite file)")
     parser.add_argument("--first", type=int, default=8, help="the first N records of each task as a second set")
     args = parser.parse_args()
+    for path in (args.start_db, args.run_db):
+        if not path.is_file():  # opening it would create an empty database there
+            raise SystemExit(f"no database at {path}")
     target = host_cpu_target()
     with tempfile.TemporaryDirectory(prefix="tuner-ranking-") as work:
         tasks, _ = target_tasks(model_spec(args.model, Path(work)), f"sqlite:///{args.start_db}", target)
