@@ -72,7 +72,7 @@ from checkpoints import RunRecords, highest_record_id, retime  # noqa: E402
 from tuner.cluster.threads import use_threads  # noqa: E402
 from tuner.compile import compile_tuned  # noqa: E402
 from tuner.search.cost_model_training import start_model, train_family  # noqa: E402
-from tuner.search.tuning import MIN_TRIALS_PER_ITER  # noqa: E402
+from tuner.search.tuning import round_minimum, search_config  # noqa: E402
 from tuner.db import cost_models as store  # noqa: E402
 from tuner.hardware import machine  # noqa: E402
 from tuner.verify.inputs import verification_inputs  # noqa: E402
@@ -108,13 +108,10 @@ def kept_run(runs_dir: Path | None, name: str, label: str, seed: int, budget: in
     return None if runs_dir is None else runs_dir / f"{name}-{budget}-{label}-{seed}.sqlite"
 
 
-def variant_label(search: Any, kindred: int) -> str:
+def variant_label(population: int, round_min: int, eps: float | None, kindred: int) -> str:
     """A transferred run's label among kept runs: its search settings and kindred seeds, so that
     another variant run against the same kept cold runs keeps its copies beside this one's."""
-    population = search.transferred_population_size or search.population_size
-    eps = "" if search.transferred_eps_greedy is None else f"-eps{search.transferred_eps_greedy:g}"
-    return (f"transferred-pop{population}-round{search.transferred_min_trials_per_iter or MIN_TRIALS_PER_ITER}{eps}"
-            f"-kin{kindred}")
+    return f"transferred-pop{population}-round{round_min}{'' if eps is None else f'-eps{eps:g}'}-kin{kindred}"
 
 
 def keep_or_remove(copy: Path, kept: Path | None) -> None:
@@ -460,11 +457,14 @@ def main() -> None:
         ("transferred_min_trials_per_iter", args.transferred_round_min),
         ("transferred_eps_greedy", args.transferred_eps)) if value is not None}
     transferred = settings.search.model_copy(update=transferred_search)
+    # What a transferred search of these settings runs with (their fallbacks are tuning.py's).
+    steered = settings.model_copy(update={"search": transferred})
+    population = search_config(steered, Target(dict(target)), trained=True).population_size
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
                      "seeds": args.seeds, "retrain": retrain, "kindred_workloads": kindred,
                      "kindred_first_round": settings.kindred_first_round,
                      "retime_points": args.retime_points, "retime_rounds": args.retime_rounds,
-                     "transferred_population": transferred.transferred_population_size or transferred.population_size,
+                     "transferred_population": population,
                      "transferred_min_trials_per_iter": transferred.transferred_min_trials_per_iter,
                      "transferred_eps_greedy": transferred.transferred_eps_greedy,
                      "train_models": [*([f"from {args.db}"] if args.db else []), *(args.train_models or [])],
@@ -512,7 +512,8 @@ def main() -> None:
                                                args.profile, transferred_search, kindred,
                                                earlier_cold(args.cold_from, name, seed, budget),
                                                args.retime_points, args.retime_rounds, args.runs_dir,
-                                               variant_label(transferred, kindred)))
+                                               variant_label(population, round_minimum(steered, trained=True),
+                                                             transferred.transferred_eps_greedy, kindred)))
                 shares = [p["trial_share_needed"] for p in row["pairs"]]
                 row["median_trial_share_needed"] = median_share(shares)
                 row["median_trial_share_to_gain"] = median_share(

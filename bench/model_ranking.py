@@ -63,13 +63,14 @@ def main() -> None:
     model = cost_model(int(target["num-cores"]), start.trained)
     base = highest_record_id(args.start_db)
     run = open_database(f"sqlite:///{args.run_db}", target)
+    tvm_target = Target(dict(target))
     rows = []
     for task in tasks:
         own = sorted((c for c in run.measured_history(task.dispatched[0]) if c.record_id > base and np.isfinite(c.mean_run_secs)),
                      key=lambda c: c.record_id)
         best = min((c.mean_run_secs for c in own), default=0.0)
-        rows.append((task.task_name, task.weight * best, len(own), ranking(model, task, own, Target(dict(target))),
-                     ranking(model, task, own[:args.first], Target(dict(target)))))
+        rows.append((task.task_name, task.weight * best, len(own), ranking(model, task, own, tvm_target),
+                     ranking(model, task, own[:args.first], tvm_target)))
     total = sum(r[1] for r in rows) or 1.0
 
     def shown(value: float | None) -> str:
