@@ -37,6 +37,8 @@ the searches, `--searches-only` the defaults.
         --trials-per-task 16 --searches-only --profile /tmp/prof   # where each search's time goes
     ... --transferred-population 64   # the transferred searches' population (the cold ones keep theirs)
     ... --kindred 0                   # the transferred searches without kindred seeds (the model alone)
+    ... --no-model                    # the kindred seeds without the model: a cold search whose
+                                      # first round is the seeds instead of random draws
     ... --keep-db /tmp/k.sqlite --runs-dir /tmp/runs ...; then --db sqlite:////tmp/k.sqlite \
         --cold-from <its JSON> --runs-dir /tmp/runs   # another transferred variant against the
                                       # same cold runs, re-timed beside them from their kept copies
@@ -108,9 +110,12 @@ def kept_run(runs_dir: Path | None, name: str, label: str, seed: int, budget: in
     return None if runs_dir is None else runs_dir / f"{name}-{budget}-{label}-{seed}.sqlite"
 
 
-def variant_label(population: int, round_min: int, eps: float | None, kindred: int) -> str:
+def variant_label(population: int, round_min: int, eps: float | None, kindred: int, model: bool = True) -> str:
     """A transferred run's label among kept runs: its search settings and kindred seeds, so that
-    another variant run against the same kept cold runs keeps its copies beside this one's."""
+    another variant run against the same kept cold runs keeps its copies beside this one's.
+    Without the model (`model` false) the search runs on the cold settings: only the seeds count."""
+    if not model:
+        return f"seeded-kin{kindred}"
     return f"transferred-pop{population}-round{round_min}{'' if eps is None else f'-eps{eps:g}'}-kin{kindred}"
 
 
@@ -199,7 +204,11 @@ def summarize(paths: list[Path]) -> None:
     """Both measures for every pair of stored results (no searches run), by the searches' own
     estimates and, where the pair was re-timed side by side (checkpoints.py), by those times."""
     for path in paths:
-        for row in json.loads(path.read_text())["targets"]:
+        results = json.loads(path.read_text())
+        print(f"{path.name}: the transferred runs got "
+              + ("the trained model" if results.get("transferred_model", True) else "no trained model (cold searches)")
+              + f" and {results.get('kindred_workloads', 0)} kindred kernel(s)' records per task as seeds")
+        for row in results["targets"]:
             for kind, measure in (("estimates", share_metrics),
                                   ("re-timed", lambda p: retimed_metrics(p["retimed"]) if "retimed" in p else {})):
                 metrics = [measure(p) for p in row["pairs"]]
@@ -272,11 +281,13 @@ def measure_defaults(tasks: list[ms.ExtractedTask], db: Any, target: dict) -> in
 def transfer_pair(name: str, source: str, tasks: list[ms.ExtractedTask], budget: int, seed: int, db_file: Path,
                   work: Path, target: dict, retrain: str, profile: Path | None = None, search: dict | None = None,
                   kindred: int = 0, cold: dict | None = None, retime_points: int = 0, retime_rounds: int = 3,
-                  runs_dir: Path | None = None, variant: str = "transferred") -> dict:
+                  runs_dir: Path | None = None, variant: str = "transferred", model: bool = True) -> dict:
     """One seed's pair of searches from copies of the same database state: with the family's
     trained model as the search's starting model (refitted as `retrain` says) and, `kindred` > 0,
     tasks seeded with the refitted records of that many kindred kernels each (schedules/kindred.py),
     then without either (or `cold`: that run, made before from the same database state).
+    `model` false: the "transferred" run gets the seeds alone, a cold search (cold model and
+    settings) whose random first round the seeds replace: what the seeds are worth without the model.
     With `profile` (a folder), each search runs in this process under cProfile (search_profile.py);
     `search`: `search` settings set for both runs (the `transferred_*` ones apply to the transferred run).
     `retime_points` > 0: both runs' picks at that many checkpoints re-timed side by side when
@@ -302,7 +313,7 @@ def transfer_pair(name: str, source: str, tasks: list[ms.ExtractedTask], budget:
         copy = work / f"{name}-{label}-{seed}.sqlite"
         copy_database(db_file, copy)
         curve = Curve()
-        settings = bench_settings(transfer=transfer, retrain=retrain)
+        settings = bench_settings(transfer=transfer and model, retrain=retrain)
         settings = settings.model_copy(update={"kindred_workloads": kindred if transfer else 0})
         if search:
             settings = settings.model_copy(update={"search": settings.search.model_copy(update=search)})
@@ -317,7 +328,7 @@ def transfer_pair(name: str, source: str, tasks: list[ms.ExtractedTask], budget:
                                        profile / f"{name}-{label}-{seed}.prof")
             print(f"[bench] {name} seed {seed} {label}: {describe(seconds)}", flush=True)
         runs[label] = RunRecords(copy, base_id)
-        if report["cost_model"]["transferred"] != transfer:
+        if report["cost_model"]["transferred"] != (transfer and model):
             raise SystemExit(f"{name} {label}: the run's cost model was "
                              f"{'' if report['cost_model']['transferred'] else 'not '}transferred")
         pair[label] = {"curve": curve.points, "start_estimate_ms": curve.points[0][1] if curve.points else None,
@@ -428,6 +439,9 @@ def main() -> None:
     parser.add_argument("--kindred", type=int, default=None, metavar="N",
                         help="the transferred searches also start from the records of N kindred kernels per task "
                              "(default: the configured kindred_workloads; 0: the model alone); the cold ones never")
+    parser.add_argument("--no-model", action="store_true",
+                        help="the transferred searches get the kindred seeds alone: cold searches (no trained model, "
+                             "the cold search settings) whose first round is the seeds")
     parser.add_argument("--cold-from", type=Path, metavar="JSON",
                         help="take each seed's cold run from these results (same database state) instead of searching again")
     parser.add_argument("--runs-dir", type=Path, metavar="DIR",
@@ -444,6 +458,10 @@ def main() -> None:
     if args.summarize:
         summarize(args.summarize)
         return
+    if args.no_model and (transferred_flags := [f for f, v in (
+            ("--transferred-population", args.transferred_population), ("--transferred-round-min", args.transferred_round_min),
+            ("--transferred-eps", args.transferred_eps), ("--retrain", args.retrain)) if v is not None]):
+        raise SystemExit(f"--no-model: {', '.join(transferred_flags)} set(s) what only a trained model's search uses")
     if args.train_models is None and not args.db:
         args.train_models = ["squeezenet", "shufflenet", "densenet121", "inception_v1", "bvlc_alexnet", "zfnet512"]
     fill_budget = args.train_trials_per_task or args.trials_per_task
@@ -452,6 +470,8 @@ def main() -> None:
     settings = bench_settings()
     retrain = args.retrain or settings.cost_model.retrain
     kindred = settings.kindred_workloads if args.kindred is None else args.kindred
+    if args.no_model and not kindred:
+        raise SystemExit("--no-model with no kindred seeds (--kindred 0): both runs of a pair would be cold")
     transferred_search = {key: value for key, value in (
         ("transferred_population_size", args.transferred_population),
         ("transferred_min_trials_per_iter", args.transferred_round_min),
@@ -459,11 +479,12 @@ def main() -> None:
     transferred = settings.search.model_copy(update=transferred_search)
     # What a transferred search of these settings runs with (their fallbacks are tuning.py's).
     steered = settings.model_copy(update={"search": transferred})
-    population = search_config(steered, Target(dict(target)), trained=True).population_size
+    model_steers = not args.no_model
+    population = search_config(steered, Target(dict(target)), trained=model_steers).population_size
     results: dict = {"cpu": machine(), "platform": platform.platform(), "trials_per_task": args.trials_per_task,
                      "seeds": args.seeds, "retrain": retrain, "kindred_workloads": kindred,
                      "kindred_first_round": settings.kindred_first_round,
-                     "retime_points": args.retime_points, "retime_rounds": args.retime_rounds,
+                     "transferred_model": model_steers, "retime_points": args.retime_points, "retime_rounds": args.retime_rounds,
                      "transferred_population": population,
                      "transferred_min_trials_per_iter": transferred.transferred_min_trials_per_iter,
                      "transferred_eps_greedy": transferred.transferred_eps_greedy,
@@ -513,7 +534,8 @@ def main() -> None:
                                                earlier_cold(args.cold_from, name, seed, budget),
                                                args.retime_points, args.retime_rounds, args.runs_dir,
                                                variant_label(population, round_minimum(steered, trained=True),
-                                                             transferred.transferred_eps_greedy, kindred)))
+                                                             transferred.transferred_eps_greedy, kindred, model_steers),
+                                               model_steers))
                 shares = [p["trial_share_needed"] for p in row["pairs"]]
                 row["median_trial_share_needed"] = median_share(shares)
                 row["median_trial_share_to_gain"] = median_share(
