@@ -463,7 +463,7 @@ def main() -> None:
             ("--transferred-eps", args.transferred_eps), ("--retrain", args.retrain)) if v is not None]):
         raise SystemExit(f"--no-model: {', '.join(transferred_flags)} set(s) what only a trained model's search uses")
     if args.train_models is None and not args.db:
-        # densenet121 (258 tasks) would take longer than the other six together: inception_v2 is the sixth.
+        # densenet121 (258 tasks) never finished a fill within a session here: inception_v2 is the sixth.
         args.train_models = ["squeezenet", "shufflenet", "inception_v1", "bvlc_alexnet", "zfnet512", "inception_v2"]
     fill_budget = args.train_trials_per_task or args.trials_per_task
     target = host_cpu_target()
