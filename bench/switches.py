@@ -13,8 +13,11 @@ from tuner.schedules import register_blocking
 
 # What turns a feature off: (module, attribute, replacement: a function or a constant).
 SWITCHES: dict[str, tuple[Any, str, Any]] = {
-    # 1x1 convolutions computed over padded rows for a better register block (row_padding.padded_rows)
+    # convolutions computed over padded rows for a better register block (row_padding.padded_rows)
     "row-padding": (row_padding, "padded_rows", lambda *_: None),
+    # convolutions of kernels larger than 1x1 (those Winograd leaves direct) computed over padded rows
+    # too (row_padding.MAX_KERNEL): off, 1x1 ones only
+    "row-padding-kxk": (row_padding, "MAX_KERNEL", 1),
     # ungrouped convolutions' output channels padded to whole vectors, or to 2- or 3-vector register
     # blocks (group_padding.padded_ungrouped)
     "ungrouped-padding": (group_padding, "padded_ungrouped", lambda *_: None),

@@ -1,4 +1,4 @@
-"""1x1 convolutions on CPU computed as a GEMM over padded rows inside their kernel
+"""Convolutions on CPU computed as a GEMM over padded rows inside their kernel
 (tuner/rewrite/row_padding.py): which ones are padded for which ISA, that the padded module computes
 what ONNX Runtime computes, and that the GEMM is register-blocked over the padded rows, unpredicated."""
 
@@ -90,5 +90,56 @@ def test_the_padded_module_matches_ort_and_its_gemms_are_register_blocked_over_t
         # The GEMM's accumulators span the padded rows; only the epilogue, which writes the
         # real ones, has a predicate.
         assert any(f"T.int64({r}), T.int64(" in text for r in rows), text
+        assert text.count("T.where(") == 1, text
+    assert_matches_ort(loaded, fused, AVX2, tmp_path)
+
+
+def _strided_block(seed: int = 0) -> onnx.ModelProto:
+    """resnet50's convolutions that Winograd leaves direct, small: a first 7x7 convolution of
+    stride 2 (3 -> 16 channels, 14x14 = 196 rows) with bias and ReLU, a 3x3 one of stride 2
+    (16 -> 32, 7x7 = 49 rows), then a 3x3 one of stride 1 (Winograd's: not padded)."""
+    init = functools.partial(onnx_models.uniform_initializer, np.random.default_rng(seed))
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[3, 3, 3, 3], strides=[2, 2]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+            helper.make_node("Relu", ["c2"], ["r2"]),
+            helper.make_node("Conv", ["r2", "w3"], ["y"], pads=[1, 1, 1, 1]),
+        ],
+        "strided_block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 28, 28])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 7, 7])],
+        [init("w1", (16, 3, 7, 7)), init("b1", (16,)), init("w2", (32, 16, 3, 3)), init("b2", (32,)),
+         init("w3", (32, 32, 3, 3))],
+    )
+    return helper.make_model(graph, opset_imports=onnx_models.OPSET)
+
+
+def test_strided_convolutions_are_padded_and_winograds_are_not(tmp_path: Path) -> None:
+    loaded = load_model(str(onnx_models.save(_strided_block(), tmp_path / "m.onnx")), {})
+    with tvm.transform.PassContext(opt_level=3):
+        module = channels_last(import_onnx(loaded))
+        assert row_padding.rewrite(module, AVX2_ISA)[1] == 2
+        # Larger kernels only up to MAX_KERNEL: the 7x7 one is then left direct.
+        saved, row_padding.MAX_KERNEL = row_padding.MAX_KERNEL, 3
+        try:
+            assert row_padding.rewrite(module, AVX2_ISA)[1] == 1
+        finally:
+            row_padding.MAX_KERNEL = saved
+
+
+def test_padded_strided_convolutions_match_ort_register_blocked_over_the_padded_rows(tmp_path: Path) -> None:
+    loaded = load_model(str(onnx_models.save(_strided_block(), tmp_path / "m.onnx")), {})
+    fused = fuse_for_tuning(import_onnx(loaded), AVX2)
+    scheduled, _ = schedule_module(fused, AVX2, ms.database.MemoryDatabase())
+    padded = {gv.name_hint: f.script() for gv, f in scheduled.functions.items()
+              if isinstance(f, tirx.PrimFunc) and "padded_rows" in gv.name_hint}
+    assert len(padded) == 2, list(padded)
+    for name, text in padded.items():
+        assert RULE_NAME in text, name
+        assert "T.int64(198), T.int64(16)" in text or "T.int64(50), T.int64(32)" in text, text
+        # The input's padding is a block of its own (if_then_else), not a predicate in the GEMM;
+        # only the epilogue, which writes the real rows, has one.
         assert text.count("T.where(") == 1, text
     assert_matches_ort(loaded, fused, AVX2, tmp_path)

@@ -114,7 +114,7 @@ def _eligible(call: relax.Call, isa: VectorISA) -> int | None:
         return padded_channels(out_c // groups, isa.lanes)
     out_shape = static_shape(call)
     rows = out_shape[1] * out_shape[2] if out_shape is not None and len(out_shape) == 4 else 0
-    return padded_ungrouped(out_c, rows, isa, pads_rows=gemm_rows(call) is not None)
+    return padded_ungrouped(out_c, rows, isa, pads_rows=gemm_rows(call, isa) is not None)
 
 
 def _padded(builder: relax.BlockBuilder, call: relax.Call, isa: VectorISA) -> relax.Expr | None:

@@ -1,4 +1,4 @@
-"""CPU: 1x1 convolutions whose output rows divide only into poor register blocks, computed as a
+"""CPU: convolutions whose output rows divide only into poor register blocks, computed as a
 GEMM over a few rows more, inside their own kernel.
 
 Channels last, a 1x1 convolution is a GEMM whose rows are the output's H*W pixels, and the
@@ -18,6 +18,12 @@ that copy and the epilogue per register block (`register_blocking._row_positions
 padded rows are never stored. The graph is not changed around the kernel (padding in the graph,
 tried before, sliced and reshaped the output outside the convolution's kernel, which split
 resnet50's epilogues off into kernels of their own: 1.6-1.8x slower defaults).
+
+A larger kernel that Winograd leaves direct (stride 2, a first convolution of 3 channels) is the
+same GEMM over its output pixels with the taps reduced along with the channels, reading the
+padded input (a block before the GEMM, as TOPI's direct convolution has): resnet50's 7x7
+convolution and its three 3x3 ones of stride 2 (784, 196 and 49 rows: 4x2, 4x2 and 7x1 on
+AVX2), squeezenet's first (111x111 rows: 3x2).
 """
 
 from __future__ import annotations
@@ -25,11 +31,15 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te, tirx
 from tvm.ir import IRModule
+from tvm.topi.nn.pad import pad
 
+from . import winograd
 from .relax_rewrites import nhwc_conv2d, rewrite_calls, static_shape
 from ..schedules.isa import DEFAULT_ISA, VectorISA, target_isa
 from ..schedules.register_blocking import MicroKernel, efficiency, register_blocks
 
+# The largest kernel (height or width) computed over padded rows: resnet50's first convolution's 7.
+MAX_KERNEL = 7
 # At most this many multiplications per useful one.
 MAX_WASTE = 1.15
 # Padding must gain this much on the modelled throughput of the rule's pick (below).
@@ -65,64 +75,81 @@ def padded_rows(rows: int, channels: int, isa: VectorISA) -> int | None:
     return best_rows if best_rows is not None and best >= base * MIN_GAIN else None
 
 
-def padded_rows_conv(data: te.Tensor, weight: te.Tensor, rows: int, stride: int) -> te.Tensor:
-    """The NHWC output of a 1x1 convolution (OHWI weights, no padding) computed as a GEMM over
-    `rows` output pixels, the last real one repeated, and copied back to N x H x W x O."""
+def padded_rows_conv(data: te.Tensor, weight: te.Tensor, rows: int, strides: tuple[int, int],
+                     padding: tuple[int, int, int, int] = (0, 0, 0, 0)) -> te.Tensor:
+    """The NHWC output of a convolution (OHWI weights, `padding` top, left, bottom, right)
+    computed as a GEMM over `rows` output pixels, the last real one repeated, and copied back to
+    N x H x W x O. A 1x1 convolution without padding reads its input in place; a larger kernel
+    reads it padded (a block the rule computes before the GEMM), its taps reduced with the
+    channels."""
     _, h, w, channels = (int(d) for d in data.shape)
-    out_h, out_w = (h - 1) // stride + 1, (w - 1) // stride + 1
+    out_c, kh, kw, _ = (int(d) for d in weight.shape)
+    top, left, bottom, right = padding
+    sh, sw = strides
+    out_h, out_w = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
     last = out_h * out_w - 1
     rc = te.reduce_axis((0, channels), name="rc")
 
     def pixel(r: tirx.PrimExpr) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
         clamped = tirx.Min(r, last)
-        return clamped // out_w * stride, clamped % out_w * stride
+        return clamped // out_w * sh, clamped % out_w * sw
 
-    gemm = te.compute(
-        (int(data.shape[0]), rows, int(weight.shape[0])),
-        lambda b, r, k: te.sum(data[b, pixel(r)[0], pixel(r)[1], rc] * weight[k, 0, 0, rc], axis=[rc]),
-        name="conv_rows")
-    return te.compute((int(data.shape[0]), out_h, out_w, int(weight.shape[0])),
+    if (kh, kw) == (1, 1) and not any(padding):
+        # Kept as first written, so that records tuned for 1x1 convolutions still match.
+        gemm = te.compute(
+            (int(data.shape[0]), rows, out_c),
+            lambda b, r, k: te.sum(data[b, pixel(r)[0], pixel(r)[1], rc] * weight[k, 0, 0, rc], axis=[rc]),
+            name="conv_rows")
+    else:
+        padded = pad(data, [0, top, left, 0], [0, bottom, right, 0], name="pad_temp") if any(padding) else data
+        ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+        gemm = te.compute(
+            (int(data.shape[0]), rows, out_c),
+            lambda b, r, k: te.sum(padded[b, pixel(r)[0] + ry, pixel(r)[1] + rx, rc] * weight[k, ry, rx, rc],
+                                   axis=[ry, rx, rc]),
+            name="conv_rows")
+    return te.compute((int(data.shape[0]), out_h, out_w, out_c),
                       lambda b, y, x, k: gemm[b, y * out_w + x, k], name="conv2d_nhwc")
 
 
-def gemm_rows(call: relax.Call) -> tuple[int, int] | None:
-    """(rows, stride) of a float32 NHWC/OHWI 1x1, unpadded, ungrouped convolution with constant
-    weights (a GEMM over its output pixels, whose rows this rewrite may pad), None for any other
-    call."""
+def gemm_rows(call: relax.Call, isa: VectorISA = DEFAULT_ISA) -> int | None:
+    """The output pixels (rows) of a convolution this rewrite may compute over padded rows: a
+    float32 NHWC/OHWI, ungrouped, undilated one with constant weights and a kernel of at most
+    MAX_KERNEL, which `winograd` does not take on `isa`; None for any other call."""
     if not nhwc_conv2d(call):
         return None
     attrs = call.attrs
-    strides = [int(s) for s in attrs.strides]
-    if int(attrs.groups) != 1 or any(int(p) for p in attrs.padding) or any(int(d) != 1 for d in attrs.dilation):
+    if int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation):
         return None
-    if strides[0] != strides[1] or str(attrs.out_dtype) not in ("", "None", "float32", "void"):
+    if str(attrs.out_dtype) not in ("", "None", "float32", "void"):
         return None
     data, weight = call.args
-    shape, kernel = static_shape(data), static_shape(weight)
-    if shape is None or kernel is None or len(shape) != 4 or kernel[1:3] != [1, 1] or data.ty.dtype != "float32":
+    shape, kernel, out = static_shape(data), static_shape(weight), static_shape(call)
+    if shape is None or kernel is None or out is None or len(shape) != 4 or data.ty.dtype != "float32":
         return None
     if not isinstance(weight, tvm.ir.expr.GenericConst) or str(weight.value.dtype) != "float32":
         return None
-    stride = strides[0]
-    return ((shape[1] - 1) // stride + 1) * ((shape[2] - 1) // stride + 1), stride
-
-
-def _eligible(call: relax.Call, isa: VectorISA) -> tuple[int, int] | None:
-    """(padded rows, stride) for a `gemm_rows` convolution whose rows are worth padding."""
-    if (found := gemm_rows(call)) is None:
+    if max(kernel[1:3]) > MAX_KERNEL or (kernel[1:3] != [1, 1] and winograd.eligible(call, isa=isa)):
         return None
-    rows, stride = found
-    padded = padded_rows(rows, int(call.args[1].value.shape[0]), isa)
-    return None if padded is None else (padded, stride)
+    return out[1] * out[2]
+
+
+def _eligible(call: relax.Call, isa: VectorISA) -> int | None:
+    """The padded rows for a `gemm_rows` convolution whose rows are worth padding."""
+    if (rows := gemm_rows(call, isa)) is None:
+        return None
+    return padded_rows(rows, int(call.args[1].value.shape[0]), isa)
 
 
 def _padded(builder: relax.BlockBuilder, call: relax.Call, isa: VectorISA) -> relax.Expr | None:
     """The padded-rows kernel standing for an eligible `call`."""
-    if (found := _eligible(call, isa)) is None:
+    if (padded := _eligible(call, isa)) is None:
         return None
-    padded, stride = found
     data, weight = call.args
-    return builder.call_te(padded_rows_conv, data, weight, padded, stride, primfunc_name_hint="conv2d_padded_rows")
+    strides = tuple(int(s) for s in call.attrs.strides)
+    padding = tuple(int(p) for p in call.attrs.padding)
+    return builder.call_te(padded_rows_conv, data, weight, padded, strides, padding,
+                           primfunc_name_hint="conv2d_padded_rows")
 
 
 def rewrite(mod: IRModule, isa: VectorISA = DEFAULT_ISA) -> tuple[IRModule, int]:
