@@ -23,7 +23,9 @@ A larger kernel that Winograd leaves direct (stride 2, a first convolution of 3 
 same GEMM over its output pixels with the taps reduced along with the channels, reading the
 padded input (a block before the GEMM, as TOPI's direct convolution has): resnet50's 7x7
 convolution and its three 3x3 ones of stride 2 (784, 196 and 49 rows: 4x2, 4x2 and 7x1 on
-AVX2), squeezenet's first (111x111 rows: 3x2).
+AVX2), squeezenet's first (111x111 rows: 3x2). resnet50 tuned at 64 trials/task (AMD EPYC znver3), its
+modules by turns 0.992-0.996x with them padded (the 7x7 stride-2 conv 2.42 -> 1.92 ms in situ); default
+modules (`bench/defaults_ab.py --without row-padding-kxk`) resnet50 0.989x, squeezenet 0.962x.
 """
 
 from __future__ import annotations
