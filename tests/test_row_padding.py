@@ -29,6 +29,13 @@ AVX2 = Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2})
 AVX2_ISA, AVX512_ISA = VectorISA("avx2", 8, 16), VectorISA("avx512", 16, 32)
 
 
+def _padded_kernels(fused: tvm.IRModule) -> dict[str, str]:
+    """The padded-rows kernels of `fused` on default AVX2 schedules, by name, as TVMScript."""
+    scheduled, _ = schedule_module(fused, AVX2, ms.database.MemoryDatabase())
+    return {gv.name_hint: f.script() for gv, f in scheduled.functions.items()
+            if isinstance(f, tirx.PrimFunc) and "padded_rows" in gv.name_hint}
+
+
 @pytest.mark.parametrize("rows,channels,isa,padded", [
     (196, 1024, AVX2_ISA, 198),  # resnet50's 14x14 layers: 4x2 -> 6x2
     (49, 512, AVX2_ISA, 50),  # its 7x7 ones: 7x1 -> 5x2
@@ -79,9 +86,7 @@ def test_the_1x1_convs_are_padded_for_avx2_and_not_the_3x3_one(tmp_path: Path) -
 def test_the_padded_module_matches_ort_and_its_gemms_are_register_blocked_over_the_padded_rows(tmp_path: Path) -> None:
     loaded = load_model(str(onnx_models.save(_squeeze_block(), tmp_path / "m.onnx")), {})
     fused = fuse_for_tuning(import_onnx(loaded), AVX2, winograd=False)
-    scheduled, _ = schedule_module(fused, AVX2, ms.database.MemoryDatabase())
-    padded = {gv.name_hint: f.script() for gv, f in scheduled.functions.items()
-              if isinstance(f, tirx.PrimFunc) and "padded_rows" in gv.name_hint}
+    padded = _padded_kernels(fused)
     assert len(padded) == 3, list(padded)
     rows = {row_padding.padded_rows(169, 40, AVX2_ISA), row_padding.padded_rows(169, 16, AVX2_ISA),
             row_padding.padded_rows(49, 32, AVX2_ISA)}
@@ -116,25 +121,20 @@ def _strided_block(seed: int = 0) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=onnx_models.OPSET)
 
 
-def test_strided_convolutions_are_padded_and_winograds_are_not(tmp_path: Path) -> None:
+def test_strided_convolutions_are_padded_and_winograds_are_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = load_model(str(onnx_models.save(_strided_block(), tmp_path / "m.onnx")), {})
     with tvm.transform.PassContext(opt_level=3):
         module = channels_last(import_onnx(loaded))
         assert row_padding.rewrite(module, AVX2_ISA)[1] == 2
         # Larger kernels only up to MAX_KERNEL: the 7x7 one is then left direct.
-        saved, row_padding.MAX_KERNEL = row_padding.MAX_KERNEL, 3
-        try:
-            assert row_padding.rewrite(module, AVX2_ISA)[1] == 1
-        finally:
-            row_padding.MAX_KERNEL = saved
+        monkeypatch.setattr(row_padding, "MAX_KERNEL", 3)
+        assert row_padding.rewrite(module, AVX2_ISA)[1] == 1
 
 
 def test_padded_strided_convolutions_match_ort_register_blocked_over_the_padded_rows(tmp_path: Path) -> None:
     loaded = load_model(str(onnx_models.save(_strided_block(), tmp_path / "m.onnx")), {})
     fused = fuse_for_tuning(import_onnx(loaded), AVX2)
-    scheduled, _ = schedule_module(fused, AVX2, ms.database.MemoryDatabase())
-    padded = {gv.name_hint: f.script() for gv, f in scheduled.functions.items()
-              if isinstance(f, tirx.PrimFunc) and "padded_rows" in gv.name_hint}
+    padded = _padded_kernels(fused)
     assert len(padded) == 2, list(padded)
     for name, text in padded.items():
         assert RULE_NAME in text, name
